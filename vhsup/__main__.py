@@ -1,0 +1,3 @@
+from vhsup.cli import main
+
+main()

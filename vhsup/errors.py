@@ -1,0 +1,22 @@
+"""The one exception type for problems a user can cause or fix.
+
+Its message is a single line that names the file (when there is one) and the
+reason. The CLI prints it without a traceback; ``--debug`` shows the chain.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class VhsupError(Exception):
+    """A user-facing error: bad input, a refused output, a missing model."""
+
+    def __init__(self, reason: str, path: str | os.PathLike[str] | None = None):
+        self.reason = " ".join(str(reason).split())  # always one line
+        self.path = os.fspath(path) if path is not None else None
+        super().__init__(f"{self.path}: {self.reason}" if self.path else self.reason)
+
+
+class Interrupted(VhsupError):
+    """Raised when the user presses Ctrl-C; nothing is left under the output name."""
