@@ -1,8 +1,298 @@
-"""Command line interface (filled in by the upscale-core work)."""
+"""The ``vhsup`` command line.
+
+Errors a user can cause arrive as :class:`VhsupError` and are printed as one
+line with a non-zero exit; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
 
 import click
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from vhsup.errors import Interrupted, VhsupError
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
 
 
-@click.group()
+class _Group(click.Group):
+    """Turns user errors and Ctrl-C into one line each."""
+
+    def invoke(self, ctx: click.Context):
+        debug = "--debug" in sys.argv
+        try:
+            return super().invoke(ctx)
+        except Interrupted as exc:
+            err.print(f"vhsup: {exc}", markup=False)
+            ctx.exit(130)
+        except VhsupError as exc:
+            if debug:
+                raise
+            err.print(f"vhsup: error: {exc}", markup=False)
+            ctx.exit(2)
+        except KeyboardInterrupt:
+            err.print("vhsup: interrupted", markup=False)
+            ctx.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="vhsup")
 def main() -> None:
-    """vhsup: upscale VHS captures and DVD rips."""
+    """vhsup: upscale VHS captures and DVD rips with GAN super-resolution."""
+
+
+def _debug_option(f):
+    return click.option("--debug", is_flag=True, help="Show tracebacks for errors.")(f)
+
+
+def _tile(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        raise click.BadParameter("auto, 0 (no tiling) or a tile size in pixels") from None
+    if n < 0 or 0 < n < 16:
+        raise click.BadParameter("a tile must be at least 16 px (or 0 for none)")
+    return n
+
+
+def _batch(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        raise click.BadParameter("auto or a positive number") from None
+    if n < 1:
+        raise click.BadParameter("auto or a positive number")
+    return n
+
+
+@main.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--model", default=None, help="Model name or weights file (default: esrgan-x4 on CUDA, compact-x4 on CPU).")
+@click.option("--deinterlace", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True)
+@click.option("--field-rate", type=click.Choice(["single", "double"]), default="single", show_default=True)
+@click.option("--ivtc", is_flag=True)
+@click.option("--crop", default=None)
+@click.option("--width", type=int, default=None)
+@click.option("--height", type=int, default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@_debug_option
+def probe(file: Path, model, deinterlace, field_rate, ivtc, crop, width, height, as_json, debug) -> None:
+    """What vhsup sees in FILE and what it will do with it."""
+    from vhsup.media.probe import probe as probe_file
+    from vhsup.pipeline import Options, make_plan, model_name
+    from vhsup.registry import load_model
+
+    info = probe_file(file)
+    opts = Options(model=model, deinterlace=deinterlace, field_rate=field_rate, ivtc=ivtc, crop=crop,
+                   width=width, height=height)
+    name = model_name(opts)
+    loaded = load_model(name)
+    plan = make_plan(file, opts, scale=loaded.descriptor.scale, model=name, info=info)
+    estimate = _estimate_seconds(loaded.descriptor, plan)
+    if as_json:
+        data = info.to_json()
+        data["plan"] = plan.to_json()
+        data["plan"]["estimated_seconds"] = estimate
+        out.print_json(json.dumps(data, default=str))
+        return
+    v = info.interlace
+    t = Table(show_header=False, box=None, pad_edge=False)
+    t.add_column(style="bold")
+    t.add_column()
+    frames = f"{info.frames} ({'exact' if info.frames_exact else 'estimated'})"
+    rows = [
+        ("file", info.path),
+        ("container", info.container),
+        ("video", f"{info.codec} {info.width}x{info.height} {info.pix_fmt}, {float(info.fps):.3f} fps ({info.fps})"),
+        ("aspect", f"SAR {info.sar.numerator}:{info.sar.denominator}, DAR {info.dar.numerator}:{info.dar.denominator}"),
+        ("colour", info.colour),
+        ("fields", f"{'interlaced ' + v.field_order.upper() if v.interlaced else 'progressive'}  [{v.source}: {v.evidence}]"),
+        ("duration", f"{info.duration:.3f} s" if info.duration else "unknown"),
+        ("frames", frames),
+    ]
+    for a in info.audio:
+        rows.append((f"audio #{a.index}", f"{a.codec} {a.channels} ch {a.sample_rate} Hz" + (f" [{a.language}]" if a.language else "")))
+    for s in info.subtitles:
+        rows.append((f"subtitle #{s.index}", s.codec + (f" [{s.language}]" if s.language else "")))
+    p = plan.to_json()
+    rows += [
+        ("plan: fields", p["deinterlace"]),
+        ("plan: crop", f"{p['crop']} ({p['crop_source']})"),
+        ("plan: model", f"{name} x{plan.scale}"),
+        ("plan: output", f"{p['output_size'][0]}x{p['output_size'][1]} SAR {p['output_sar']} (display {p['display_aspect']}), "
+                         f"{float(plan.filters.rate):.3f} fps, ~{p['frames_out_estimate']} frames"),
+        ("plan: time", f"~{_fmt_time(estimate)} on {_device_name()}" if estimate else "unknown"),
+    ]
+    for k, val in rows:
+        t.add_row(escape(k), escape(val))
+    out.print(t)
+
+
+def _device_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
+
+
+def _estimate_seconds(desc, plan) -> float | None:
+    """Time from the model's MACs and a rough device throughput (measured in bench/RESULTS.md)."""
+    import torch
+
+    if not desc.macs_per_px:
+        return None
+    g = plan.geometry
+    macs = desc.macs_per_px * g.in_w * g.in_h * plan.frames_estimate
+    if torch.cuda.is_available():
+        rate = 20e12  # effective MAC/s of a modern GPU on these convs in bf16
+    else:
+        rate = 15e9 * max(1, torch.get_num_threads()) / 2  # measured ~15 GMAC/s on 2 cores
+    return round(macs / rate, 1)
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = int(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+@main.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="Output file; container from the extension (default: <input>.<model>.mkv).")
+@click.option("--model", default=None, help="Model name or weights file (default: esrgan-x4 on CUDA, compact-x4 on CPU).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True)
+@click.option("--tile", default="auto", show_default=True, callback=lambda c, p, v: _tile(v),
+              help="auto, 0 (whole frames) or a tile edge in input pixels.")
+@click.option("--batch", default="auto", show_default=True, callback=lambda c, p, v: _batch(v),
+              help="Frames or tiles per forward pass.")
+@click.option("--deinterlace", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True)
+@click.option("--field-rate", type=click.Choice(["single", "double"]), default="single", show_default=True,
+              help="double: one frame per field (59.94p from 29.97i).")
+@click.option("--ivtc", is_flag=True, help="Undo 3:2 telecine (film on NTSC video) to 23.976p.")
+@click.option("--crop", default=None, help="auto, or L,T,R,B pixels to remove before upscaling.")
+@click.option("--width", type=int, default=None, help="Output width, aspect kept.")
+@click.option("--height", type=int, default=None, help="Output height, aspect kept (e.g. 1080).")
+@click.option("--codec", default="libx264", show_default=True,
+              type=click.Choice(["libx264", "libx265", "ffv1", "prores_ks", "h264_nvenc", "hevc_nvenc"]))
+@click.option("--crf", type=int, default=None, help="Quality for x264/x265 (default 18).")
+@click.option("--preset", default=None, help="Encoder preset (x264/x265 default: medium).")
+@click.option("--pix-fmt", default="yuv420p", show_default=True, type=click.Choice(["yuv420p", "yuv420p10le"]))
+@click.option("--start", type=float, default=None, help="Start at this many seconds.")
+@click.option("--duration", type=float, default=None, help="Upscale this many seconds.")
+@click.option("--frames", type=int, default=None, help="Upscale at most this many frames.")
+@click.option("--compare", type=click.Path(path_type=Path), default=None,
+              help="Also write a side-by-side PNG (bicubic vs the model) of one frame.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@click.option("--download", "allow_download", is_flag=True, help="Allow fetching weights from the official release URL.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON summary at the end.")
+@_debug_option
+def upscale(file: Path, output, quiet, as_json, debug, **options) -> None:
+    """Upscale FILE: deinterlace, super-resolve, re-encode with all audio and subtitles."""
+    from vhsup.pipeline import upscale_video
+
+    show = not quiet and not as_json and err.is_terminal
+
+    def notice(msg: str) -> None:
+        if not as_json:
+            err.print(f"vhsup: {msg}", markup=False)
+
+    if show:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        columns = (TextColumn("[bold]upscaling"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[fps]} fps"), TimeRemainingColumn())
+        with Progress(*columns, console=err, transient=True) as bar:
+            task = bar.add_task("upscale", total=None, fps="-")
+            clock = {"t0": None}
+
+            def progress(done: int, total: int) -> None:
+                import time
+
+                if clock["t0"] is None:
+                    clock["t0"] = time.perf_counter()
+                    rate = "-"
+                else:
+                    dt = time.perf_counter() - clock["t0"]
+                    rate = f"{(done - 1) / dt:.2f}" if dt > 0 else "-"
+                # The estimate may be short (no frame count in the container): never let the bar overflow.
+                bar.update(task, completed=done, total=max(total, done) if total else None, fps=rate)
+
+            result = upscale_video(file, output, notice=notice, progress=progress, **options)
+    else:
+        result = upscale_video(file, output, notice=notice, **options)
+    if as_json:
+        out.print_json(json.dumps(result.to_json()))
+        return
+    if not quiet:
+        out.print(f"{result.output}: {result.frames_out} frames {result.width}x{result.height} "
+                  f"(display {result.display_aspect}) with {result.model} on {result.device}, "
+                  f"{result.fps_out} fps, {result.audio_streams} audio / {result.subtitle_streams} subtitle streams kept",
+                  markup=False)
+        if result.compare:
+            out.print(f"side-by-side still: {result.compare}", markup=False)
+
+
+@main.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--model", default=None)
+@click.option("--frames", type=int, default=8, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True)
+@click.option("--tile", default="auto", callback=lambda c, p, v: _tile(v))
+@click.option("--batch", default="auto", callback=lambda c, p, v: _batch(v))
+@click.option("--codec", default="libx264", show_default=True)
+@click.option("--preset", default=None)
+@click.option("--json", "as_json", is_flag=True)
+@_debug_option
+def bench(file: Path, as_json, debug, **options) -> None:
+    """Model-only vs end-to-end fps on FILE, and peak memory."""
+    from vhsup.bench import run_bench
+
+    result = run_bench(file, **options)
+    if as_json:
+        out.print_json(json.dumps(result))
+        return
+    for k, v in result.items():
+        out.print(f"{k:>22}: {v}", markup=False)
+
+
+@main.command()
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("demo-out"), show_default=True)
+@click.option("--model", default=None)
+@_debug_option
+def demo(out_dir: Path, model, debug) -> None:
+    """Build a short VHS-like sample (offline) and upscale it."""
+    from vhsup.demo import run_demo
+
+    run_demo(out_dir, model=model, echo=lambda m: out.print(m, markup=False))
+
+
+@main.group()
+def models() -> None:
+    """Named models and their weights."""
+
+
+@models.command("list")
+def models_list() -> None:
+    """The named models."""
+    from vhsup.registry import card, model_names
+
+    t = Table("name", "arch", "scale", "params", "MMAC/px", "licence")
+    for name in model_names():
+        c = card(name)
+        t.add_row(name, str(c.get("arch", "")), str(c.get("scale", "")), f"{c.get('params', 0):,}",
+                  f"{c.get('macs_per_px', 0) / 1e6:.2f}" if c.get("macs_per_px") else "-", str(c.get("licence", "")))
+    out.print(t)

@@ -1,0 +1,99 @@
+"""Shared fixtures: real clips built once per test session by tests/mediagen.py.
+
+Clips are read-only files (mode 0444) in a session temp folder: a test that
+opens its input for writing fails loudly instead of corrupting the clip the
+next test reads. Build your own variants with ``clips.make``; write outputs
+to ``tmp_path``.
+
+Named clips (see mediagen.PRESETS for the exact parameters):
+
+    dvd_clip   352x240 MPEG-2 TFF in a DVD program stream (.vob) + AC-3
+    dv_clip    720x480 DV (yuv411p, BFF, SAR 8:9) in AVI + PCM
+    odd_clip   99x67 FFV1 in MKV + FLAC
+    mp4_clip   160x120 H.264 in MP4 + AAC
+    vfr_clip   160x120 H.264 VFR in MKV + AAC, first frame at 10 s
+    ts_clip    160x120 MPEG-2 TFF in MPEG-TS + MP2
+    subs_clip  128x96 FFV1 in MKV + AC-3 + PCM + subrip + chapters + a font
+               attachment; video from 0.5 s, audio 0.1 s before it
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import mediagen  # noqa: E402
+
+
+class ClipFactory:
+    """Builds clips on first use and hands out the same ClipInfo afterwards."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self._cache: dict[object, mediagen.ClipInfo] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> mediagen.ClipInfo:
+        """A named clip from mediagen.PRESETS."""
+        filename, kwargs = mediagen.PRESETS[name]
+        return self.make(filename, **kwargs)
+
+    def make(self, filename: str, **kwargs) -> mediagen.ClipInfo:
+        """A clip with mediagen.make_clip's arguments, built once per session
+        for each distinct (filename, arguments)."""
+        key = (filename, tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
+        with self._lock:
+            if key not in self._cache:
+                sub = self.directory / f"c{len(self._cache):03d}"
+                sub.mkdir()
+                info = mediagen.make_clip(sub / filename, **kwargs)
+                os.chmod(info.path, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+                self._cache[key] = info
+            return self._cache[key]
+
+
+@pytest.fixture(scope="session")
+def clips(tmp_path_factory) -> ClipFactory:
+    return ClipFactory(tmp_path_factory.mktemp("clips"))
+
+
+@pytest.fixture(scope="session")
+def dvd_clip(clips) -> mediagen.ClipInfo:
+    return clips.get("dvd")
+
+
+@pytest.fixture(scope="session")
+def dv_clip(clips) -> mediagen.ClipInfo:
+    return clips.get("dv")
+
+
+@pytest.fixture(scope="session")
+def odd_clip(clips) -> mediagen.ClipInfo:
+    return clips.get("odd")
+
+
+@pytest.fixture(scope="session")
+def mp4_clip(clips) -> mediagen.ClipInfo:
+    return clips.get("mp4")
+
+
+@pytest.fixture(scope="session")
+def vfr_clip(clips) -> mediagen.ClipInfo:
+    return clips.get("vfr")
+
+
+@pytest.fixture(scope="session")
+def ts_clip(clips) -> mediagen.ClipInfo:
+    return clips.get("ts")
+
+
+@pytest.fixture(scope="session")
+def subs_clip(clips) -> mediagen.ClipInfo:
+    return clips.get("subs")

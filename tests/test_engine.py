@@ -1,0 +1,373 @@
+"""The SR engine: tiled output equals untiled, OOM backoff never loses a frame,
+half-precision overflow is caught, and settings resolve as documented.
+
+The networks are vhsup's real architectures with random weights, drawn
+large enough that the picture depends on pixels far away: with the default
+init a random net is nearly an identity and would hide tiling mistakes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vhsup.arch import RRDBNet, SRVGGNetCompact
+from vhsup.engine import MIN_TILE, NAN_STRIKES, SREngine, activation_bytes_per_px, plan_tile
+from vhsup.errors import VhsupError
+from vhsup.tiling import plan_tiles
+
+try:
+    from vhsup.registry import LoadedModel, ModelDescriptor
+except ImportError:  # the registry is being written alongside; same shape
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class ModelDescriptor:  # type: ignore[no-redef]
+        name: str
+        arch: str
+        scale: int
+        in_channels: int = 3
+        out_channels: int = 3
+        supports_half: bool = True
+        supports_bfloat16: bool = True
+        size_multiple: int = 1
+        tiling: bool = True
+        context: int = 16
+        params: int = 0
+        macs_per_px: float = 0.0
+        licence: str = ""
+        source: str = ""
+
+    @dataclass
+    class LoadedModel:  # type: ignore[no-redef]
+        module: torch.nn.Module
+        descriptor: ModelDescriptor
+
+
+torch.set_num_threads(2)
+
+
+def _excite(module: nn.Module, slope: float, last: nn.Conv2d, bias: float) -> nn.Module:
+    """Re-draw conv weights so signal survives the whole depth.
+
+    He-normal for the activation's slope keeps activations from shrinking
+    layer by layer; the last conv is scaled so the output varies by about a
+    quarter of full range around ``bias``.
+    """
+    gain = math.sqrt(2.0 / (1.0 + slope * slope))
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.normal_(m.weight, 0.0, gain / math.sqrt(m.weight[0].numel()))
+            nn.init.zeros_(m.bias)
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        y = module(x)
+        if bias == 0.0:  # a residual net: vary around the upsampled input
+            y = y - F.interpolate(x, size=y.shape[-2:], mode="nearest")
+        last.weight.mul_(0.25 / y.std())
+        last.bias.fill_(bias)
+    return module.eval()
+
+
+def compact(context: int = 18, **kw) -> LoadedModel:
+    """SRVGGNetCompact x4, 16 hidden convs: 18 convs, so 18 px reach each way."""
+    torch.manual_seed(1)
+    net = SRVGGNetCompact(num_feat=kw.pop("num_feat", 32), num_conv=16, upscale=4)
+    _excite(net, 0.25, net.body[-1], 0.0)
+    return LoadedModel(net, ModelDescriptor("compact-test", "compact", 4, context=context, **kw))
+
+
+def rrdb(scale: int = 4, context: int = 16) -> LoadedModel:
+    """A two-block RRDBNet; scale 2 folds the input by pixel-unshuffle."""
+    torch.manual_seed(2)
+    net = RRDBNet(scale=scale, num_feat=16, num_block=2, num_grow_ch=8)
+    _excite(net, 0.2, net.conv_last, 0.5)
+    return LoadedModel(net, ModelDescriptor(f"rrdb-test-x{scale}", "rrdbnet", scale, context=context,
+                                            size_multiple=1 if scale == 4 else 4 // scale))
+
+
+def frames(n: int, h: int, w: int, seed: int = 0) -> list[np.ndarray]:
+    """Smooth gradients plus noise: structure at every scale, like film grain on video."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    out = []
+    for _ in range(n):
+        base = np.stack([np.sin(xx / rng.uniform(3, 20) + c) * np.cos(yy / rng.uniform(3, 20) + c)
+                         for c in range(3)], -1) * 100 + 128
+        out.append(np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8))
+    return out
+
+
+def direct(model: LoadedModel, frames_: list[np.ndarray]) -> list[np.ndarray]:
+    """What the model gives run by hand on the whole frame in fp32."""
+    x = torch.from_numpy(np.stack(frames_)).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        y = model.module(x).clamp(0, 1).mul(255).round().byte()
+    return list(y.permute(0, 2, 3, 1).numpy())
+
+
+def max_err(a: list[np.ndarray], b: list[np.ndarray]) -> int:
+    assert len(a) == len(b)
+    return max(int(np.abs(x.astype(np.int16) - y).max()) for x, y in zip(a, b))
+
+
+# -- the result ------------------------------------------------------------
+
+
+def test_whole_frame_output_is_the_model_output_in_order():
+    model = compact()
+    src = frames(5, 23, 31)
+    eng = SREngine(model, tile=0, batch=2)
+    out = eng.upscale(src)
+    assert len(out) == 5
+    assert all(o.shape == (92, 124, 3) and o.dtype == np.uint8 for o in out)
+    assert max_err(out, direct(model, src)) <= 1
+    # Order: each output belongs to its own input, not a neighbour's.
+    assert all(max_err([out[i]], direct(model, [src[i]])) <= 1 for i in range(5))
+    assert max_err([out[0]], [out[1]]) > 10
+    assert eng.stats["forward_passes"] == 3  # 2 + 2 + 1: batched, none dropped
+
+
+@pytest.mark.parametrize("tile", [16, 24, 29, 40])
+def test_tiled_compact_matches_untiled(tile):
+    model = compact()
+    src = frames(2, 61, 87, seed=tile)
+    ref = SREngine(model, tile=0).upscale(src)
+    eng = SREngine(model, tile=tile, batch=3)
+    out = eng.upscale(src)
+    assert len(plan_tiles(61, 87, tile, 18)) > 1  # it really tiles
+    assert max_err(out, ref) <= 1
+
+
+def test_tiles_with_too_little_context_show_seams():
+    # The same net with a descriptor that claims 8 px of context: this is
+    # what the test above would see if the engine ignored the context or let
+    # tiles see false borders.
+    model = compact(context=8)
+    src = frames(1, 61, 87, seed=3)
+    ref = SREngine(model, tile=0).upscale(src)
+    assert max_err(SREngine(model, tile=24).upscale(src), ref) > 3
+
+
+@pytest.mark.parametrize("tile,size", [(16, (45, 53)), (32, (70, 41))])
+def test_tiled_rrdbnet_matches_untiled(tile, size):
+    model = rrdb()
+    src = frames(1, *size, seed=5)
+    ref = SREngine(model, tile=0).upscale(src)
+    out = SREngine(model, tile=tile, batch=4).upscale(src)
+    assert max_err(out, ref) <= 1
+
+
+def test_size_multiple_model_takes_odd_frames_tiled_or_not():
+    model = rrdb(scale=2)  # pixel-unshuffle: input sides must be even
+    src = frames(2, 45, 61, seed=6)
+    whole = SREngine(model, tile=0).upscale(src)
+    assert whole[0].shape == (90, 122, 3)
+    # Untiled equals the model on the frame reflected out to even size.
+    padded = [np.pad(f, ((0, 1), (0, 1), (0, 0)), mode="reflect") for f in src]
+    assert max_err(whole, [d[:90, :122] for d in direct(model, padded)]) <= 1
+    tiled = SREngine(model, tile=16, batch=5).upscale(src)
+    assert max_err(tiled, whole) <= 1
+
+
+def test_empty_call_and_bad_frames():
+    eng = SREngine(compact(), tile=0)
+    assert eng.upscale([]) == []
+    with pytest.raises(ValueError):
+        eng.upscale([np.zeros((8, 8, 3), np.uint8), np.zeros((8, 9, 3), np.uint8)])
+    with pytest.raises(ValueError):
+        eng.upscale([np.zeros((8, 8, 3), np.float32)])
+
+
+# -- out of memory -----------------------------------------------------------
+
+
+class Stingy(nn.Module):
+    """Wraps a real model; fails like an allocator when a batch is too big."""
+
+    def __init__(self, inner: nn.Module, max_px: int, error: type[Exception] = torch.OutOfMemoryError,
+                 message: str = "CUDA out of memory. Tried to allocate 2.00 GiB"):
+        super().__init__()
+        self.inner, self.max_px, self.error, self.message = inner, max_px, error, message
+        self.refused = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        if n * h * w > self.max_px:
+            self.refused += 1
+            raise self.error(self.message)
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("error,message", [
+    (torch.OutOfMemoryError, "CUDA out of memory. Tried to allocate 2.00 GiB"),
+    (RuntimeError, "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: "
+                   "can't allocate memory: you tried to allocate 9663676416 bytes."),
+])
+def test_out_of_memory_backs_off_and_keeps_every_frame(error, message):
+    real = compact()
+    src = frames(3, 50, 70, seed=8)
+    ref = SREngine(real, tile=0).upscale(src)
+    stingy = Stingy(real.module, max_px=3000, error=error, message=message)
+    notices: list[str] = []
+    eng = SREngine(LoadedModel(stingy, real.descriptor), tile=0, batch=2, notice=notices.append)
+    out = eng.upscale(src)
+    assert stingy.refused > 0
+    assert len(out) == 3 and max_err(out, ref) <= 1
+    assert eng.stats["oom_backoffs"] == stingy.refused
+    assert eng.batch == 1 and 0 < eng.tile < 50
+    assert notices and all("out of memory" in n and "\n" not in n for n in notices)
+    # The smaller settings stick: the next call runs without new failures.
+    before = stingy.refused
+    assert max_err(eng.upscale(src[:1]), ref[:1]) <= 1
+    assert stingy.refused == before
+
+
+def test_out_of_memory_below_the_smallest_tile_is_a_user_error():
+    real = compact()
+    stingy = Stingy(real.module, max_px=0)
+    eng = SREngine(LoadedModel(stingy, real.descriptor), tile=64, batch=4)
+    with pytest.raises(VhsupError) as info:
+        eng.upscale(frames(2, 40, 40))
+    assert "out of memory" in str(info.value) and "\n" not in str(info.value)
+    assert eng.tile == MIN_TILE and eng.batch == 1
+
+
+def test_other_errors_are_not_swallowed():
+    class Broken(nn.Module):
+        def forward(self, x):
+            raise RuntimeError("weights do not match the architecture")
+
+    eng = SREngine(LoadedModel(Broken(), compact().descriptor), tile=16, batch=2)
+    with pytest.raises(RuntimeError, match="do not match"):
+        eng.upscale(frames(1, 40, 40))
+    assert eng.stats["forward_passes"] == 1 and eng.stats["oom_backoffs"] == 0
+
+
+# -- precision ---------------------------------------------------------------
+
+
+class Overflow(nn.Module):
+    """A real numeric overflow: hidden activations pass through 1e6 and back.
+
+    In fp32 that is harmless; in fp16 (largest finite 65504) the hidden
+    tensor becomes inf and the output inf/NaN.
+    """
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1)
+        self.conv2 = nn.Conv2d(16, 3 * 4, 3, 1, 1)
+
+    def forward(self, x):
+        h = self.conv1(x) * 1e6
+        return F.pixel_shuffle(self.conv2(h) * 1e-6, 2) + F.interpolate(x, scale_factor=2.0)
+
+
+def test_half_precision_overflow_is_recomputed_in_fp32():
+    model = LoadedModel(Overflow().eval(), ModelDescriptor("overflow", "test", 2, context=4))
+    src = frames(2, 20, 24, seed=9)
+    x = torch.from_numpy(np.stack(src)).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
+        assert not torch.isfinite(model.module(x)).all()  # the overflow is real
+    notices: list[str] = []
+    eng = SREngine(model, precision="fp16", tile=0, batch=2, notice=notices.append)
+    out = eng.upscale(src)
+    assert max_err(out, direct(model, src)) <= 1
+    assert eng.stats["nan_retries"] == 1 and len(notices) == 1 and "fp32" in notices[0]
+    # After repeated overflow the engine stops trying fp16.
+    for _ in range(NAN_STRIKES):
+        eng.upscale(src)
+    assert eng.precision == "fp32" and eng.stats["nan_retries"] == NAN_STRIKES
+
+
+def test_bf16_on_cpu_stays_close_to_fp32():
+    model = compact()
+    src = frames(1, 24, 24, seed=10)
+    eng = SREngine(model, precision="bf16", tile=0)
+    out = eng.upscale(src)
+    err = max_err(out, direct(model, src))
+    assert eng.stats["nan_retries"] == 0 and err <= 24  # bf16 keeps 8 bits of mantissa
+
+
+def test_settings_resolve_and_refuse_nonsense():
+    model = compact()
+    eng = SREngine(model, device="cpu")
+    assert eng.device.type == "cpu" and eng.precision == "fp32" and eng.scale == 4
+    assert eng.describe()["tile"] == "auto"
+    d = eng.describe((480, 720))
+    assert set(d) == {"device", "precision", "tile", "batch"}
+    assert d["tile"] == eng.tile and d["batch"] == eng.batch >= 1
+    no_half = LoadedModel(model.module, ModelDescriptor("nohalf", "compact", 4, supports_half=False))
+    with pytest.raises(VhsupError, match="fp16"):
+        SREngine(no_half, precision="fp16")
+    with pytest.raises(VhsupError):
+        SREngine(model, precision="fp8")
+    with pytest.raises(VhsupError):
+        SREngine(model, tile=4)
+    with pytest.raises(VhsupError):
+        SREngine(model, batch=0)
+    untileable = LoadedModel(model.module, ModelDescriptor("whole", "x", 4, tiling=False))
+    with pytest.raises(VhsupError, match="tile"):
+        SREngine(untileable, tile=128)
+    if not torch.cuda.is_available():
+        with pytest.raises(VhsupError, match="CUDA"):
+            SREngine(model, device="cuda")
+
+
+# -- automatic tile size -----------------------------------------------------
+
+
+def test_auto_tile_follows_free_memory():
+    desc = rrdb().descriptor
+    dvd = (480, 720)
+    assert plan_tile(desc, dvd, "cpu", free_bytes=1 << 40) == 0  # fits whole
+    tiles = [plan_tile(desc, dvd, "cuda", free_bytes=gib << 30) for gib in (1, 2, 4, 8)]
+    assert all(t == 0 or t >= MIN_TILE for t in tiles)
+    assert tiles == sorted(tiles, key=lambda t: t or 1 << 30)  # more memory, bigger tile
+    assert 0 < tiles[0] < 720
+    assert plan_tile(desc, dvd, "cuda", free_bytes=1 << 20) == MIN_TILE
+    whole_only = ModelDescriptor("whole", "x", 4, tiling=False)
+    assert plan_tile(whole_only, dvd, "cuda", free_bytes=1 << 20) == 0
+    # fp16 activations take half the room, so the tile may grow.
+    assert plan_tile(desc, dvd, "cuda", free_bytes=1 << 30, precision="fp16") >= tiles[0]
+    # On CPU the default reads MemAvailable and gives a usable answer.
+    assert plan_tile(desc, (120, 180), "cpu") >= 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_auto_tile_fits_the_memory_it_was_given_on_cuda():
+    torch.manual_seed(0)
+    net = RRDBNet(num_block=2)
+    model = LoadedModel(net, ModelDescriptor("rrdb", "rrdbnet", 4))
+    budget = 1 << 30
+    eng = SREngine(model, device="cuda", precision="fp32", tile=plan_tile(model.descriptor, (480, 720),
+                                                                          "cuda", budget), batch=1)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    eng.upscale(frames(1, 480, 720))
+    assert torch.cuda.max_memory_allocated() - base <= budget
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_reduced_precision_matches_cpu_fp32():
+    model = compact()
+    src = frames(3, 60, 80, seed=11)
+    ref = direct(model, src)
+    eng = SREngine(model, device="cuda", tile=32, batch=4)
+    assert eng.precision in ("bf16", "fp16")
+    assert max_err(eng.upscale(src), ref) <= 24
+
+
+def test_activation_estimate_scales_with_model_and_precision():
+    light = ModelDescriptor("c", "compact", 4)
+    heavy = ModelDescriptor("r", "rrdbnet", 4)
+    assert activation_bytes_per_px(heavy) > 4 * activation_bytes_per_px(light)
+    assert activation_bytes_per_px(heavy, "bf16") < activation_bytes_per_px(heavy)

