@@ -17,8 +17,8 @@ from rich.table import Table
 
 from vhsup.errors import Interrupted, VhsupError
 
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
 
 
 class _Group(click.Group):

@@ -66,7 +66,7 @@ _OOM_TYPES = tuple(
 # How the CPU allocator (and other backends) word an allocation failure; they
 # raise a plain RuntimeError, not an OutOfMemoryError.
 _OOM_WORDS = ("out of memory", "can't allocate memory", "not enough memory",
-              "failed to allocate memory")
+              "failed to allocate memory", "alloc_failed")
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -90,13 +90,22 @@ def activation_bytes_per_px(desc: ModelDescriptor, precision: str = "fp32") -> f
     pixel-shuffle nets only carry ``3 * scale^2`` channels. Unknown
     architectures get the larger estimate. Input, output and the fp32
     result that the engine accumulates are added on top.
+
+    Measured peaks on CPU in fp32 (VmHWM, whole frames of 120x180):
+    compact-x4 1.4 KB/px against 2.2 estimated, esrgan-x4 10.0 KB/px
+    against 15.2. Half precision halves the activations, which holds for
+    CUDA autocast; CPU autocast keeps fp32 copies as well (25 KB/px for
+    esrgan-x4 in bf16), but reduced precision on CPU is for tests only.
     """
     e = _elem_bytes(precision)
     s2 = desc.scale * desc.scale
     arch = desc.arch.lower()
-    light = any(k in arch for k in ("compact", "srvgg"))
-    feats = 64 * (4 if light else 10)
-    upsampled = 3 * s2 * 4 if light else 64 * s2 * 3
+    if arch == "classical":  # a resampling filter: no feature maps at all
+        feats, upsampled = 0, 3 * s2 * 2
+    elif any(k in arch for k in ("compact", "srvgg")):
+        feats, upsampled = 64 * 4, 3 * s2 * 4
+    else:
+        feats, upsampled = 64 * 10, 64 * s2 * 3
     io = (desc.in_channels + 2 * desc.out_channels * s2) * 4
     return float((feats + upsampled) * e + io)
 
@@ -207,6 +216,7 @@ class SREngine:
         self._context = max(int(desc.context), MIN_CONTEXT)
         self._multiple = max(int(desc.size_multiple), 1)
         self._planned_for: tuple[int, int] | None = None
+        self._layout: tuple[tuple[int, int, int], list, list] | None = None
 
         module = model.module.eval()
         module.to(device=self.device)
@@ -284,7 +294,7 @@ class SREngine:
         if self._tile_auto:
             self.tile = plan_tile(self.descriptor, (h, w), self.device, free, precision=self.precision)
         if self._batch_auto:
-            ch, cw = tiling.crop_size(hp, wp, self.tile, self._context, multiple=self._multiple)
+            ch, cw = self._crop(hp, wp)
             per_item = ch * cw * activation_bytes_per_px(self.descriptor, self.precision)
             frame_bytes = hp * wp * 12 * (1 + self.scale ** 2)
             budget = free * MEMORY_SHARE.get(self.device.type, 0.4) - frame_bytes
@@ -301,16 +311,23 @@ class SREngine:
         if self.batch > 1:
             self.batch //= 2
         elif self.descriptor.tiling and (self.tile == 0 or self.tile > MIN_TILE):
-            if self.tile == 0:
-                hp, wp = self._padded(h, w)
-                self.tile = _pad_size(max(hp, wp) // 2, TILE_STEP)
-            else:
-                self.tile = max(MIN_TILE, self.tile // 2 // TILE_STEP * TILE_STEP)
+            hp, wp = self._padded(h, w)
+            crop = self._crop(hp, wp)
+            if self.tile == 0 or self.tile >= max(hp, wp):
+                self.tile = max(hp, wp)
+            # Halve until the crop the model sees actually shrinks: a tile
+            # larger than the frame, or one whose crop is mostly context,
+            # would otherwise fail again at the same size.
+            while self.tile > MIN_TILE:
+                self.tile = max(MIN_TILE, _pad_size(self.tile // 2, TILE_STEP))
+                if self._crop(hp, wp) != crop:
+                    break
         else:
             least = f"tile {MIN_TILE}" if self.descriptor.tiling else "whole frames"
+            advice = "try --device cpu" if self.device.type == "cuda" else "close other programs"
             raise VhsupError(
                 f"out of memory on {self.device} with model {self.descriptor.name} even at "
-                f"{least} and batch 1 ({failure}); free memory or try --device cpu")
+                f"{least} and batch 1 ({failure}); {advice}")
         self._notice(f"out of memory on {self.device} at {old}; "
                      f"retrying with tile {self.tile or 'off'}, batch {self.batch}")
 
@@ -327,11 +344,8 @@ class SREngine:
         h, w = frames[pending[0]].shape[:2]
         hp, wp = self._padded(h, w)
         s = self.scale
-        tiles = tiling.plan_tiles(hp, wp, self.tile, self._context, multiple=self._multiple)
+        tiles, weights = self._tiles(hp, wp)
         whole = len(tiles) == 1
-        weights = [] if whole else [
-            tuple(torch.from_numpy(a).to(self.device) for a in tiling.tile_weights(t, s))
-            for t in tiles]
         jobs = [(i, k) for i in pending for k in range(len(tiles))]
         inputs: dict[int, torch.Tensor] = {}
         accs: dict[int, torch.Tensor] = {}
@@ -363,6 +377,20 @@ class SREngine:
                 if k == len(tiles) - 1:
                     done[i] = self._download(accs.pop(i), h, w)
                     del inputs[i]
+
+    def _crop(self, hp: int, wp: int) -> tuple[int, int]:
+        return tiling.crop_size(hp, wp, self.tile, self._context, multiple=self._multiple)
+
+    def _tiles(self, hp: int, wp: int) -> tuple[list[tiling.Tile], list]:
+        """Tiles and their device-side blend weights, kept while settings hold."""
+        key = (hp, wp, self.tile)
+        if self._layout is None or self._layout[0] != key:
+            tiles = tiling.plan_tiles(hp, wp, self.tile, self._context, multiple=self._multiple)
+            weights = [] if len(tiles) == 1 else [
+                tuple(torch.from_numpy(a).to(self.device) for a in tiling.tile_weights(t, self.scale))
+                for t in tiles]
+            self._layout = (key, tiles, weights)
+        return self._layout[1], self._layout[2]
 
     def _upload(self, frame: np.ndarray, hp: int, wp: int) -> torch.Tensor:
         """uint8 HxWx3 on the host -> float (1,3,hp,wp) in [0,1] on the device."""

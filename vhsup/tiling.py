@@ -86,9 +86,9 @@ def default_feather(context: int) -> int:
 
     The context already makes tiles agree with the untiled run, so the fade
     only has to soften the last fraction of a grey level; a quarter of the
-    context (at least 2 px) does that without growing every crop by much.
+    context, 2 to 8 px, does that without growing every crop by much.
     """
-    return max(2, context // 4)
+    return max(2, min(8, context // 4))
 
 
 def _round_up(n: int, m: int) -> int:

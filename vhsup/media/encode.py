@@ -412,7 +412,8 @@ class VideoEncoder:
         try:
             vs = out.add_stream(s.codec, rate=self._rate, options=self._codec_options())
         except (ValueError, av.FFmpegError) as e:
-            raise VhsupError(f"{self._fmt} cannot hold {s.codec} video ({e}); use .mkv", self.dst) from e
+            better = ".mov or .mkv" if s.codec == "prores_ks" else ".mkv"
+            raise VhsupError(f"{self._fmt} cannot hold {s.codec} video ({e}); use {better}", self.dst) from e
         vs.width, vs.height = self._width, self._height
         vs.pix_fmt = self._pix_fmt
         cc = vs.codec_context

@@ -169,42 +169,35 @@ def _interlace_verdict(
     n = len(frames)
     flagged = sum(1 for f in frames if f.interlaced_frame)
     frac = flagged / n if n else 0.0
+    flags = f"stream field order {field_order}; {flagged}/{n} sampled frames flagged interlaced"
     if field_order in ("tff", "bff") and frac >= 0.9:
-        return InterlaceVerdict(
-            True, field_order, "stream",
-            f"stream field order {field_order}; {flagged}/{n} sampled frames flagged interlaced", frac,
-        )
-    if field_order == "progressive" and flagged == 0:
-        return InterlaceVerdict(False, "progressive", "stream", f"stream flagged progressive; 0/{n} frames interlaced", 0.0)
+        # Both kinds of flag agree on interlaced: the reliable case (DVD video, DV).
+        return InterlaceVerdict(True, field_order, "stream", flags, frac)
     if field_order in ("tff", "bff") and 0.1 <= frac < 0.9:
-        return InterlaceVerdict(
-            True, field_order, "frames",
-            f"stream field order {field_order}; {flagged}/{n} frames flagged interlaced (mixed content)",
-            frac, mixed=True,
-        )
-    if field_order in ("tff", "bff") and frac < 0.1 and n:
-        # Flagged progressive frame by frame inside an interlaced stream: the
-        # usual case of film on DVD (progressive_frame set). Trust the frames.
-        return InterlaceVerdict(
-            False, "progressive", "frames",
-            f"stream field order {field_order} but {flagged}/{n} frames flagged interlaced", frac,
-        )
-    # No usable flags: look at the pictures.
+        return InterlaceVerdict(True, field_order, "frames", flags + " (mixed content)", frac, mixed=True)
+    # Everything else is checked against the pictures. Flags that say
+    # "progressive" are often just an encoder's default: a VHS capture
+    # re-encoded without interlace flags still has combing in every frame.
     counts = _idet(container, frames) if n >= 4 else {"tff": 0, "bff": 0, "progressive": 0, "undetermined": 0}
     inter = counts["tff"] + counts["bff"]
     decided = inter + counts["progressive"]
     ev = (
-        f"stream field order {field_order}; {flagged}/{n} frames flagged; idet over {n} frames: "
-        f"tff {counts['tff']}, bff {counts['bff']}, progressive {counts['progressive']}, "
-        f"undetermined {counts['undetermined']}"
+        f"{flags}; idet over {n} frames: tff {counts['tff']}, bff {counts['bff']}, "
+        f"progressive {counts['progressive']}, undetermined {counts['undetermined']}"
     )
+    idet_order = "tff" if counts["tff"] >= counts["bff"] else "bff"
+    says_progressive = field_order == "progressive" or (field_order in ("tff", "bff") and n > 0)
+    if says_progressive:
+        # Overrule the flags only on strong evidence: most sampled frames combed.
+        if n and inter >= 0.7 * n:
+            return InterlaceVerdict(True, idet_order, "idet", ev + " (flags overruled)", frac)
+        return InterlaceVerdict(False, "progressive", "frames" if field_order != "progressive" else "stream", ev, frac)
     if decided and inter >= 0.5 * decided and inter >= 3:
-        order = "tff" if counts["tff"] >= counts["bff"] else "bff"
-        return InterlaceVerdict(True, order, "idet", ev, frac)
+        return InterlaceVerdict(True, idet_order, "idet", ev, frac)
     if flagged and frac >= 0.9:
-        # Frames say interlaced, stream gives no order, idet cannot tell:
-        # assume top field first, FFmpeg's default for unflagged order.
-        return InterlaceVerdict(True, "tff" if field_order == "unknown" else field_order, "frames", ev, frac)
+        # Frames say interlaced, the stream gives no order and idet cannot
+        # tell (static content): assume top field first, FFmpeg's default.
+        return InterlaceVerdict(True, "tff", "frames", ev, frac)
     return InterlaceVerdict(False, "progressive", "idet", ev, frac)
 
 
