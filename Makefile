@@ -26,7 +26,8 @@ demo: $(STAMP)
 	$(PY) -m vhsup demo
 
 bench: $(STAMP)
-	$(PY) bench/run.py
+	$(PY) bench/run.py overhead --model compact-x4 --frames 6
+	$(PY) bench/run.py memory --model bicubic --seconds 2 --factor 10
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache

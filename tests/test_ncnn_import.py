@@ -311,3 +311,12 @@ def test_truncated_real_bin_is_refused(tmp_path):
     with pytest.raises(VhsupError, match="too short") as err:
         ncnn.import_ncnn(tmp_path / "m.param")
     assert "m.bin" in str(err.value)
+
+
+def test_strided_convolution_is_refused(tmp_path):
+    param = write_compact(random_compact(), tmp_path)
+    text = param.read_text().replace(" 4=1 5=1", " 3=2 4=1 5=1", 1)
+    param.write_text(text)
+    with pytest.raises(VhsupError, match="stride 1") as err:
+        ncnn.import_ncnn(param)
+    assert str(param) in str(err.value)

@@ -243,3 +243,77 @@ def test_default_output_name_is_beside_the_input(odd_clip, tmp_path):
     shutil.copy(odd_clip.path, src)
     r = upscale_video(src, model="bicubic", frames=2, preset="ultrafast")
     assert Path(r.output) == tmp_path / "episode.bicubic.mkv" and Path(r.output).exists()
+
+
+def _telecined_clip(path: Path, film_frames: int = 24) -> Path:
+    """23.976p film made into 29.97i with FFmpeg's telecine filter (3:2 pulldown)."""
+    film = Fraction(24000, 1001)
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("ffv1", rate=Fraction(30000, 1001))
+        s.width, s.height, s.pix_fmt = 320, 240, "yuv420p"
+        s.codec_context.time_base = Fraction(1001, 30000)
+        g = av.filter.Graph()
+        src = g.add("buffer", "video_size=320x240:pix_fmt=yuv420p:time_base=1001/24000:frame_rate=24000/1001")
+        tc = g.add("telecine", "first_field=top:pattern=23")
+        sink = g.add("buffersink")
+        src.link_to(tc)
+        tc.link_to(sink)
+        g.configure()
+        n = 0
+
+        def drain() -> None:
+            nonlocal n
+            while True:
+                try:
+                    f = g.vpull()
+                except (av.error.BlockingIOError, av.error.EOFError):
+                    return
+                f.pts, f.time_base = n, Fraction(1001, 30000)
+                n += 1
+                for p in s.encode(f):
+                    out.mux(p)
+
+        for i in range(film_frames):
+            rgb = mediagen.render(320, 240, i, float(i / film))
+            vf = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p", threads=1)
+            vf.pts, vf.time_base = i, Fraction(1001, 24000)
+            g.vpush(vf)
+            drain()
+        g.vpush(None)
+        drain()
+        for p in s.encode():
+            out.mux(p)
+    return path
+
+
+def test_ivtc_restores_each_film_frame_once(tmp_path):
+    src = _telecined_clip(tmp_path / "film.mkv")
+    combed = 0
+    for _, rgb in mediagen.decode_video(src):
+        try:
+            mediagen.read_index(rgb)
+        except ValueError:
+            combed += 1
+    assert combed >= 8  # 2 of every 5 telecined frames mix two film frames
+    dst = tmp_path / "film-out.mkv"
+    r = upscale_video(src, dst, ivtc=True, **FAST)
+    assert r.output_rate == str(Fraction(24000, 1001))
+    # strict read_index raises on any frame that still mixes two film frames
+    got = mediagen.read_indices(dst)
+    assert [i for _, i in got] == list(range(24))
+    steps = {round(b[0] - a[0], 3) for a, b in zip(got, got[1:])}
+    assert steps <= {0.041, 0.042}
+
+
+def test_auto_crop_removes_vhs_edges_and_head_switching(tmp_path):
+    from vhsup.samples import make_vhs_sample
+
+    sample = make_vhs_sample(tmp_path / "tape.avi", seconds=0.5)
+    r = upscale_video(sample.path, tmp_path / "tape.mkv", crop="auto", frames=2, **FAST)
+    left, top, right, bottom = (int(v) for v in r.crop.split(","))
+    assert left >= 4 and right >= 4  # the black edges beside the ~704 picture samples
+    assert 6 <= bottom <= 10  # the torn head-switching lines
+    assert top == 0
+    in_w, in_h = 720 - left - right, 480 - bottom
+    # the output shows the cropped picture at its true shape (SAR 8:9 kept)
+    assert abs(float(display_aspect(tmp_path / "tape.mkv")) - in_w * 8 / 9 / in_h) < 0.005

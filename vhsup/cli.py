@@ -39,6 +39,14 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             err.print("vhsup: interrupted", markup=False)
             ctx.exit(130)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug or an FFmpeg surprise: still one line
+            if debug:
+                raise
+            err.print(f"vhsup: error: unexpected failure: {type(exc).__name__}: {' '.join(str(exc).split())} "
+                      "(run again with --debug for the traceback)", markup=False)
+            ctx.exit(1)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -10,6 +10,8 @@ adding a model is adding a card, not code.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
 import re
 import tomllib
@@ -31,7 +33,7 @@ from .weights.sources import load_weights
 # exactly one pixel per 3x3 conv, so num_conv + 2 is exact; RRDBNet's is
 # hundreds of pixels but its influence fades, so the value measured on
 # esrgan-x4 (the deepest published one) is used for all of them.
-_RRDB_USER_CONTEXT = 24
+_RRDB_USER_CONTEXT = 72
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,7 @@ def model_names() -> list[str]:
 def card(name: str) -> dict:
     """The parsed TOML card of a named model."""
     try:
-        return _cards()[name]
+        return copy.deepcopy(_cards()[name])
     except KeyError:
         raise _unknown_name(name) from None
 
@@ -154,7 +156,7 @@ def _load_classical(kind: str, scale: int, name: str) -> LoadedModel:
     module = _finish(build("classical", {"kind": kind, "scale": scale}))
     desc = _descriptor_from_card(c, scale, name, 0, "built in (no weights)")
     # The card describes the default x4; cost depends on the scale asked for.
-    return LoadedModel(module, ModelDescriptor(**{**desc.__dict__, "macs_per_px": resample_macs_per_px(kind, scale)}))
+    return LoadedModel(module, dataclasses.replace(desc, macs_per_px=resample_macs_per_px(kind, scale)))
 
 
 def _load_named(name: str, allow_download: bool) -> LoadedModel:
@@ -202,8 +204,10 @@ def _load_file(path: Path) -> LoadedModel:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise VhsupError(f"weights do not fit a {arch} with {hyper}: {first}", path) from None
     if arch == "rrdbnet":
-        context, macs = _RRDB_USER_CONTEXT, _rrdb_macs(hyper)
+        # x2/x1 RRDBNets run their trunk on a 2x/4x coarser grid, so the same
+        # reach in trunk pixels spans 2x/4x as many input pixels.
         multiple = {4: 1, 2: 2, 1: 4}[scale]
+        context, macs = _RRDB_USER_CONTEXT * multiple, _rrdb_macs(hyper)
     else:
         context, macs, multiple = hyper["num_conv"] + 2, _compact_macs(hyper), 1
     desc = ModelDescriptor(

@@ -88,6 +88,25 @@ def plan_filters(info: VideoInfo, *, deinterlace: str = "auto", field_rate: str 
     return FilterPlan(True, method, parity, double, only_flagged, False, info.fps * (2 if double else 1))
 
 
+def _buffer_args(stream: av.video.stream.VideoStream) -> str:
+    """Buffer-source arguments from the stream itself.
+
+    ``Graph.add_buffer(template=stream)`` passes no frame rate (fieldmatch and
+    decimate refuse to configure without one) and hard-codes SAR 1:1, so
+    the source is described here in full.
+    """
+    cc = stream.codec_context
+    tb = stream.time_base or Fraction(1, 90000)
+    rate = stream.average_rate or stream.guessed_rate or Fraction(30000, 1001)
+    sar = stream.sample_aspect_ratio or cc.sample_aspect_ratio or Fraction(1)
+    sar = Fraction(sar) if Fraction(sar) > 0 else Fraction(1)
+    fmt = cc.format.name if cc.format else "yuv420p"
+    return (
+        f"video_size={cc.width}x{cc.height}:pix_fmt={fmt}:time_base={tb.numerator}/{tb.denominator}"
+        f":frame_rate={rate.numerator}/{rate.denominator}:pixel_aspect={sar.numerator}/{sar.denominator}"
+    )
+
+
 class FieldFilter:
     """A libavfilter graph fed frame by frame: ``feed(frame)`` then ``flush()``."""
 
@@ -110,7 +129,7 @@ class FieldFilter:
         self.active = bool(chain)
         if not self.active:
             return
-        node = self.graph.add_buffer(template=stream)
+        node = self.graph.add("buffer", _buffer_args(stream))
         for name, args in chain:
             nxt = self.graph.add(name, args)
             node.link_to(nxt)

@@ -155,17 +155,24 @@ def detect_crop(samples: list[np.ndarray], *, vhs_bottom: bool = True, black: in
     top, bottom = edge(row_max, lim_h), edge(row_max[::-1], lim_h)
     left, right = edge(col_max, lim_w), edge(col_max[::-1], lim_w)
     if vhs_bottom and h >= 200:
-        # Mean absolute difference between each row and the next one, averaged over samples.
+        # diff[r] is the mean |row r+1 - row r| over samples and width. Torn
+        # lines differ from their neighbours several times more than the
+        # picture just above them does; count them up from the bottom edge.
         diff = np.abs(np.diff(luma, axis=1)).mean(axis=(0, 2))
-        body = diff[h // 4 : 3 * h // 4]
-        typical = float(np.median(body)) + 1e-3
-        n = 0
-        for i in range(1, 16):
-            row = h - 1 - bottom - i
-            if row <= 0:
-                break
-            if diff[row] > 4 * typical:
-                n = i + 1
+        last = h - 2 - bottom  # the pair (last, last + 1) ends at the picture's bottom row
+        # The reference is the calmer of the picture's middle and the lines
+        # just above the band (captions or a date stamp there raise the latter).
+        body = float(np.median(diff[h // 4 : 3 * h // 4]))
+        near = float(np.median(diff[max(0, last - 60) : last - 20]))
+        reference = min(body, near) + 1e-3
+        n, misses = 0, 0
+        for i in range(16):
+            if diff[last - i] > 1.6 * reference:
+                n, misses = i + 1, 0
+            else:
+                misses += 1
+                if misses > 1:
+                    break
         bottom += n
     even = lambda v: (v + 1) // 2 * 2  # noqa: E731
     return Crop(even(left), even(top), even(right), even(bottom))

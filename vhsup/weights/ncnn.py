@@ -186,10 +186,15 @@ def _read_blobs(layers: list[Layer], reader: _BinReader, param_path) -> tuple[li
             kh = int(layer.get(11, kernel))
             if kh != kernel or out_ch <= 0 or kernel <= 0 or count % (out_ch * kernel * kernel):
                 raise VhsupError(f"{what}: weight size {count} does not fit {out_ch}x?x{kernel}x{kernel}", param_path)
-            if int(layer.get(2, 1)) != 1 or int(layer.get(3, 1)) != 1 or int(layer.get(4)) != kernel // 2:
+            # Keys: 2/12 dilation, 3/13 stride, 4/14/15/16 padding (-233 is
+            # ncnn's automatic 'same'), 8 int8 scales, 19 weights from a blob.
+            pad = int(layer.get(4))
+            pads = {pad, *(int(layer.get(k, pad)) for k in (14, 15, 16))}
+            geometry = {int(layer.get(k, 1)) for k in (2, 12, 3, 13)}
+            if geometry != {1} or not (pads <= {kernel // 2} or pads <= {-233}):
                 raise VhsupError(f"{what}: only stride 1, dilation 1, 'same' padding is supported", param_path)
-            if int(layer.get(8)) != 0 or int(layer.get(18, 0)) != 0:
-                raise VhsupError(f"{what}: quantised convolutions are not supported", param_path)
+            if int(layer.get(8)) != 0 or int(layer.get(19)) != 0:
+                raise VhsupError(f"{what}: quantised or dynamic-weight convolutions are not supported", param_path)
             in_ch = count // (out_ch * kernel * kernel)
             weight = reader.tagged(count, what + " weight").reshape(out_ch, in_ch, kernel, kernel)
             bias = reader.raw_f32(out_ch, what + " bias") if int(layer.get(5)) == 1 else None

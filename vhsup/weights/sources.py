@@ -258,6 +258,9 @@ def _from_download(card: dict) -> tuple[dict[str, torch.Tensor], str]:
     state = {k: v.float() for k, v in state.items()}
     arch, hyper = detect(state, dest)
     _check(card, arch, hyper, state, dest)
+    # The converted tensors are cached next; keeping the .pth too would
+    # double the disk space for nothing.
+    dest.unlink(missing_ok=True)
     return state, url
 
 
