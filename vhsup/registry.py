@@ -113,7 +113,10 @@ def card(name: str) -> dict:
 
 def _unknown_name(name: str) -> VhsupError:
     known = ", ".join(model_names())
-    return VhsupError(f"unknown model {name!r}; known: {known} (also bicubic-xN and lanczos-xN for N in 1..{MAX_SCALE}), or a path to a .pth/.safetensors file")
+    return VhsupError(
+        f"unknown model {name!r}; known: {known} (also bicubic-xN and lanczos-xN for N in 1..{MAX_SCALE}), "
+        "or a path to a .pth/.safetensors file"
+    )
 
 
 def default_model(cuda: bool) -> str:
@@ -194,7 +197,10 @@ def _load_file(path: Path) -> LoadedModel:
     arch, hyper = detect(state, path)
     scale = int(hyper.get("scale", hyper.get("upscale")))
     if hyper["num_in_ch"] != 3 or hyper["num_out_ch"] != 3:
-        raise VhsupError(f"model has {hyper['num_in_ch']} input and {hyper['num_out_ch']} output channels; vhsup needs 3 (RGB) in and out", path)
+        raise VhsupError(
+            f"model has {hyper['num_in_ch']} input and {hyper['num_out_ch']} output channels; vhsup needs 3 (RGB) in and out",
+            path,
+        )
     if not 1 <= scale <= MAX_SCALE:
         raise VhsupError(f"model scale x{scale} is outside 1..{MAX_SCALE}", path)
     try:

