@@ -59,6 +59,19 @@ class ClipFactory:
             return self._cache[key]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_weight_cache(tmp_path_factory):
+    """Converted weights go to a per-session folder, not the user's cache:
+    the suite proves the importer works from the installed package every run."""
+    old = os.environ.get("VHSUP_CACHE_DIR")
+    os.environ["VHSUP_CACHE_DIR"] = str(tmp_path_factory.mktemp("weights-cache"))
+    yield
+    if old is None:
+        os.environ.pop("VHSUP_CACHE_DIR", None)
+    else:
+        os.environ["VHSUP_CACHE_DIR"] = old
+
+
 @pytest.fixture(scope="session")
 def clips(tmp_path_factory) -> ClipFactory:
     return ClipFactory(tmp_path_factory.mktemp("clips"))
