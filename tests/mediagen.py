@@ -818,6 +818,21 @@ PRESETS: dict[str, tuple[str, dict]] = {
 }
 
 
+def make_audio_only(path: str | Path, seconds: float = 0.1) -> Path:
+    """A WAV file with a stereo PCM stream and no video at all."""
+    path = Path(path)
+    n = int(48000 * seconds)
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("pcm_s16le", rate=48000, layout="stereo")
+        f = av.AudioFrame.from_ndarray(np.zeros((1, 2 * n), np.int16), format="s16", layout="stereo")
+        f.sample_rate = 48000
+        for p in s.encode(f):
+            out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    return path
+
+
 def make_preset(name: str, directory: str | Path) -> ClipInfo:
     filename, kwargs = PRESETS[name]
     return make_clip(Path(directory) / filename, **kwargs)

@@ -10,10 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-import av
-import numpy as np
 import pytest
 from click.testing import CliRunner
+
+import mediagen
 
 from vhsup.cli import main
 
@@ -38,15 +38,7 @@ def bad_inputs(tmp_path_factory) -> dict[str, Path]:
     (d / "empty.avi").write_bytes(b"")
     (d / "notes.avi").write_text("this is a shopping list, not a video\n" * 50)
     (d / "folder.mkv").mkdir()
-    wav = d / "song.wav"
-    with av.open(str(wav), "w") as out:
-        s = out.add_stream("pcm_s16le", rate=48000, layout="stereo")
-        f = av.AudioFrame.from_ndarray(np.zeros((1, 9600), np.int16), format="s16", layout="stereo")
-        f.sample_rate = 48000
-        for p in s.encode(f):
-            out.mux(p)
-        for p in s.encode():
-            out.mux(p)
+    wav = mediagen.make_audio_only(d / "song.wav")
     return {"dir": d, "wav": wav}
 
 

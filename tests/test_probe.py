@@ -3,7 +3,6 @@
 from fractions import Fraction
 
 import av
-import numpy as np
 import pytest
 
 import mediagen
@@ -80,14 +79,6 @@ def test_probe_does_not_touch_the_file(dvd_clip):
 
 
 def test_audio_only_file_is_refused(tmp_path):
-    path = tmp_path / "song.wav"
-    with av.open(str(path), "w") as out:
-        s = out.add_stream("pcm_s16le", rate=48000, layout="stereo")
-        f = av.AudioFrame.from_ndarray(np.zeros((1, 9600), np.int16), format="s16", layout="stereo")
-        f.sample_rate = 48000
-        for p in s.encode(f):
-            out.mux(p)
-        for p in s.encode():
-            out.mux(p)
+    path = mediagen.make_audio_only(tmp_path / "song.wav")
     with pytest.raises(VhsupError, match=r"song\.wav: audio-only file"):
         probe(path)

@@ -18,13 +18,13 @@ travel through vhsup are RGB, and the swap happens in ``write_png`` only.
 
 from __future__ import annotations
 
-import os
 from fractions import Fraction
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from vhsup.atomic import replacing
 from vhsup.errors import VhsupError
 
 MAX_PANEL_WIDTH = 960  # widest overview panel; wider frames get a 1:1 detail row
@@ -47,16 +47,8 @@ def write_png(path: Path, rgb: np.ndarray) -> Path:
     ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 3])
     if not ok:  # pragma: no cover - OpenCV only fails here on absurd sizes
         raise VhsupError("cannot encode the PNG", path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data.tobytes())
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise VhsupError(f"cannot write the PNG: {exc.strerror or exc}", path) from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with replacing(path, "PNG") as tmp:
+        tmp.write_bytes(data.tobytes())
     return path
 
 

@@ -31,7 +31,6 @@ Nothing here imports torch: this is media-side code.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
@@ -41,6 +40,7 @@ import av
 import cv2
 import numpy as np
 
+from vhsup.atomic import replacing
 from vhsup.errors import VhsupError
 
 AUDIO_RATE = 48000
@@ -171,15 +171,8 @@ def make_vhs_sample(
     vhs = _VhsChain(width, height, interlaced, look, np.random.default_rng(seed))
     audio = _audio(frames, rate, cue_frames, np.random.default_rng(seed + 1))
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    try:
+    with replacing(path, "sample") as tmp:
         _encode(tmp, fmt, width, height, rate, sar, interlaced, frames, scene, vhs, audio)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise VhsupError(f"cannot write the sample: {exc.strerror or exc}", path) from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return SampleInfo(
         path=path,
         frames=frames,
