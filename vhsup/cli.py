@@ -295,13 +295,45 @@ def models() -> None:
 
 
 @models.command("list")
-def models_list() -> None:
-    """The named models."""
-    from vhsup.registry import card, model_names
+@click.option("--json", "as_json", is_flag=True)
+def models_list(as_json: bool) -> None:
+    """The named models, their cost and where their weights stand."""
+    from vhsup.model_info import describe
+    from vhsup.registry import model_names
 
-    t = Table("name", "arch", "scale", "params", "MMAC/px", "licence")
-    for name in model_names():
-        c = card(name)
-        t.add_row(name, str(c.get("arch", "")), str(c.get("scale", "")), f"{c.get('params', 0):,}",
-                  f"{c.get('macs_per_px', 0) / 1e6:.2f}" if c.get("macs_per_px") else "-", str(c.get("licence", "")))
+    rows = [describe(name) for name in model_names()]
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    t = Table("name", "arch", "scale", "params", "MMAC/px", "weights", "licence")
+    t.columns[0].no_wrap = True
+    for r in rows:
+        macs = f"{r['macs_per_px'] / 1e6:.2f}" if r["macs_per_px"] else "-"
+        licence = str(r["licence"] or "").split(" (")[0]  # the card's note in brackets is for `info`
+        t.add_row(r["name"], str(r["arch"]), str(r["scale"]), f"{r['params']:,}", macs, r["weights"], escape(licence))
+    out.print(t)
+
+
+@models.command("info")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+def models_info(name: str, as_json: bool) -> None:
+    """Everything vhsup knows about the model NAME."""
+    from vhsup.model_info import describe
+
+    info = describe(name)
+    if as_json:
+        out.print_json(json.dumps(info))
+        return
+    t = Table(show_header=False, box=None, pad_edge=False)
+    t.add_column(style="bold")
+    t.add_column()
+    for key, value in info.items():
+        if value in (None, "", [], {}):
+            continue
+        if isinstance(value, list):
+            value = "\n".join(value)
+        elif isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        t.add_row(key, escape(str(value)))
     out.print(t)
