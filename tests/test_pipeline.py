@@ -317,3 +317,35 @@ def test_auto_crop_removes_vhs_edges_and_head_switching(tmp_path):
     in_w, in_h = 720 - left - right, 480 - bottom
     # the output shows the cropped picture at its true shape (SAR 8:9 kept)
     assert abs(float(display_aspect(tmp_path / "tape.mkv")) - in_w * 8 / 9 / in_h) < 0.005
+
+
+def test_onnx_backend_gives_the_same_frames_as_torch(odd_clip, tmp_path):
+    pytest.importorskip("onnxruntime")
+    common = dict(model="compact-x4", frames=3, codec="ffv1", overwrite=True)
+    a = upscale_video(odd_clip.path, tmp_path / "torch.mkv", **common)
+    b = upscale_video(odd_clip.path, tmp_path / "onnx.mkv", backend="onnx", **common)
+    assert (a.backend, b.backend) == ("torch", "onnx")
+    assert (a.frames_out, a.width, a.height) == (b.frames_out, b.width, b.height) == (3, 396, 268)
+    fa = [rgb.astype(int) for _, rgb in mediagen.decode_video(tmp_path / "torch.mkv")]
+    fb = [rgb.astype(int) for _, rgb in mediagen.decode_video(tmp_path / "onnx.mkv")]
+    # ffv1 is lossless; only the yuv420p conversion of a 1-level difference can show
+    assert max(int(abs(x - y).max()) for x, y in zip(fa, fb)) <= 2
+
+
+def test_an_onnx_file_runs_through_onnxruntime(odd_clip, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from click.testing import CliRunner
+
+    from vhsup.cli import main
+
+    model = tmp_path / "c4.onnx"
+    r = CliRunner().invoke(main, ["models", "export", "compact-x4", str(model)])
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.startswith(f"wrote {model}") and "max |onnx - torch|" in r.stdout
+    notes: list[str] = []
+    res = upscale_video(odd_clip.path, tmp_path / "o.mkv", model=str(model), frames=2, notice=notes.append,
+                        preset="ultrafast")
+    assert res.frames_out == 2 and res.width == 396 and res.backend == "onnx"
+    assert any("onnxruntime" in n for n in notes)
+    r = CliRunner().invoke(main, ["models", "export", "compact-x4", str(model)])
+    assert r.exit_code == 2 and "output exists" in r.stderr

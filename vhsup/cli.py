@@ -180,6 +180,8 @@ def _fmt_time(seconds: float) -> str:
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="Output file; container from the extension (default: <input>.<model>.mkv).")
 @click.option("--model", default=None, help="Model name or weights file (default: esrgan-x4 on CUDA, compact-x4 on CPU).")
+@click.option("--backend", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
+              help="onnx: onnxruntime (TensorRT, CUDA or CPU provider; needs the onnx extra).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True)
 @click.option("--tile", default="auto", show_default=True, callback=lambda c, p, v: _tile(v),
@@ -258,6 +260,7 @@ def upscale(file: Path, output, quiet, as_json, debug, **options) -> None:
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--model", default=None)
 @click.option("--frames", type=int, default=8, show_default=True)
+@click.option("--backend", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True)
 @click.option("--tile", default="auto", callback=lambda c, p, v: _tile(v))
@@ -337,3 +340,30 @@ def models_info(name: str, as_json: bool) -> None:
             value = ", ".join(f"{k}={v}" for k, v in value.items())
         t.add_row(key, escape(str(value)))
     out.print(t)
+
+
+@models.command("export")
+@click.argument("name")
+@click.argument("output", type=click.Path(path_type=Path))
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--opset", type=int, default=None, help="ONNX opset (default 17).")
+@click.option("--no-check", is_flag=True, help="Skip onnx.checker and the comparison with torch.")
+@click.option("--overwrite", is_flag=True)
+@click.option("--download", "allow_download", is_flag=True, help="Allow fetching weights from the release URL.")
+@click.option("--json", "as_json", is_flag=True)
+@_debug_option
+def models_export(name, output: Path, precision, opset, no_check, overwrite, allow_download, as_json, debug) -> None:
+    """Export NAME (a model name or weights file) to ONNX with dynamic batch, height and width."""
+    from vhsup.export import export_onnx
+    from vhsup.registry import load_model
+
+    if output.exists() and not overwrite:
+        raise VhsupError("output exists; pass --overwrite to replace it", output)
+    report = export_onnx(load_model(name, allow_download=allow_download), output, precision=precision,
+                         opset=opset, check=not no_check)
+    if as_json:
+        out.print_json(json.dumps(report.as_dict(), default=str))
+        return
+    err_txt = f"; max |onnx - torch| = {report.max_abs_error:.2e}" if report.max_abs_error is not None else ""
+    out.print(f"wrote {report.path} ({report.size_bytes / 1e6:.1f} MB, {report.precision}, opset {report.opset}, "
+              f"x{report.scale}){err_txt}", markup=False)

@@ -33,6 +33,7 @@ class Options:
     """Everything ``vhsup upscale`` can be told. Defaults are what a user gets."""
 
     model: str | None = None  # None: esrgan-x4 on CUDA, compact-x4 on CPU
+    backend: str = "torch"  # torch | onnx (onnxruntime: TensorRT, CUDA or CPU provider)
     device: str = "auto"
     precision: str = "auto"
     tile: int | str = "auto"
@@ -124,6 +125,7 @@ class Result:
     transcoded: list[str] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
     compare: str | None = None
+    backend: str = "torch"
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -218,11 +220,26 @@ def model_name(opts: Options) -> str:
     return default_model(torch.cuda.is_available() and opts.device != "cpu")
 
 
-def _load(opts: Options):
+def _load(opts: Options, notice: Notice | None = None):
     from vhsup.registry import load_model
 
     name = model_name(opts)
-    return name, load_model(name, allow_download=opts.allow_download)
+    is_onnx_file = name.lower().endswith(".onnx")
+    if opts.backend not in ("torch", "onnx"):
+        raise VhsupError(f"--backend must be torch or onnx, not {opts.backend!r}")
+    backend = opts.backend
+    if backend == "torch" and is_onnx_file:
+        backend = "onnx"
+        if notice:
+            notice(f"{name} is an ONNX model: running it with onnxruntime (--backend onnx)")
+    if backend == "torch":
+        return name, load_model(name, allow_download=opts.allow_download)
+    from vhsup.backends.onnx import load_onnx_model
+
+    source = name if is_onnx_file else load_model(name, allow_download=opts.allow_download)
+    # The engine's precision still applies: the ONNX module follows its autocast.
+    return name, load_onnx_model(source, precision="fp32" if opts.precision in ("auto", "fp32") else "fp16",
+                                 notice=notice)
 
 
 def _engine(loaded, opts: Options, notice: Notice):
@@ -246,7 +263,8 @@ class Run:
         self._user_notice = notice
         self.progress = progress
         self.info = probe(self.src)
-        self.model_name, loaded = _load(opts)
+        self.model_name, loaded = _load(opts, self.notice)
+        self.backend = "onnx" if type(loaded.module).__name__ == "OnnxModule" else "torch"
         self.engine = _engine(loaded, opts, self.notice)
         self.plan = make_plan(self.src, opts, scale=self.engine.scale, model=self.model_name, info=self.info)
         self.stats = DecodeStats()
@@ -367,7 +385,7 @@ class Run:
             audio_streams=report.audio_streams, subtitle_streams=report.subtitle_streams,
             decode_errors=self.stats.errors, seconds=round(seconds, 3), output_rate=str(plan.filters.rate),
             deinterlace=plan.filters.describe(), crop=str(g.crop), transcoded=list(report.transcoded),
-            notices=list(self.notices), compare=compare_path,
+            notices=list(self.notices), compare=compare_path, backend=self.backend,
         )
 
 
