@@ -6,6 +6,12 @@ file and get back an eval-mode fp32 CPU module plus a descriptor saying what
 it needs (scale, tile context, size multiple, cost). What each named model is
 lives in a TOML model card under models/ (installed as vhsup/cards), so
 adding a model is adding a card, not code.
+
+Some cards name an architecture vhsup can build but has no published
+weights for (``weights = "none"``: srresnet-x4, srgan-x4, mesrgan-x4,
+unet-x4). Loading them by name explains that; :func:`build_model` gives a
+fresh, untrained instance to train, and a trained file of any of them loads
+by path like any other user file.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import torch
 
 from .arch import build
 from .arch.classical import MAX_SCALE, Rescaled, resample_macs_per_px
+from .arch.resunet import resunet_reach, resunet_size_multiple
+from .arch.srresnet import srresnet_reach
 from .errors import VhsupError
 from .weights.detect import canonical, detect
 from .weights.safeload import SUFFIXES, load_state_dict_file
@@ -30,9 +38,10 @@ from .weights.sources import load_weights
 
 # Tile context (input pixels) for models that come from user files, where we
 # cannot measure the trained weights in advance. Compact's receptive field is
-# exactly one pixel per 3x3 conv, so num_conv + 2 is exact; RRDBNet's is
-# hundreds of pixels but its influence fades, so the value measured on
-# esrgan-x4 (the deepest published one) is used for all of them.
+# exactly one pixel per 3x3 conv, so num_conv + 2 is exact, and SRResNet's
+# and ResUNet's reach is computed from their layers the same way; RRDBNet's
+# (and MESRGAN's) is hundreds of pixels but its influence fades, so the value
+# measured on esrgan-x4 (the deepest published one) is used for all of them.
 _RRDB_USER_CONTEXT = 72
 
 
@@ -162,17 +171,48 @@ def _load_classical(kind: str, scale: int, name: str) -> LoadedModel:
     return LoadedModel(module, dataclasses.replace(desc, macs_per_px=resample_macs_per_px(kind, scale)))
 
 
-def _load_named(name: str, allow_download: bool) -> LoadedModel:
-    c = card(name)
-    if c["arch"] == "classical":
-        return _load_classical(c["hyper"]["kind"], int(c["scale"]), name)
-    state, origin = load_weights(c, allow_download=allow_download)
-    net = build(c["arch"], dict(c["hyper"]))
-    net.load_state_dict(state, strict=True)
+def has_pretrained_weights(name: str) -> bool:
+    """False for cards that say ``weights = "none"`` (nothing to load yet)."""
+    return card(name).get("weights") != "none"
+
+
+def _wrap_named(c: dict, name: str, net: torch.nn.Module, origin: str) -> LoadedModel:
     net_scale = int(c["hyper"].get("upscale", c["hyper"].get("scale")))
     scale = int(c["scale"])
     module = net if scale == net_scale else Rescaled(net, net_scale, scale)
     return LoadedModel(_finish(module), _descriptor_from_card(c, scale, name, _count(net), origin))
+
+
+def _load_named(name: str, allow_download: bool) -> LoadedModel:
+    c = card(name)
+    if c["arch"] == "classical":
+        return _load_classical(c["hyper"]["kind"], int(c["scale"]), name)
+    if c.get("weights") == "none":
+        raise VhsupError(f"{name} has no pretrained weights yet: train one with `vhsup train` or pass a weights file")
+    state, origin = load_weights(c, allow_download=allow_download)
+    net = build(c["arch"], dict(c["hyper"]))
+    net.load_state_dict(state, strict=True)
+    return _wrap_named(c, name, net, origin)
+
+
+def build_model(name: str, *, seed: int | None = None) -> LoadedModel:
+    """A fresh, untrained instance of a named model's network, for training.
+
+    Works for every card, with or without published weights (an untrained
+    esrgan-x4 is a valid starting point too). The module comes back in eval
+    mode, fp32, on the CPU like any loaded model; call ``.train()`` before
+    training. ``seed`` makes the random initialisation repeatable.
+    """
+    c = card(name)
+    if c["arch"] == "classical":
+        return _load_classical(c["hyper"]["kind"], int(c["scale"]), name)
+    if seed is None:
+        net = build(c["arch"], dict(c["hyper"]))
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = build(c["arch"], dict(c["hyper"]))
+    return _wrap_named(c, name, net, "untrained (random initialisation)")
 
 
 def _rrdb_macs(h: dict) -> float:
@@ -192,6 +232,51 @@ def _compact_macs(h: dict) -> float:
     return 9.0 * (h["num_in_ch"] * f + h["num_conv"] * f * f + f * h["num_out_ch"] * h["upscale"] ** 2)
 
 
+def conv_macs_per_px(arch: str, hyper: dict, size: int = 16) -> float:
+    """Conv multiply-accumulates per input pixel, counted on the meta device.
+
+    Forward hooks see every conv's output shape on a ``size`` x ``size``
+    input without computing anything (meta tensors have shapes, no data), so
+    this is exact for any architecture whose cost is linear in the pixel
+    count; ``size`` must be a multiple of what the network needs (16 suits
+    all of vhsup's). Grouped (depthwise) convs count ``in / groups`` inputs.
+    """
+    total = 0
+
+    def hook(conv, inputs, output):
+        nonlocal total
+        k = conv.kernel_size[0] * conv.kernel_size[1]
+        total += output[0].numel() * (conv.in_channels // conv.groups) * k
+
+    with torch.device("meta"):
+        net = build(arch, dict(hyper))
+    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        net(torch.zeros(1, int(hyper["num_in_ch"]), size, size, device="meta"))
+    for h in handles:
+        h.remove()
+    return total / (size * size)
+
+
+def _user_file_tiling(arch: str, hyper: dict) -> tuple[int, int, float]:
+    """(context, size_multiple, macs_per_px) for a model from a user file."""
+    if arch in ("rrdbnet", "mesrgan"):
+        # x2/x1 RRDBNets run their trunk on a 2x/4x coarser grid, so the same
+        # reach in trunk pixels spans 2x/4x as many input pixels. MESRGAN's
+        # trunk is as deep, so it borrows the same measured reach.
+        multiple = {4: 1, 2: 2, 1: 4}[hyper["scale"]]
+        macs = _rrdb_macs(hyper) if arch == "rrdbnet" else conv_macs_per_px(arch, hyper)
+        return _RRDB_USER_CONTEXT * multiple, multiple, macs
+    if arch == "srresnet":
+        return srresnet_reach(hyper["num_block"], hyper["upscale"]), 1, conv_macs_per_px(arch, hyper)
+    if arch == "resunet":
+        stages = len(hyper["channels"]) - 1
+        multiple = resunet_size_multiple(hyper["upscale"], stages)
+        reach = resunet_reach(hyper["upscale"], stages, hyper["blocks_per_stage"])
+        return reach, multiple, conv_macs_per_px(arch, hyper, size=16 * multiple)
+    return hyper["num_conv"] + 2, 1, _compact_macs(hyper)
+
+
 def _load_file(path: Path) -> LoadedModel:
     state = canonical(load_state_dict_file(path), path)
     arch, hyper = detect(state, path)
@@ -209,19 +294,16 @@ def _load_file(path: Path) -> LoadedModel:
     except (RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise VhsupError(f"weights do not fit a {arch} with {hyper}: {first}", path) from None
-    if arch == "rrdbnet":
-        # x2/x1 RRDBNets run their trunk on a 2x/4x coarser grid, so the same
-        # reach in trunk pixels spans 2x/4x as many input pixels.
-        multiple = {4: 1, 2: 2, 1: 4}[scale]
-        context, macs = _RRDB_USER_CONTEXT * multiple, _rrdb_macs(hyper)
-    else:
-        context, macs, multiple = hyper["num_conv"] + 2, _compact_macs(hyper), 1
+    context, multiple, macs = _user_file_tiling(arch, hyper)
     desc = ModelDescriptor(
         name=path.stem,
         arch=arch,
         scale=scale,
         size_multiple=multiple,
         context=context,
+        # SRResNet ends in tanh, which turns an fp16 overflow into plain
+        # white instead of the NaN the engine's guard looks for.
+        supports_half=arch != "srresnet",
         params=_count(net),
         macs_per_px=macs,
         licence="unknown (user file)",

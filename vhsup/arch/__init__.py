@@ -1,7 +1,9 @@
 """Network architectures vhsup can run. They know nothing about video.
 
-Every module takes float32 (N, C, H, W) in [0, 1] and returns the upscaled
-picture unclamped; the caller clamps and quantises.
+Every generator takes float32 (N, C, H, W) in [0, 1] and returns the
+upscaled picture unclamped; the caller clamps and quantises. The
+discriminators (only for GAN training) take pictures on the same scale and
+return logits.
 """
 
 from __future__ import annotations
@@ -10,9 +12,15 @@ from torch import nn
 
 from .classical import Bicubic, Lanczos, Rescaled, resample_macs_per_px
 from .compact import SRVGGNetCompact
+from .discriminators import SRGANDiscriminator, UNetDiscriminatorSN
+from .mesrgan import MESRGAN
+from .resunet import ResUNet
 from .rrdbnet import RRDBNet
+from .srresnet import SRResNet
 
-ARCHS = ("rrdbnet", "compact", "classical")
+ARCHS = ("rrdbnet", "compact", "srresnet", "mesrgan", "resunet", "classical")
+_GENERATORS = {"rrdbnet": RRDBNet, "compact": SRVGGNetCompact, "srresnet": SRResNet, "mesrgan": MESRGAN, "resunet": ResUNet}
+DISCRIMINATORS = {"srgan": SRGANDiscriminator, "unet": UNetDiscriminatorSN}
 
 
 def build(arch: str, hyper: dict) -> nn.Module:
@@ -21,14 +29,36 @@ def build(arch: str, hyper: dict) -> nn.Module:
     ``hyper`` is the model card's ``[hyper]`` table or what detection found;
     classical models take ``{"kind": "bicubic"|"lanczos", "scale": N}``.
     """
-    if arch == "rrdbnet":
-        return RRDBNet(**hyper)
-    if arch == "compact":
-        return SRVGGNetCompact(**hyper)
+    if arch in _GENERATORS:
+        return _GENERATORS[arch](**hyper)
     if arch == "classical":
         cls = {"bicubic": Bicubic, "lanczos": Lanczos}[hyper["kind"]]
         return cls(int(hyper["scale"]))
     raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
 
 
-__all__ = ["ARCHS", "Bicubic", "Lanczos", "RRDBNet", "Rescaled", "SRVGGNetCompact", "build", "resample_macs_per_px"]
+def build_discriminator(kind: str, **kwargs) -> nn.Module:
+    """A fresh discriminator for GAN training: 'srgan' (one logit per
+    picture) or 'unet' (Real-ESRGAN's, one logit per pixel)."""
+    if kind not in DISCRIMINATORS:
+        raise ValueError(f"unknown discriminator {kind!r}; known: {', '.join(DISCRIMINATORS)}")
+    return DISCRIMINATORS[kind](**kwargs)
+
+
+__all__ = [
+    "ARCHS",
+    "DISCRIMINATORS",
+    "MESRGAN",
+    "Bicubic",
+    "Lanczos",
+    "RRDBNet",
+    "ResUNet",
+    "Rescaled",
+    "SRGANDiscriminator",
+    "SRResNet",
+    "SRVGGNetCompact",
+    "UNetDiscriminatorSN",
+    "build",
+    "build_discriminator",
+    "resample_macs_per_px",
+]

@@ -22,6 +22,12 @@ _OLD_RDB = re.compile(r"^model\.1\.sub\.(\d+)\.RDB([123])\.conv([1-5])\.0\.(weig
 _OLD_BODY = re.compile(r"^model\.1\.sub\.(\d+)\.(weight|bias)$")
 _OLD_TOP = re.compile(r"^model\.(\d+)\.(weight|bias)$")
 _BODY = re.compile(r"^body\.(\d+)\.(weight|bias)$")
+_MESRGAN_KEY = "body.0.rdb1.conv1.expand.weight"
+_SRRESNET_KEYS = ("conv_first.weight", "act_first.weight", "conv_body.weight", "bn_body.weight", "conv_last.weight")
+# ResUNet's scale only sets its first bilinear upscale, so no weight shape
+# shows it; the module keeps it in this buffer.
+RESUNET_SCALE_KEY = "out_scale"
+_RESUNET_KEYS = ("stem.0.weight", "encoder.0.0.conv1.weight", "decoder.0.conv1.weight", "tail.weight")
 
 
 def _unknown(path, detail: str) -> VhsupError:
@@ -71,7 +77,8 @@ def canonical(state_dict: dict[str, torch.Tensor], path=None) -> dict[str, torch
     return convert_old_esrgan(state_dict, path) if is_old_esrgan(state_dict) else state_dict
 
 
-def _detect_rrdbnet(sd: dict[str, torch.Tensor], path) -> dict:
+def _rrdb_outer(sd: dict[str, torch.Tensor], path) -> dict:
+    """Channels, scale and trunk width from the convs RRDBNet and MESRGAN share."""
     first = sd["conv_first.weight"]
     last = sd["conv_last.weight"]
     if first.ndim != 4 or last.ndim != 4:
@@ -92,16 +99,80 @@ def _detect_rrdbnet(sd: dict[str, torch.Tensor], path) -> dict:
     blocks = {int(k.split(".")[1]) for k in sd if k.startswith("body.")}
     if not blocks or blocks != set(range(len(blocks))):
         raise _unknown(path, "RRDBNet keys without a contiguous body.N numbering")
-    grow = sd.get("body.0.rdb1.conv1.weight")
-    if grow is None:
-        raise _unknown(path, "RRDBNet keys without body.0.rdb1.conv1")
     return {
         "num_in_ch": int(num_in_ch),
         "num_out_ch": int(num_out_ch),
         "scale": scale,
         "num_feat": int(num_feat),
         "num_block": len(blocks),
-        "num_grow_ch": int(grow.shape[0]),
+    }
+
+
+def _detect_rrdbnet(sd: dict[str, torch.Tensor], path) -> dict:
+    hyper = _rrdb_outer(sd, path)
+    grow = sd.get("body.0.rdb1.conv1.weight")
+    if grow is None:
+        raise _unknown(path, "RRDBNet keys without body.0.rdb1.conv1")
+    return {**hyper, "num_grow_ch": int(grow.shape[0])}
+
+
+def _detect_mesrgan(sd: dict[str, torch.Tensor], path) -> dict:
+    """MESRGAN shares RRDBNet's outer layout; its blocks hold bottlenecks."""
+    hyper = _rrdb_outer(sd, path)
+    expand = sd[_MESRGAN_KEY]
+    project = sd.get("body.0.rdb1.conv1.project.weight")
+    if expand.ndim != 4 or project is None or project.ndim != 4:
+        raise _unknown(path, "MESRGAN block without 1x1 expand/project conv weights")
+    in_ch, hidden = int(expand.shape[1]), int(expand.shape[0])
+    if hidden % in_ch:
+        raise _unknown(path, f"MESRGAN expand conv widens {in_ch} to {hidden} channels, not a whole multiple")
+    return {**hyper, "num_grow_ch": int(project.shape[0]), "expand_ratio": hidden // in_ch}
+
+
+def _detect_srresnet(sd: dict[str, torch.Tensor], path) -> dict:
+    first, last = sd["conv_first.weight"], sd["conv_last.weight"]
+    if first.ndim != 4 or last.ndim != 4:
+        raise _unknown(path, "conv_first/conv_last are not conv weights")
+    blocks = {int(k.split(".")[1]) for k in sd if k.startswith("body.")}
+    ups = {int(k.split(".")[1]) for k in sd if k.startswith("upsample.")}
+    if blocks != set(range(len(blocks))) or ups != set(range(len(ups))):
+        raise _unknown(path, "SRResNet keys without contiguous body.N / upsample.N numbering")
+    if len(ups) not in (1, 2, 3):
+        raise VhsupError(f"SRResNet with {len(ups)} sub-pixel steps (x{2 ** len(ups)}) is not supported; only x2, x4, x8", path)
+    return {
+        "num_in_ch": int(first.shape[1]),
+        "num_out_ch": int(last.shape[0]),
+        "num_feat": int(first.shape[0]),
+        "num_block": len(blocks),
+        "upscale": 2 ** len(ups),
+    }
+
+
+def _detect_resunet(sd: dict[str, torch.Tensor], path) -> dict:
+    stem, tail = sd["stem.0.weight"], sd["tail.weight"]
+    if stem.ndim != 4 or tail.ndim != 4:
+        raise _unknown(path, "stem/tail are not conv weights")
+    stages = {int(k.split(".")[1]) for k in sd if k.startswith("encoder.")}
+    if not stages or stages != set(range(len(stages))):
+        raise _unknown(path, "ResUNet keys without a contiguous encoder.N numbering")
+    channels = [int(stem.shape[0])]
+    for s in range(len(stages)):
+        w = sd.get(f"encoder.{s}.0.conv1.weight")
+        if w is None:
+            raise _unknown(path, f"ResUNet stage encoder.{s} without a first block")
+        channels.append(int(w.shape[0]))
+    blocks = {int(k.split(".")[2]) for k in sd if k.startswith("encoder.0.")}
+    # The scale is nowhere in the weights (the network runs after a
+    # bilinear upscale), so it is read from the file's metadata tensor.
+    scale = sd.get(RESUNET_SCALE_KEY)
+    if scale is None or scale.numel() != 1:
+        raise _unknown(path, f"ResUNet weights without the {RESUNET_SCALE_KEY!r} entry that records its scale")
+    return {
+        "num_in_ch": int(stem.shape[1]),
+        "num_out_ch": int(tail.shape[0]),
+        "upscale": int(scale.item()),
+        "channels": channels,
+        "blocks_per_stage": len(blocks),
     }
 
 
@@ -145,15 +216,26 @@ def _detect_compact(sd: dict[str, torch.Tensor], path) -> dict:
 def detect(state_dict: dict[str, torch.Tensor], path: str | os.PathLike[str] | None = None) -> tuple[str, dict]:
     """Return ``(arch, hyperparameters)`` for a state dict.
 
-    ``arch`` is 'rrdbnet' or 'compact'; the hyperparameters are the
-    constructor arguments of that module. Old ESRGAN keys are accepted (pass
-    the dict through :func:`canonical` before loading it into the module).
-    ``path`` only names the file in errors.
+    ``arch`` is one of 'rrdbnet', 'mesrgan', 'srresnet', 'resunet' or
+    'compact'; the hyperparameters are the constructor arguments of that
+    module. Old ESRGAN keys are accepted (pass the dict through
+    :func:`canonical` before loading it into the module). ``path`` only
+    names the file in errors.
     """
     sd = canonical(state_dict, path)
+    # MESRGAN has every RRDBNet outer key too, so it is asked for first.
+    if _MESRGAN_KEY in sd and all(k in sd for k in _RRDB_KEYS):
+        return "mesrgan", _detect_mesrgan(sd, path)
     if all(k in sd for k in _RRDB_KEYS):
         return "rrdbnet", _detect_rrdbnet(sd, path)
+    if all(k in sd for k in _SRRESNET_KEYS):
+        return "srresnet", _detect_srresnet(sd, path)
+    if all(k in sd for k in _RESUNET_KEYS):
+        return "resunet", _detect_resunet(sd, path)
     if sd and all(k.startswith("body.") for k in sd) and "body.0.weight" in sd:
         return "compact", _detect_compact(sd, path)
     sample = ", ".join(sorted(sd)[:4])
-    raise _unknown(path, f"keys like {sample} match neither RRDBNet (ESRGAN/Real-ESRGAN) nor SRVGGNetCompact")
+    raise _unknown(
+        path,
+        f"keys like {sample} match none of RRDBNet (ESRGAN/Real-ESRGAN), MESRGAN, SRResNet/SRGAN, ResUNet or SRVGGNetCompact",
+    )
