@@ -349,3 +349,17 @@ def test_an_onnx_file_runs_through_onnxruntime(odd_clip, tmp_path):
     assert any("onnxruntime" in n for n in notes)
     r = CliRunner().invoke(main, ["models", "export", "compact-x4", str(model)])
     assert r.exit_code == 2 and "output exists" in r.stderr
+
+
+def test_deinterlace_can_be_forced_on_or_off(dvd_clip, odd_clip, tmp_path):
+    off = upscale_video(dvd_clip.path, tmp_path / "off.mkv", deinterlace="off", **FAST)
+    assert off.deinterlace == "none (progressive)" and off.frames_out == dvd_clip.frames
+    # combing survives when deinterlacing is off: the moving box's edge alternates line by line
+    def comb_energy(path):
+        rgb = next(iter(mediagen.decode_video(path)))[1].astype(np.float32)
+        return float(np.abs(rgb[1:-1] - (rgb[:-2] + rgb[2:]) / 2).mean())
+
+    on = upscale_video(dvd_clip.path, tmp_path / "on.mkv", **FAST)
+    assert comb_energy(tmp_path / "off.mkv") > 1.5 * comb_energy(tmp_path / "on.mkv")
+    forced = upscale_video(odd_clip.path, tmp_path / "forced.mkv", deinterlace="on", **FAST)
+    assert forced.deinterlace.startswith(("bwdif", "yadif")) and forced.frames_out == odd_clip.frames
