@@ -127,3 +127,15 @@ def test_ctrl_c_leaves_nothing_and_says_one_line(dvd_clip, tmp_path):
     lines = err.strip().splitlines()
     assert lines == [f"vhsup: interrupted; nothing was written to {dst}"], err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_upscale_workers_splits_into_chunks_and_keeps_every_frame(clips, tmp_path):
+    import mediagen as mg
+
+    clip = clips.make("long.mkv", vcodec="ffv1", size=(96, 64), frames=60, audio="flac")
+    dst = tmp_path / "w.mkv"
+    code, out, err = run("upscale", str(clip.path), "-o", str(dst), "--model", "bicubic", "--workers", "2",
+                         "--codec", "ffv1", "--json")
+    assert code == 0, err
+    assert json.loads(out)["frames_out"] == 60
+    assert [i for _, i in mg.read_indices(dst)] == list(range(60))

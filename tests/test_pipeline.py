@@ -360,6 +360,7 @@ def test_deinterlace_can_be_forced_on_or_off(dvd_clip, odd_clip, tmp_path):
         return float(np.abs(rgb[1:-1] - (rgb[:-2] + rgb[2:]) / 2).mean())
 
     on = upscale_video(dvd_clip.path, tmp_path / "on.mkv", **FAST)
+    assert on.deinterlace.startswith("bwdif tff")
     assert comb_energy(tmp_path / "off.mkv") > 1.5 * comb_energy(tmp_path / "on.mkv")
     forced = upscale_video(odd_clip.path, tmp_path / "forced.mkv", deinterlace="on", **FAST)
     assert forced.deinterlace.startswith(("bwdif", "yadif")) and forced.frames_out == odd_clip.frames

@@ -207,12 +207,21 @@ def _fmt_time(seconds: float) -> str:
               help="Also write a side-by-side PNG (bicubic vs the model) of one frame.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @click.option("--download", "allow_download", is_flag=True, help="Allow fetching weights from the official release URL.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Split the video at keyframes and upscale the chunks in this many processes (one GPU each).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary at the end.")
 @_debug_option
-def upscale(file: Path, output, quiet, as_json, debug, **options) -> None:
+def upscale(file: Path, output, quiet, as_json, debug, workers, **options) -> None:
     """Upscale FILE: deinterlace, super-resolve, re-encode with all audio and subtitles."""
     from vhsup.pipeline import upscale_video
+
+    if workers > 1:
+        from functools import partial
+
+        from vhsup.chunked import upscale_chunked
+
+        upscale_video = partial(upscale_chunked, workers=workers)  # noqa: F811 - same call, in chunks
 
     show = not quiet and not as_json and err.is_terminal
 
@@ -367,3 +376,12 @@ def models_export(name, output: Path, precision, opset, no_check, overwrite, all
     err_txt = f"; max |onnx - torch| = {report.max_abs_error:.2e}" if report.max_abs_error is not None else ""
     out.print(f"wrote {report.path} ({report.size_bytes / 1e6:.1f} MB, {report.precision}, opset {report.opset}, "
               f"x{report.scale}){err_txt}", markup=False)
+
+
+def _register_batch() -> None:
+    from vhsup.batch.cli import batch
+
+    main.add_command(batch)
+
+
+_register_batch()

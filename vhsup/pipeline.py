@@ -157,6 +157,33 @@ def _range(info: VideoInfo, opts: Options) -> tuple[Fraction | None, Fraction | 
     return start, end, opts.frames
 
 
+def decode_from(container, start: Fraction | None, *, threads: int = 0,
+                stats: DecodeStats | None = None) -> Iterator:
+    """Decoded frames from a little before ``start`` (all of them if None).
+
+    A seek can land after its target (imprecise indexes in program streams
+    and AVI); the deinterlacer and the exact trim need frames from before
+    the start, so when the first frame is already past it, seek again
+    further back, and in the end decode from the beginning. ``stats`` counts
+    the attempt that is used.
+    """
+    stats = stats if stats is not None else DecodeStats()
+    preroll = 1.0
+    while True:
+        stats.__init__()  # count only the attempt that is kept
+        at = float(start) if start is not None else None
+        frames = video_frames(container, start=at, threads=threads, stats=stats, preroll=preroll)
+        first = next(frames, None)
+        from_top = at is None or at - preroll <= 0
+        if first is None or from_top or first.pts * Fraction(first.time_base) < start:
+            if first is not None:
+                yield first
+            yield from frames
+            return
+        frames.close()
+        preroll *= 8
+
+
 def _auto_crop(path: Path, info: VideoInfo, plan: FilterPlan) -> Crop:
     """Sample frames across the file (deinterlaced as the run will see them) and measure borders."""
     colour = source_colour(info.height, info.colorspace, info.color_range)
@@ -253,10 +280,15 @@ class Run:
 
     ``run.pictures()`` yields upscaled pictures at the output size (the
     Python API's frame iterator); ``run.write(dst)`` encodes them to a file.
+
+    ``span`` (start, end) replaces the options' range with exact source-clock
+    picture times, [start, end): a chunked run gives each chunk its own, so
+    that every output picture falls in exactly one chunk.
     """
 
     def __init__(self, src: str | os.PathLike[str], opts: Options, notice: Notice | None = None,
-                 progress: Callable[[int, int], None] | None = None):
+                 progress: Callable[[int, int], None] | None = None,
+                 span: tuple[Fraction | None, Fraction | None] | None = None):
         self.src = Path(src)
         self.opts = opts
         self.notices: list[str] = []
@@ -267,6 +299,12 @@ class Run:
         self.backend = "onnx" if type(loaded.module).__name__ == "OnnxModule" else "torch"
         self.engine = _engine(loaded, opts, self.notice)
         self.plan = make_plan(self.src, opts, scale=self.engine.scale, model=self.model_name, info=self.info)
+        if span is not None:
+            p = self.plan
+            p.start, p.end = span
+            if p.end is not None:
+                t0 = p.start if p.start is not None else Fraction(self.info.start_time).limit_denominator(1_000_000)
+                p.frames_estimate = max(0, round((p.end - t0) * p.filters.rate))
         self.stats = DecodeStats()
         self.frames_out = 0
         self.compare_pair: tuple[object, object] | None = None
@@ -283,8 +321,7 @@ class Run:
         container = open_input(self.src)
         try:
             stream = container.streams.video[0]
-            start = float(plan.start) if plan.start is not None else None
-            frames = video_frames(container, start=start, threads=self.opts.decode_threads, stats=self.stats)
+            frames = decode_from(container, plan.start, threads=self.opts.decode_threads, stats=self.stats)
             progressive = progressive_frames(frames, stream, plan.filters)
             colour = source_colour(info.height, info.colorspace, info.color_range)
             yield from pictures(progressive, colour, plan.geometry.crop, start=plan.start, end=plan.end, limit=plan.limit)
@@ -328,7 +365,11 @@ class Run:
         for _, sr in self._upscaled(want_compare=False):
             yield Picture(fit(sr.rgb, g.out_w, g.out_h), sr.time, sr.index)
 
-    def write(self, dst: Path) -> Result:
+    def write(self, dst: Path, *, stage_for: str | None = None, origin: Fraction | None = None) -> Result:
+        """Encode to ``dst``. ``stage_for`` (a container format name) writes a
+        video-only chunk for that container instead (see VideoEncoder);
+        ``origin`` fixes the source time of output time 0 (default: the
+        first picture's), so that chunks share the whole video's clock."""
         from vhsup.media.encode import EncodeSettings, VideoEncoder
 
         opts, plan, g = self.opts, self.plan, self.plan.geometry
@@ -351,8 +392,9 @@ class Run:
                         end = self.origin + Fraction(plan.limit) / plan.filters.rate
                     encoder = VideoEncoder(
                         dst, src=self.src, width=g.out_w, height=g.out_h, rate=plan.filters.rate, sar=g.out_sar,
-                        colour=colour, settings=settings, time_range=(self.origin, end), origin=self.origin,
-                        overwrite=opts.overwrite, notice=self.notice,
+                        colour=colour, settings=settings, time_range=(self.origin, end),
+                        origin=self.origin if origin is None else origin,
+                        overwrite=opts.overwrite, notice=self.notice, stage_for=stage_for,
                     )
                     worker = Worker(encode, maxsize=4, name="encode")
                 worker.submit(sr)

@@ -39,7 +39,7 @@ import numpy as np
 from vhsup.errors import VhsupError
 from vhsup.media.colour import ColourSpec
 from vhsup.media.picture import Picture
-from vhsup.media.streams import AuxStreams, copy_metadata, rebase_chapters
+from vhsup.media.streams import AuxStreams, AuxSummary, copy_metadata, rebase_chapters
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,8 @@ _FORMAT_BY_SUFFIX = {
     ".nut": "nut",
 }
 AV_FIELD_PROGRESSIVE = 1
+_GLOBAL_HEADER_FORMAT = 0x0040  # AVFMT_GLOBALHEADER
+_GLOBAL_HEADER_CODEC = 1 << 22  # AV_CODEC_FLAG_GLOBAL_HEADER
 _TEMP_MARK = ".vhsup-partial-"
 
 
@@ -243,6 +245,14 @@ class VideoEncoder:
         video_stream: index of the source's video stream being replaced (by
             default the first video stream); other video streams are dropped
             with a notice.
+        stage_for: a container format name (e.g. 'matroska'): write a
+            video-only NUT file whose packets are encoded exactly as they
+            would be for that format (codec options, time base, in-band or
+            global headers), to be copied into it later by a chunked run.
+            NUT keeps every timestamp at the encoder's own clock.
+        template: a staged chunk's video stream; the output's video stream
+            is made from it and filled with ``copy_packet`` instead of
+            ``write`` (no re-encoding), audio and subtitles as usual.
     """
 
     def __init__(
@@ -262,6 +272,8 @@ class VideoEncoder:
         notice: Callable[[str], None] | None = None,
         reformat_threads: int = 1,
         video_stream: int | None = None,
+        stage_for: str | None = None,
+        template: av.stream.Stream | None = None,
     ):
         self.dst = Path(dst)
         self.src = Path(src)
@@ -286,9 +298,11 @@ class VideoEncoder:
         self._first_pts: int | None = None
         self._last_pts: int | None = None
         self._bumped = 0
+        self._stage = stage_for is not None
+        self._template = template
 
         self._check_paths()
-        self._fmt = container_format(self.dst)
+        self._fmt = stage_for if stage_for is not None else container_format(self.dst)
         if self._rate <= 0:
             raise ValueError(f"frame rate must be positive, not {rate}")
         codec = self._check_codec()
@@ -406,17 +420,30 @@ class VideoEncoder:
             raise VhsupError(f"cannot open input: {e}", self.src) from e
         main = video_stream if video_stream is not None else (video_indices[0] if video_indices else None)
 
-        options = {"movflags": "+faststart"} if self._fmt in ("mp4", "mov") else {}
-        self._out = out = av.open(str(self._tmp), "w", format=self._fmt, options=options)
+        options = {"movflags": "+faststart"} if self._fmt in ("mp4", "mov") and not self._stage else {}
+        if self._stage:
+            # Keep the encoder's timestamps as they are (B-frames start with
+            # a negative dts); by default the muxer would shift them all.
+            options = {"avoid_negative_ts": "disabled"}
+        self._out = out = av.open(str(self._tmp), "w", format="nut" if self._stage else self._fmt, options=options)
         s = self._settings
         try:
-            vs = out.add_stream(s.codec, rate=self._rate, options=self._codec_options())
+            if self._template is not None:
+                vs = out.add_stream_from_template(self._template)
+            else:
+                vs = out.add_stream(s.codec, rate=self._rate, options=self._codec_options())
         except (ValueError, av.FFmpegError) as e:
             better = ".mov or .mkv" if s.codec == "prores_ks" else ".mkv"
             raise VhsupError(f"{self._fmt} cannot hold {s.codec} video ({e}); use {better}", self.dst) from e
-        vs.width, vs.height = self._width, self._height
-        vs.pix_fmt = self._pix_fmt
         cc = vs.codec_context
+        if self._template is None:
+            vs.width, vs.height = self._width, self._height
+            vs.pix_fmt = self._pix_fmt
+        if self._stage:
+            # Headers in-band or in extradata as the final container wants,
+            # not as NUT would: the staged packets are copied there verbatim.
+            wants = av.format.ContainerFormat(self._fmt, "w").flags & _GLOBAL_HEADER_FORMAT
+            cc.flags = (cc.flags | _GLOBAL_HEADER_CODEC) if wants else (cc.flags & ~_GLOBAL_HEADER_CODEC)
         cc.time_base = self._tb
         vs.time_base = self._tb
         cc.framerate = self._rate
@@ -435,6 +462,8 @@ class VideoEncoder:
         if s.codec in NVENC:
             cc.bit_rate = 0
         self._video = vs
+        if self._stage:
+            return self._start(s)
 
         self._aux = AuxStreams(
             self.src,
@@ -455,9 +484,11 @@ class VideoEncoder:
                     out.set_chapters(kept)
                 except (ValueError, av.FFmpegError, AttributeError):
                     self._notice(f"{self._fmt} cannot hold chapters; they were left out")
+        self._start(s)
 
+    def _start(self, s: EncodeSettings) -> None:
         try:
-            out.start_encoding()
+            self._out.start_encoding()
         except (OSError, av.FFmpegError, ValueError) as e:
             if s.codec in NVENC:
                 raise VhsupError(f"{s.codec} needs an NVIDIA GPU with NVENC and its driver: {e}") from e
@@ -501,9 +532,35 @@ class VideoEncoder:
                 raise
             raise mapped from e
 
+    def copy_packet(self, packet: av.Packet, time: Fraction) -> None:
+        """Mux one already encoded packet of the ``template`` stream (its pts
+        and dts already on the output clock); ``time`` is its picture's
+        source-clock time, which paces the audio and subtitles."""
+        if self._state != "open" or self._template is None:
+            raise RuntimeError(f"encoder is {self._state}" if self._state != "open" else "no template stream")
+        t = Fraction(time)
+        try:
+            if self._frames == 0 and self._aux is not None:
+                self._aux.begin(self._range_start if self._range_start is not None else t)
+            packet.stream = self._video
+            self._out.mux(packet)
+            pts = round((t - self._origin) / self._tb)
+            if self._last_time is None or t > self._last_time:
+                self._last_time, self._last_pts = t, pts
+            self._first_pts = pts if self._first_pts is None else min(self._first_pts, pts)
+            self._frames += 1
+            if self._aux is not None:
+                self._aux.pump(self._last_time)
+        except BaseException as e:
+            self.abort()
+            mapped = self._mapped(e)
+            if mapped is e:
+                raise
+            raise mapped from e
+
     def _write(self, picture: Picture) -> None:
         t = Fraction(picture.time)
-        if self._frames == 0:
+        if self._frames == 0 and self._aux is not None:
             self._aux.begin(self._range_start if self._range_start is not None else t)
         pts = round((t - self._origin) / self._tb)
         if self._last_pts is not None and pts <= self._last_pts:
@@ -532,7 +589,8 @@ class VideoEncoder:
             self._first_pts = pts
         self._last_pts = pts
         self._frames += 1
-        self._aux.pump(t)
+        if self._aux is not None:
+            self._aux.pump(t)
 
     def close(self) -> EncodeReport:
         """Finish the file and move it to ``dst``."""
@@ -550,10 +608,12 @@ class VideoEncoder:
     def _close(self) -> EncodeReport:
         if self._frames == 0:
             raise VhsupError("no pictures were written; nothing to encode", self.dst)
-        self._out.mux(self._video.encode(None))
+        if self._template is None:
+            self._out.mux(self._video.encode(None))
         video_end = self._last_time + self._frame_ticks * self._tb
-        self._aux.finish(video_end)
-        self._aux.close()
+        if self._aux is not None:
+            self._aux.finish(video_end)
+            self._aux.close()
         self._out.close()
         self._out = None
         # The rename is what makes the file appear; make its data durable
@@ -569,7 +629,7 @@ class VideoEncoder:
         self._state = "closed"
         if self._bumped:
             self._notice(f"{self._bumped} pictures had repeated or backwards times and were nudged forward")
-        summary = self._aux.summary
+        summary = self._aux.summary if self._aux is not None else AuxSummary()
         return EncodeReport(
             frames=self._frames,
             audio_streams=summary.audio_streams,
