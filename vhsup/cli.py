@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from vhsup import cli_params
 from vhsup.errors import Interrupted, VhsupError
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -60,27 +61,11 @@ def _debug_option(f):
 
 
 def _tile(value: str) -> int | str:
-    if value == "auto":
-        return value
-    try:
-        n = int(value)
-    except ValueError:
-        raise click.BadParameter("auto, 0 (no tiling) or a tile size in pixels") from None
-    if n < 0 or 0 < n < 16:
-        raise click.BadParameter("a tile must be at least 16 px (or 0 for none)")
-    return n
+    return cli_params.tile(value)
 
 
 def _batch(value: str) -> int | str:
-    if value == "auto":
-        return value
-    try:
-        n = int(value)
-    except ValueError:
-        raise click.BadParameter("auto or a positive number") from None
-    if n < 1:
-        raise click.BadParameter("auto or a positive number")
-    return n
+    return cli_params.batch(value)
 
 
 @main.command()

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from vhsup import cli_params
 from vhsup.errors import VhsupError
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -70,39 +71,16 @@ def batch() -> None:
 
 
 def _tile(value: str) -> int | str:
-    if value == "auto":
-        return value
-    try:
-        n = int(value)
-    except ValueError:
-        raise click.BadParameter("auto, 0 (no tiling) or a tile size in pixels") from None
-    if n < 0 or 0 < n < 16:
-        raise click.BadParameter("a tile must be at least 16 px (or 0 for none)")
-    return n
+    return cli_params.tile(value)
 
 
 def _batch_size(value: str) -> int | str:
-    if value == "auto":
-        return value
-    try:
-        n = int(value)
-    except ValueError:
-        raise click.BadParameter("auto or a positive number") from None
-    if n < 1:
-        raise click.BadParameter("auto or a positive number")
-    return n
+    return cli_params.batch(value)
 
 
 def _jobs(value: str) -> int | None:
-    if value == "auto":
-        return None
-    try:
-        n = int(value)
-    except ValueError:
-        raise click.BadParameter("auto or a number of worker processes") from None
-    if n < 1:
-        raise click.BadParameter("at least 1")
-    return n
+    n = cli_params.auto_or_count(value, "a number of worker processes")
+    return None if n == "auto" else n
 
 
 class _Live:
