@@ -83,15 +83,21 @@ def probe(file: Path, model, deinterlace, field_rate, ivtc, crop, width, height,
     """What vhsup sees in FILE and what it will do with it."""
     from vhsup.media.probe import probe as probe_file
     from vhsup.pipeline import Options, make_plan, model_name
-    from vhsup.registry import load_model
+    from vhsup.registry import card, load_model
 
     info = probe_file(file)
     opts = Options(model=model, deinterlace=deinterlace, field_rate=field_rate, ivtc=ivtc, crop=crop,
                    width=width, height=height)
     name = model_name(opts)
-    loaded = load_model(name)
-    plan = make_plan(file, opts, scale=loaded.descriptor.scale, model=name, info=info)
-    estimate = _estimate_seconds(loaded.descriptor, plan)
+    try:
+        # A named model's card has its scale and cost: no need to load weights to plan.
+        c = card(name)
+        scale, macs = int(c["scale"]), float(c.get("macs_per_px") or 0)
+    except VhsupError:
+        desc = load_model(name).descriptor  # a weights file, or bicubic-xN / lanczos-xN
+        scale, macs = desc.scale, desc.macs_per_px
+    plan = make_plan(file, opts, scale=scale, model=name, info=info)
+    estimate = _estimate_seconds(macs, plan)
     if as_json:
         data = info.to_json()
         data["plan"] = plan.to_json()
@@ -137,14 +143,14 @@ def _device_name() -> str:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
 
 
-def _estimate_seconds(desc, plan) -> float | None:
+def _estimate_seconds(macs_per_px: float, plan) -> float | None:
     """Time from the model's MACs and a rough device throughput (measured in bench/RESULTS.md)."""
     import torch
 
-    if not desc.macs_per_px:
+    if not macs_per_px:
         return None
     g = plan.geometry
-    macs = desc.macs_per_px * g.in_w * g.in_h * plan.frames_estimate
+    macs = macs_per_px * g.in_w * g.in_h * plan.frames_estimate
     if torch.cuda.is_available():
         rate = 20e12  # effective MAC/s of a modern GPU on these convs in bf16 (a rough figure)
     else:

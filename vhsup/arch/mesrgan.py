@@ -25,10 +25,9 @@ layout).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .rrdbnet import _UNSHUFFLE
+from .rrdbnet import RRDB, ResidualDenseBlock, RRDBNet
 
 
 class InvertedResidual(nn.Module):
@@ -52,7 +51,7 @@ class InvertedResidual(nn.Module):
         return self.project(self.lrelu(self.depthwise(self.lrelu(self.expand(x)))))
 
 
-class MobileDenseBlock(nn.Module):
+class MobileDenseBlock(ResidualDenseBlock):
     """ESRGAN's residual dense block with bottlenecks for its five convs.
 
     Args:
@@ -62,25 +61,14 @@ class MobileDenseBlock(nn.Module):
     """
 
     def __init__(self, num_feat: int = 64, num_grow_ch: int = 32, expand_ratio: int = 1):
-        super().__init__()
-        f, g, t = num_feat, num_grow_ch, expand_ratio
-        self.conv1 = InvertedResidual(f, g, t)
-        self.conv2 = InvertedResidual(f + g, g, t)
-        self.conv3 = InvertedResidual(f + 2 * g, g, t)
-        self.conv4 = InvertedResidual(f + 3 * g, g, t)
-        self.conv5 = InvertedResidual(f + 4 * g, f, t)
-        self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
+        self.expand_ratio = expand_ratio  # read by _conv during the parent's __init__
+        super().__init__(num_feat, num_grow_ch)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x1 = self.lrelu(self.conv1(x))
-        x2 = self.lrelu(self.conv2(torch.cat((x, x1), 1)))
-        x3 = self.lrelu(self.conv3(torch.cat((x, x1, x2), 1)))
-        x4 = self.lrelu(self.conv4(torch.cat((x, x1, x2, x3), 1)))
-        x5 = self.conv5(torch.cat((x, x1, x2, x3, x4), 1))
-        return x5 * 0.2 + x
+    def _conv(self, in_ch: int, out_ch: int) -> nn.Module:
+        return InvertedResidual(in_ch, out_ch, self.expand_ratio)
 
 
-class MobileRRDB(nn.Module):
+class MobileRRDB(RRDB):
     """Three mobile dense blocks and a scaled skip, as ESRGAN's RRDB.
 
     Args:
@@ -90,17 +78,15 @@ class MobileRRDB(nn.Module):
     """
 
     def __init__(self, num_feat: int, num_grow_ch: int = 32, expand_ratio: int = 1):
-        super().__init__()
-        self.rdb1 = MobileDenseBlock(num_feat, num_grow_ch, expand_ratio)
-        self.rdb2 = MobileDenseBlock(num_feat, num_grow_ch, expand_ratio)
-        self.rdb3 = MobileDenseBlock(num_feat, num_grow_ch, expand_ratio)
+        self.expand_ratio = expand_ratio
+        super().__init__(num_feat, num_grow_ch)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.rdb3(self.rdb2(self.rdb1(x))) * 0.2 + x
+    def _dense_block(self, num_feat: int, num_grow_ch: int) -> nn.Module:
+        return MobileDenseBlock(num_feat, num_grow_ch, self.expand_ratio)
 
 
-class MESRGAN(nn.Module):
-    """Mobile ESRGAN generator.
+class MESRGAN(RRDBNet):
+    """Mobile ESRGAN generator: RRDBNet's trunk and upsampler around mobile RRDB blocks.
 
     Args:
         num_in_ch: channels of the input picture (3 for RGB).
@@ -126,30 +112,13 @@ class MESRGAN(nn.Module):
         num_grow_ch: int = 32,
         expand_ratio: int = 1,
     ):
-        super().__init__()
-        if scale not in _UNSHUFFLE:
-            raise ValueError(f"MESRGAN supports scale 4, 2 or 1, not {scale!r}")
-        if min(num_in_ch, num_out_ch, num_feat, num_block, num_grow_ch, expand_ratio) < 1:
+        if expand_ratio < 1:
             raise ValueError("MESRGAN sizes must be positive")
-        self.scale = scale
-        self.unshuffle = _UNSHUFFLE[scale]
-        self.conv_first = nn.Conv2d(num_in_ch * self.unshuffle**2, num_feat, 3, 1, 1)
-        self.body = nn.Sequential(*(MobileRRDB(num_feat, num_grow_ch, expand_ratio) for _ in range(num_block)))
-        self.conv_body = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
-        self.conv_up1 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
-        self.conv_up2 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
-        self.conv_hr = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
-        self.conv_last = nn.Conv2d(num_feat, num_out_ch, 3, 1, 1)
-        self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
+        self.expand_ratio = expand_ratio
+        super().__init__(num_in_ch, num_out_ch, scale, num_feat, num_block, num_grow_ch)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.unshuffle > 1:
-            x = F.pixel_unshuffle(x, self.unshuffle)
-        feat = self.conv_first(x)
-        feat = feat + self.conv_body(self.body(feat))
-        feat = self.lrelu(self.conv_up1(F.interpolate(feat, scale_factor=2.0, mode="nearest")))
-        feat = self.lrelu(self.conv_up2(F.interpolate(feat, scale_factor=2.0, mode="nearest")))
-        return self.conv_last(self.lrelu(self.conv_hr(feat)))
+    def _block(self, num_feat: int, num_grow_ch: int) -> nn.Module:
+        return MobileRRDB(num_feat, num_grow_ch, self.expand_ratio)
 
 
 __all__ = ["MESRGAN", "InvertedResidual", "MobileDenseBlock", "MobileRRDB"]

@@ -29,12 +29,16 @@ class ResidualDenseBlock(nn.Module):
     def __init__(self, num_feat: int = 64, num_grow_ch: int = 32):
         super().__init__()
         g = num_grow_ch
-        self.conv1 = nn.Conv2d(num_feat, g, 3, 1, 1)
-        self.conv2 = nn.Conv2d(num_feat + g, g, 3, 1, 1)
-        self.conv3 = nn.Conv2d(num_feat + 2 * g, g, 3, 1, 1)
-        self.conv4 = nn.Conv2d(num_feat + 3 * g, g, 3, 1, 1)
-        self.conv5 = nn.Conv2d(num_feat + 4 * g, num_feat, 3, 1, 1)
+        self.conv1 = self._conv(num_feat, g)
+        self.conv2 = self._conv(num_feat + g, g)
+        self.conv3 = self._conv(num_feat + 2 * g, g)
+        self.conv4 = self._conv(num_feat + 3 * g, g)
+        self.conv5 = self._conv(num_feat + 4 * g, num_feat)
         self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
+
+    def _conv(self, in_ch: int, out_ch: int) -> nn.Module:
+        """One of the block's five convs (a subclass may build them differently)."""
+        return nn.Conv2d(in_ch, out_ch, 3, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x1 = self.lrelu(self.conv1(x))
@@ -56,9 +60,12 @@ class RRDB(nn.Module):
 
     def __init__(self, num_feat: int, num_grow_ch: int = 32):
         super().__init__()
-        self.rdb1 = ResidualDenseBlock(num_feat, num_grow_ch)
-        self.rdb2 = ResidualDenseBlock(num_feat, num_grow_ch)
-        self.rdb3 = ResidualDenseBlock(num_feat, num_grow_ch)
+        self.rdb1 = self._dense_block(num_feat, num_grow_ch)
+        self.rdb2 = self._dense_block(num_feat, num_grow_ch)
+        self.rdb3 = self._dense_block(num_feat, num_grow_ch)
+
+    def _dense_block(self, num_feat: int, num_grow_ch: int) -> nn.Module:
+        return ResidualDenseBlock(num_feat, num_grow_ch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.rdb3(self.rdb2(self.rdb1(x)))
@@ -88,20 +95,25 @@ class RRDBNet(nn.Module):
         num_grow_ch: int = 32,
     ):
         super().__init__()
+        name = type(self).__name__
         if scale not in _UNSHUFFLE:
-            raise ValueError(f"RRDBNet supports scale 4, 2 or 1, not {scale!r}")
+            raise ValueError(f"{name} supports scale 4, 2 or 1, not {scale!r}")
         if min(num_in_ch, num_out_ch, num_feat, num_block, num_grow_ch) < 1:
-            raise ValueError("RRDBNet sizes must be positive")
+            raise ValueError(f"{name} sizes must be positive")
         self.scale = scale
         self.unshuffle = _UNSHUFFLE[scale]
         self.conv_first = nn.Conv2d(num_in_ch * self.unshuffle**2, num_feat, 3, 1, 1)
-        self.body = nn.Sequential(*(RRDB(num_feat, num_grow_ch) for _ in range(num_block)))
+        self.body = nn.Sequential(*(self._block(num_feat, num_grow_ch) for _ in range(num_block)))
         self.conv_body = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
         self.conv_up1 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
         self.conv_up2 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
         self.conv_hr = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
         self.conv_last = nn.Conv2d(num_feat, num_out_ch, 3, 1, 1)
         self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
+
+    def _block(self, num_feat: int, num_grow_ch: int) -> nn.Module:
+        """One trunk block (MESRGAN swaps in its mobile version)."""
+        return RRDB(num_feat, num_grow_ch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.unshuffle > 1:

@@ -27,7 +27,8 @@ import math
 import os
 import secrets
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -523,14 +524,8 @@ class VideoEncoder:
             raise ValueError(
                 f"picture is {rgb.shape} {rgb.dtype}, encoder expects ({self._height}, {self._width}, 3) uint8"
             )
-        try:
+        with self._failing_aborts():
             self._write(picture)
-        except BaseException as e:
-            self.abort()
-            mapped = self._mapped(e)
-            if mapped is e:
-                raise
-            raise mapped from e
 
     def copy_packet(self, packet: av.Packet, time: Fraction) -> None:
         """Mux one already encoded packet of the ``template`` stream (its pts
@@ -539,7 +534,7 @@ class VideoEncoder:
         if self._state != "open" or self._template is None:
             raise RuntimeError(f"encoder is {self._state}" if self._state != "open" else "no template stream")
         t = Fraction(time)
-        try:
+        with self._failing_aborts():
             if self._frames == 0 and self._aux is not None:
                 self._aux.begin(self._range_start if self._range_start is not None else t)
             packet.stream = self._video
@@ -551,12 +546,6 @@ class VideoEncoder:
             self._frames += 1
             if self._aux is not None:
                 self._aux.pump(self._last_time)
-        except BaseException as e:
-            self.abort()
-            mapped = self._mapped(e)
-            if mapped is e:
-                raise
-            raise mapped from e
 
     def _write(self, picture: Picture) -> None:
         t = Fraction(picture.time)
@@ -596,14 +585,8 @@ class VideoEncoder:
         """Finish the file and move it to ``dst``."""
         if self._state != "open":
             raise RuntimeError(f"encoder is {self._state}")
-        try:
+        with self._failing_aborts():
             return self._close()
-        except BaseException as e:
-            self.abort()
-            mapped = self._mapped(e)
-            if mapped is e:
-                raise
-            raise mapped from e
 
     def _close(self) -> EncodeReport:
         if self._frames == 0:
@@ -673,6 +656,18 @@ class VideoEncoder:
             pass
         except OSError:  # e.g. still open on Windows; retried after closing
             pass
+
+    @contextmanager
+    def _failing_aborts(self) -> Iterator[None]:
+        """Any failure inside removes the temp file, then surfaces as a user error where it is one."""
+        try:
+            yield
+        except BaseException as e:
+            self.abort()
+            mapped = self._mapped(e)
+            if mapped is e:
+                raise
+            raise mapped from e
 
     def _mapped(self, e: BaseException) -> BaseException:
         """Errors the user can act on become VhsupError; the rest pass."""
