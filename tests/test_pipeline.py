@@ -364,3 +364,16 @@ def test_deinterlace_can_be_forced_on_or_off(dvd_clip, odd_clip, tmp_path):
     assert comb_energy(tmp_path / "off.mkv") > 1.5 * comb_energy(tmp_path / "on.mkv")
     forced = upscale_video(odd_clip.path, tmp_path / "forced.mkv", deinterlace="on", **FAST)
     assert forced.deinterlace.startswith(("bwdif", "yadif")) and forced.frames_out == odd_clip.frames
+
+
+def test_auto_crop_samples_a_long_file_at_several_points(tmp_path):
+    # Over 8 s, auto-crop decodes seven separate stretches of the same open
+    # container; each must restart decoding cleanly (it once crashed with
+    # "Cannot change thread_type after codec is open").
+    from vhsup.samples import make_vhs_sample
+
+    sample = make_vhs_sample(tmp_path / "long.mpg", seconds=9, size=(352, 240), fmt="mpeg2")
+    r = upscale_video(sample.path, tmp_path / "long.mkv", crop="auto", frames=1, **FAST)
+    left, top, right, bottom = (int(v) for v in r.crop.split(","))
+    assert left >= 2 and right >= 2 and top == 0  # the black edges beside the picture
+    assert r.frames_out == 1

@@ -94,8 +94,12 @@ def video_frames(
     """
     stats = stats if stats is not None else DecodeStats()
     stream = container.streams.video[0]
-    stream.thread_type = "AUTO"
-    stream.thread_count = threads
+    # Threading can only be set before the codec opens; a second pass over
+    # the same container (auto-crop's samples, a re-seek) finds it open, and
+    # PyAV raises "Cannot change thread_type after codec is open".
+    if not stream.codec_context.is_open:
+        stream.thread_type = "AUTO"
+        stream.thread_count = threads
     tb = stream.time_base or Fraction(1, 90000)
     if start is not None and start > 0:
         target = max(0.0, start - preroll)

@@ -1,0 +1,98 @@
+"""``vhsup extract FILES... --out DIR``: training frames from the user's own videos.
+
+Register it with ``main.add_command(extract)`` in ``vhsup.cli``. It also
+works on its own: it turns user errors into one line (exit 2) itself.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from vhsup.errors import Interrupted, VhsupError
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
+
+
+class _Command(click.Command):
+    """Prints VhsupError as ``vhsup: error: ...`` with exit 2, as the main group does."""
+
+    def invoke(self, ctx: click.Context):
+        debug = "--debug" in sys.argv or bool(ctx.params.get("debug"))
+        try:
+            return super().invoke(ctx)
+        except Interrupted as exc:
+            err.print(f"vhsup: {exc}", markup=False)
+            ctx.exit(130)
+        except VhsupError as exc:
+            if debug:
+                raise
+            err.print(f"vhsup: error: {exc}", markup=False)
+            ctx.exit(2)
+        except KeyboardInterrupt:
+            err.print("vhsup: interrupted", markup=False)
+            ctx.exit(130)
+
+
+@click.command(cls=_Command, context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder for the PNGs and manifest.jsonl (created if missing).")
+@click.option("--count", type=int, default=None,
+              help="Frames in all, shared by the files in proportion to their durations (default 1000).")
+@click.option("--every", type=float, default=None, help="Instead of --count: one frame per this many seconds.")
+@click.option("--min-gap", type=float, default=0.5, show_default=True,
+              help="Never two frames from one file closer than this many seconds.")
+@click.option("--deinterlace", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True)
+@click.option("--ivtc", is_flag=True, help="Undo 3:2 telecine (film on NTSC video) first.")
+@click.option("--crop", default=None, help="auto, or L,T,R,B pixels to remove (as for upscale).")
+@click.option("--keep-sar", is_flag=True, help="Keep the source's pixel shape (default: resample the width to square pixels).")
+@click.option("--append", is_flag=True, help="The folder has frames: add more, numbered after them, skipping near-duplicates.")
+@click.option("--overwrite", is_flag=True, help="The folder has frames: delete them and start again.")
+@click.option("--quiet", is_flag=True, help="No progress bar or summary.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON summary at the end.")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+def extract(files, out_dir, count, every, min_gap, deinterlace, ivtc, crop, keep_sar, append, overwrite,
+            quiet, as_json, debug) -> None:
+    """Pick diverse frames from FILES for training: deinterlaced, cropped, square pixels, 8-bit PNG.
+
+    Frames are spread over each file, favour new scenes, and skip black or
+    flat pictures and near-duplicates. A manifest.jsonl beside them records
+    each frame's source file and time.
+    """
+    from vhsup.train.extract import extract_frames
+
+    def notice(msg: str) -> None:
+        if not as_json and not quiet:
+            err.print(f"vhsup: {msg}", markup=False)
+
+    kwargs = dict(count=count, every=every, min_gap=min_gap, keep_sar=keep_sar, append=append,
+                  overwrite=overwrite, deinterlace=deinterlace, ivtc=ivtc, crop=crop)
+    show = not quiet and not as_json and err.is_terminal
+    if show:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeRemainingColumn(), console=err, transient=True) as bar:
+            tasks: dict[str, int] = {}
+
+            def progress(phase: str, done: int, total: int) -> None:
+                if phase not in tasks:
+                    tasks[phase] = bar.add_task("scanning" if phase == "scan" else "writing", total=total)
+                bar.update(tasks[phase], completed=done, total=max(total, done))
+
+            report = extract_frames(list(files), out_dir, notice=notice, progress=progress, **kwargs)
+    else:
+        report = extract_frames(list(files), out_dir, notice=notice, **kwargs)
+    if as_json:
+        out.print_json(json.dumps(report.to_json()))
+        return
+    if not quiet:
+        per = ", ".join(f"{Path(k).name} {v}" for k, v in report.per_source.items())
+        out.print(f"{report.out}: {report.frames} frames written ({per}); {report.skipped_duplicate} near-duplicates "
+                  f"and {report.skipped_flat} black/flat candidates skipped; manifest {report.manifest}", markup=False)
