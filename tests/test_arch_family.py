@@ -27,7 +27,7 @@ from vhsup.errors import VhsupError
 from vhsup.weights.detect import detect
 from vhsup.weights.safeload import load_state_dict_file
 
-UNTRAINED = ["mesrgan-x4", "srgan-x4", "srresnet-x4", "unet-x4"]
+UNTRAINED = ["mesrgan-x4", "srgan-x4", "srresnet-x4", "switched-x4", "unet-x4"]
 
 
 @pytest.fixture(autouse=True)

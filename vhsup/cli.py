@@ -321,12 +321,12 @@ def models_list(as_json: bool) -> None:
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True)
 def models_info(name: str, as_json: bool) -> None:
-    """Everything vhsup knows about the model NAME."""
+    """Everything vhsup knows about the model NAME (a model name or a weights file)."""
     from vhsup.model_info import describe
 
     info = describe(name)
     if as_json:
-        out.print_json(json.dumps(info))
+        out.print_json(json.dumps(info, default=str))
         return
     t = Table(show_header=False, box=None, pad_edge=False)
     t.add_column(style="bold")
@@ -369,10 +369,71 @@ def models_export(name, output: Path, precision, opset, no_check, overwrite, all
               f"x{report.scale}){err_txt}", markup=False)
 
 
-def _register_batch() -> None:
+@models.command("selector-map")
+@click.argument("picture", type=click.Path(path_type=Path))
+@click.option("--model", "model_spec", required=True,
+              help="A switched model: a weights file, or a model name (with --untrained for a random one).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="The PNG to write.")
+@click.option("--untrained", is_flag=True,
+              help="Map a freshly initialised instance of the named model (e.g. switched-x4, which has no weights).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random initialisation for --untrained.")
+@click.option("--max-side", type=click.IntRange(min=16), default=512, show_default=True,
+              help="Shrink larger pictures to this many pixels on the longer side first.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@click.option("--json", "as_json", is_flag=True)
+@_debug_option
+def models_selector_map(picture: Path, model_spec: str, output: Path, untrained: bool, seed: int, max_side: int,
+                        overwrite: bool, as_json: bool, debug: bool) -> None:
+    """Colour-map which kernel each switched conv of a model picks on PICTURE (PNG, JPEG, ...).
+
+    One panel per switched layer, beside the input, with a legend of the kernel colours.
+    """
+    from vhsup import registry
+    from vhsup.selector_map import read_picture, write_selector_map
+
+    if output.exists() and not overwrite:
+        raise VhsupError("output exists; pass --overwrite to replace it", output)
+    if output.resolve() == picture.resolve():
+        raise VhsupError("output would overwrite the input picture", output)
+    rgb = read_picture(picture)
+    if untrained:
+        if model_spec not in registry.model_names():
+            raise VhsupError(f"--untrained needs a model name ({', '.join(registry.model_names())}), not {model_spec!r}")
+        loaded = registry.build_model(model_spec, seed=seed)
+    else:
+        try:
+            loaded = registry.load_model(model_spec)
+        except VhsupError as exc:
+            if model_spec in registry.model_names() and not registry.has_pretrained_weights(model_spec):
+                raise VhsupError(f"{exc.reason}; or pass --untrained to map a randomly initialised one", exc.path) from None
+            raise
+    try:
+        result = write_selector_map(output, loaded.module, rgb, size_multiple=loaded.descriptor.size_multiple,
+                                    max_side=max_side)
+    except VhsupError as exc:
+        if exc.path is None:
+            raise VhsupError(f"{loaded.descriptor.name}: {exc.reason}", model_spec if not untrained else None) from None
+        raise
+    rows = [{"layer": m.name, "breadth": m.breadth, "height": int(m.index.shape[0]), "width": int(m.index.shape[1]),
+             "kernels_used": m.used, "usage": [round(float(u), 4) for u in m.usage]} for m in result.layers]
+    if as_json:
+        out.print_json(json.dumps({"output": str(output), "model": loaded.descriptor.name, "layers": rows}))
+        return
+    shrunk = f" (picture shrunk from {result.shrunk_from[1]}x{result.shrunk_from[0]})" if result.shrunk_from else ""
+    out.print(f"wrote {output}: {len(rows)} switched layers of {loaded.descriptor.name}{shrunk}", markup=False)
+    for r in rows:
+        share = " ".join(f"{u:.0%}" for u in r["usage"])
+        out.print(f"  {r['layer']}: {r['kernels_used']}/{r['breadth']} kernels used; shares {share}", markup=False)
+
+
+def _register_subcommands() -> None:
     from vhsup.batch.cli import batch
+    from vhsup.train.cli import train
+    from vhsup.train.cli_extract import extract
 
     main.add_command(batch)
+    main.add_command(extract)
+    main.add_command(train)
 
 
-_register_batch()
+_register_subcommands()

@@ -1,10 +1,15 @@
-"""What ``vhsup models list`` and ``vhsup models info`` tell a user about a named model.
+"""What ``vhsup models list`` and ``vhsup models info`` tell a user about a model.
 
-Read from the model cards plus a look at where the weights would come from;
-nothing is converted or downloaded here.
+A named model is described from its card plus a look at where the weights
+would come from; nothing is converted or downloaded here. A weights file
+(``vhsup models info runs/x/best.safetensors``) is loaded, so that what is
+shown is what ``upscale --model`` would run: the card beside it when there
+is one (checked against the weights), else what detection finds.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from vhsup import registry
 from vhsup.weights import sources
@@ -29,7 +34,9 @@ def weights_status(card: dict) -> str:
 
 
 def describe(name: str) -> dict:
-    """A JSON-ready summary of the named model's card."""
+    """A JSON-ready summary of a named model's card, or of a weights file."""
+    if name not in registry.model_names() and registry._looks_like_path(name):
+        return describe_file(Path(name).expanduser())
     c = registry.card(name)
     weights = c.get("weights") if isinstance(c.get("weights"), dict) else {}
     return {
@@ -53,4 +60,45 @@ def describe(name: str) -> dict:
         "attribution": c.get("attribution", []),
         "description": c.get("description", ""),
         "notes": " ".join((c.get("notes") or "").split()),  # cards wrap their prose; let the terminal wrap it
+    }
+
+
+def describe_file(path: Path) -> dict:
+    """The fields of :func:`describe` for a weights file, plus ``path``,
+    ``card`` (the sidecar card's path or None) and ``training`` (the card's
+    [training] table without the stored config)."""
+    from vhsup.weights.detect import detect
+
+    loaded = registry.load_model(str(path))  # refuses a card that contradicts the weights
+    d = loaded.descriptor
+    state = loaded.module.state_dict()
+    _arch, hyper = detect(state, path)
+    found = registry.read_sidecar_card(path)
+    c, card_path = found if found else ({}, None)
+    training = {k: v for k, v in (c.get("training") or {}).items() if k not in ("config", "metrics")}
+    training.update((c.get("training") or {}).get("metrics") or {})
+    return {
+        "name": d.name,
+        "arch": d.arch,
+        "scale": d.scale,
+        "params": d.params,
+        "macs_per_px": int(d.macs_per_px) if float(d.macs_per_px).is_integer() else d.macs_per_px,
+        "context": d.context,
+        "supports_half": d.supports_half,
+        "supports_bfloat16": d.supports_bfloat16,
+        "hyper": c.get("hyper") or hyper,
+        "weights": "file",
+        "weights_id": None,
+        "url": None,
+        "file_sha256": sources.file_sha256(path),
+        "tensors_sha256": sources.tensors_sha256(state),
+        "ncnn": None,
+        "cache_file": None,
+        "licence": d.licence,
+        "attribution": [str(a) for a in c.get("attribution", [])],
+        "description": c.get("description") or f"{d.arch} x{d.scale} weights file (no model card beside it)",
+        "notes": " ".join((c.get("notes") or "").split()),
+        "path": str(path),
+        "card": str(card_path) if card_path else None,
+        "training": training,
     }

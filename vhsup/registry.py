@@ -11,7 +11,9 @@ Some cards name an architecture vhsup can build but has no published
 weights for (``weights = "none"``: srresnet-x4, srgan-x4, mesrgan-x4,
 unet-x4). Loading them by name explains that; :func:`build_model` gives a
 fresh, untrained instance to train, and a trained file of any of them loads
-by path like any other user file.
+by path like any other user file. A weights file may have a card of its own
+beside it (same stem, ``.toml``, as ``vhsup train`` writes): it names the
+model and says how to run it, and must agree with what the weights are.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from .arch import build
 from .arch.classical import MAX_SCALE, Rescaled, resample_macs_per_px
 from .arch.resunet import resunet_reach, resunet_size_multiple
 from .arch.srresnet import srresnet_reach
+from .arch.switchedsr import switchedsr_reach
 from .errors import VhsupError
 from .weights.detect import canonical, detect
 from .weights.safeload import SUFFIXES, load_state_dict_file
@@ -240,17 +243,23 @@ def conv_macs_per_px(arch: str, hyper: dict, size: int = 16) -> float:
     this is exact for any architecture whose cost is linear in the pixel
     count; ``size`` must be a multiple of what the network needs (16 suits
     all of vhsup's). Grouped (depthwise) convs count ``in / groups`` inputs.
+    A switched conv counts one kernel per output pixel (the one it applies;
+    the fused kernels compute only that one), and its selector, a plain
+    conv inside it, counts like any other conv.
     """
+    from .arch.switched import SwitchedConv2d
+
     total = 0
 
     def hook(conv, inputs, output):
         nonlocal total
-        k = conv.kernel_size[0] * conv.kernel_size[1]
-        total += output[0].numel() * (conv.in_channels // conv.groups) * k
+        ks = conv.kernel_size if isinstance(conv.kernel_size, tuple) else (conv.kernel_size,) * 2
+        total += output[0].numel() * (conv.in_channels // getattr(conv, "groups", 1)) * ks[0] * ks[1]
 
     with torch.device("meta"):
         net = build(arch, dict(hyper))
-    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    counted = (torch.nn.Conv2d, SwitchedConv2d)
+    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, counted)]
     with torch.no_grad():
         net(torch.zeros(1, int(hyper["num_in_ch"]), size, size, device="meta"))
     for h in handles:
@@ -274,6 +283,8 @@ def _user_file_tiling(arch: str, hyper: dict) -> tuple[int, int, float]:
         multiple = resunet_size_multiple(hyper["upscale"], stages)
         reach = resunet_reach(hyper["upscale"], stages, hyper["blocks_per_stage"])
         return reach, multiple, conv_macs_per_px(arch, hyper, size=16 * multiple)
+    if arch == "switchedsr":
+        return switchedsr_reach(hyper["num_block"], hyper["scale"]), 1, conv_macs_per_px(arch, hyper)
     return hyper["num_conv"] + 2, 1, _compact_macs(hyper)
 
 
@@ -309,7 +320,74 @@ def _load_file(path: Path) -> LoadedModel:
         licence="unknown (user file)",
         source=str(path),
     )
+    sidecar = read_sidecar_card(path)
+    if sidecar is not None:
+        desc = _apply_sidecar(desc, hyper, *sidecar)
     return LoadedModel(_finish(net), desc)
+
+
+def sidecar_card_path(weights: str | os.PathLike[str]) -> Path:
+    """Where the model card of a weights file lives: beside it, same stem, .toml
+    (``runs/x/best.safetensors`` -> ``runs/x/best.toml``)."""
+    return Path(weights).with_suffix(".toml")
+
+
+def read_sidecar_card(weights: str | os.PathLike[str]) -> tuple[dict, Path] | None:
+    """The parsed card beside a weights file and its path, or None without one."""
+    card_path = sidecar_card_path(weights)
+    if not card_path.is_file():
+        return None
+    try:
+        return tomllib.loads(card_path.read_text(encoding="utf-8")), card_path
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise VhsupError(f"model card is not valid TOML: {exc}", card_path) from None
+
+
+def _apply_sidecar(desc: ModelDescriptor, hyper: dict, c: dict, card_path: Path) -> ModelDescriptor:
+    """The descriptor of a weights file as its card describes it.
+
+    The weights stay the authority on what the network is: the card may
+    name it and say how to run it (tile context, size multiple, precision),
+    but a card whose arch, scale or hyperparameters contradict the weights
+    describes some other file, and using it would mis-tile or mislabel this
+    one. The size multiple may only be raised (the network's own constraint
+    must hold).
+    """
+    weights = Path(desc.source).name
+
+    def disagree(what: str) -> VhsupError:
+        return VhsupError(f"model card disagrees with the weights {weights}: {what}", card_path)
+
+    for key in ("name", "arch", "scale"):
+        if key not in c:
+            raise VhsupError(f"model card has no {key!r}", card_path)
+    try:
+        if c["arch"] != desc.arch:
+            raise disagree(f"card says arch {c['arch']!r}, the weights are a {desc.arch}")
+        if int(c["scale"]) != desc.scale:
+            raise disagree(f"card says scale {c['scale']}, the weights are x{desc.scale}")
+        card_hyper = c.get("hyper") or {}
+        for key in sorted(set(card_hyper) & set(hyper)):
+            if card_hyper[key] != hyper[key]:
+                raise disagree(f"card says hyper.{key} = {card_hyper[key]!r}, the weights have {hyper[key]!r}")
+        multiple = int(c.get("size_multiple", desc.size_multiple))
+        if multiple < 1 or multiple % desc.size_multiple:
+            raise disagree(f"size_multiple {multiple} is not a multiple of the {desc.size_multiple} a {desc.arch} needs")
+        context = int(c.get("context", desc.context))
+        if context < 0:
+            raise VhsupError(f"model card has a negative context ({context})", card_path)
+        return dataclasses.replace(
+            desc,
+            name=str(c["name"]),
+            context=context,
+            size_multiple=multiple,
+            supports_half=bool(c.get("supports_half", desc.supports_half)),
+            supports_bfloat16=bool(c.get("supports_bfloat16", desc.supports_bfloat16)),
+            tiling=bool(c.get("tiling", desc.tiling)),
+            licence=str(c.get("licence", desc.licence)),
+        )
+    except (TypeError, ValueError) as exc:
+        raise VhsupError(f"model card has a value of the wrong type: {exc}", card_path) from None
 
 
 _CLASSICAL = re.compile(r"^(bicubic|lanczos)-x(\d+)$")

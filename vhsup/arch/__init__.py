@@ -17,9 +17,18 @@ from .mesrgan import MESRGAN
 from .resunet import ResUNet
 from .rrdbnet import RRDBNet
 from .srresnet import SRResNet
+from .switched import convert_to_switched
+from .switchedsr import SwitchedSR
 
-ARCHS = ("rrdbnet", "compact", "srresnet", "mesrgan", "resunet", "classical")
-_GENERATORS = {"rrdbnet": RRDBNet, "compact": SRVGGNetCompact, "srresnet": SRResNet, "mesrgan": MESRGAN, "resunet": ResUNet}
+ARCHS = ("rrdbnet", "compact", "srresnet", "mesrgan", "resunet", "switchedsr", "classical")
+_GENERATORS = {
+    "rrdbnet": RRDBNet,
+    "compact": SRVGGNetCompact,
+    "srresnet": SRResNet,
+    "mesrgan": MESRGAN,
+    "resunet": ResUNet,
+    "switchedsr": SwitchedSR,
+}
 DISCRIMINATORS = {"srgan": SRGANDiscriminator, "unet": UNetDiscriminatorSN}
 
 
@@ -28,7 +37,22 @@ def build(arch: str, hyper: dict) -> nn.Module:
 
     ``hyper`` is the model card's ``[hyper]`` table or what detection found;
     classical models take ``{"kind": "bicubic"|"lanczos", "scale": N}``.
+    A ``switched`` entry (``{"breadth": B, "layers": [conv names]}``, from
+    detecting a network trained after ``convert_to_switched``) converts
+    those convs of the plain network, so its saved weights fit again.
     """
+    hyper = dict(hyper)
+    switched = hyper.pop("switched", None)
+    if switched is not None and arch in _GENERATORS:
+        net = _GENERATORS[arch](**hyper)
+        layers = set(switched["layers"])
+        extra = {"queue": int(switched["queue"])} if "queue" in switched else {}
+        done = convert_to_switched(net, breadth=int(switched["breadth"]), predicate=lambda name, _conv: name in layers,
+                                   **extra)
+        if set(done) != layers:
+            missing = ", ".join(sorted(layers - set(done)))
+            raise ValueError(f"{arch} with {hyper} has no convs named {missing} to switch")
+        return net
     if arch in _GENERATORS:
         return _GENERATORS[arch](**hyper)
     if arch == "classical":
@@ -57,6 +81,7 @@ __all__ = [
     "SRGANDiscriminator",
     "SRResNet",
     "SRVGGNetCompact",
+    "SwitchedSR",
     "UNetDiscriminatorSN",
     "build",
     "build_discriminator",

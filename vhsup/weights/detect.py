@@ -28,6 +28,11 @@ _SRRESNET_KEYS = ("conv_first.weight", "act_first.weight", "conv_body.weight", "
 # shows it; the module keeps it in this buffer.
 RESUNET_SCALE_KEY = "out_scale"
 _RESUNET_KEYS = ("stem.0.weight", "encoder.0.0.conv1.weight", "decoder.0.conv1.weight", "tail.weight")
+# SwitchedSR: plain outer convs around switched blocks. A switched conv's
+# weight is 5-D (breadth, out, in, kh, kw), which no other vhsup layer has.
+_SWITCHED_KEYS = ("conv_first.weight", "body.0.conv1.weight", "conv_body.weight", "conv_hr.weight", "conv_last.weight")
+_SWITCHED_BLOCK = re.compile(r"^body\.(\d+)\.conv([12])\.weight$")
+_SWITCHED_UP = re.compile(r"^conv_up\.(\d+)\.weight$")
 
 
 def _unknown(path, detail: str) -> VhsupError:
@@ -176,6 +181,34 @@ def _detect_resunet(sd: dict[str, torch.Tensor], path) -> dict:
     }
 
 
+def _detect_switchedsr(sd: dict[str, torch.Tensor], path) -> dict:
+    first, last = sd["conv_first.weight"], sd["conv_last.weight"]
+    if first.ndim != 4 or last.ndim != 4:
+        raise _unknown(path, "conv_first/conv_last are not conv weights")
+    convs = {(int(m.group(1)), m.group(2)): sd[k] for k in sd if (m := _SWITCHED_BLOCK.match(k))}
+    blocks = {b for b, _ in convs}
+    if blocks != set(range(len(blocks))) or len(convs) != 2 * len(blocks):
+        raise _unknown(path, "SwitchedSR keys without contiguous body.N.conv1/conv2 numbering")
+    if any(w.ndim != 5 for w in convs.values()):
+        raise _unknown(path, "SwitchedSR block convs are not all switched (5-D weights)")
+    breadths = {int(w.shape[0]) for w in convs.values()}
+    if len(breadths) != 1:
+        raise VhsupError(f"SwitchedSR with switched convs of different breadths {sorted(breadths)} is not supported", path)
+    ups = {int(m.group(1)) for k in sd if (m := _SWITCHED_UP.match(k))}
+    if ups != set(range(len(ups))):
+        raise _unknown(path, "SwitchedSR keys without contiguous conv_up.N numbering")
+    if len(ups) > 3:
+        raise VhsupError(f"SwitchedSR with {len(ups)} upsampling steps (x{2 ** len(ups)}) is not supported; only x1..x8", path)
+    return {
+        "num_in_ch": int(first.shape[1]),
+        "num_out_ch": int(last.shape[0]),
+        "num_feat": int(first.shape[0]),
+        "num_block": len(blocks),
+        "breadth": breadths.pop(),
+        "scale": 2 ** len(ups),
+    }
+
+
 def _detect_compact(sd: dict[str, torch.Tensor], path) -> dict:
     index = {}
     for key, value in sd.items():
@@ -213,16 +246,76 @@ def _detect_compact(sd: dict[str, torch.Tensor], path) -> dict:
     }
 
 
+SWITCHED_HYPER = "switched"
+
+
+def _switched_layers(sd: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the switched convs in a state dict: those with a 5-D weight."""
+    return sorted(k[: -len(".weight")] for k, v in sd.items() if k.endswith(".weight") and v.ndim == 5)
+
+
+def _unswitch(sd: dict[str, torch.Tensor], layers: list[str], path) -> tuple[dict[str, torch.Tensor], dict]:
+    """The state dict of the plain network the switched one was converted
+    from (kernel 0 of each switched conv; selectors and switch norms
+    dropped), and what build() needs to convert it again.
+
+    Only the default selector (one 1x1 conv) is accepted: a deeper one
+    would widen the model's reach beyond what the plain network's tiling
+    context covers.
+    """
+    breadths = {int(sd[f"{name}.weight"].shape[0]) for name in layers}
+    if len(breadths) != 1:
+        raise VhsupError(f"switched convs of different breadths {sorted(breadths)} in one model are not supported", path)
+    breadth = breadths.pop()
+    queue = 256
+    for name in layers:
+        sel = sd.get(f"{name}.selector.weight")
+        if sel is None or tuple(sel.shape) != (breadth, sd[f"{name}.weight"].shape[2], 1, 1):
+            raise VhsupError(f"switched conv {name} has no plain 1x1 selector (only the default selector is supported "
+                             "outside switched-x4)", path)
+        history = sd.get(f"{name}.norm.history")
+        if history is not None:
+            queue = int(history.shape[0])
+    plain: dict[str, torch.Tensor] = {}
+    inside = tuple(f"{name}.{part}." for name in layers for part in ("selector", "norm"))
+    names = set(layers)
+    for key, value in sd.items():
+        if key.startswith(inside):
+            continue
+        layer = key.rpartition(".")[0]
+        plain[key] = value[0] if layer in names and key.endswith((".weight", ".bias")) else value
+    spec: dict = {"breadth": breadth, "layers": layers}
+    if queue != 256:
+        spec["queue"] = queue
+    return plain, spec
+
+
 def detect(state_dict: dict[str, torch.Tensor], path: str | os.PathLike[str] | None = None) -> tuple[str, dict]:
     """Return ``(arch, hyperparameters)`` for a state dict.
 
-    ``arch`` is one of 'rrdbnet', 'mesrgan', 'srresnet', 'resunet' or
-    'compact'; the hyperparameters are the constructor arguments of that
-    module. Old ESRGAN keys are accepted (pass the dict through
-    :func:`canonical` before loading it into the module). ``path`` only
-    names the file in errors.
+    ``arch`` is one of 'rrdbnet', 'mesrgan', 'srresnet', 'resunet',
+    'switchedsr' or 'compact'; the hyperparameters are the constructor
+    arguments of that module. Old ESRGAN keys are accepted (pass the dict
+    through :func:`canonical` before loading it into the module). ``path``
+    only names the file in errors.
+
+    Any of them with some convs converted to switched convs (``vhsup train
+    --switched``) is detected as its plain architecture, with the extra
+    hyperparameter ``switched = {"breadth": B, "layers": [conv names]}``
+    (and ``queue`` when its switch norm remembers other than 256 batches)
+    that :func:`vhsup.arch.build` turns back into the converted network.
     """
     sd = canonical(state_dict, path)
+    if all(k in sd for k in _SWITCHED_KEYS) and sd["body.0.conv1.weight"].ndim == 5:
+        return "switchedsr", _detect_switchedsr(sd, path)
+    if layers := _switched_layers(sd):
+        plain, spec = _unswitch(sd, layers, path)
+        arch, hyper = _detect_plain(plain, path)
+        return arch, {**hyper, SWITCHED_HYPER: spec}
+    return _detect_plain(sd, path)
+
+
+def _detect_plain(sd: dict[str, torch.Tensor], path) -> tuple[str, dict]:
     # MESRGAN has every RRDBNet outer key too, so it is asked for first.
     if _MESRGAN_KEY in sd and all(k in sd for k in _RRDB_KEYS):
         return "mesrgan", _detect_mesrgan(sd, path)
@@ -237,5 +330,6 @@ def detect(state_dict: dict[str, torch.Tensor], path: str | os.PathLike[str] | N
     sample = ", ".join(sorted(sd)[:4])
     raise _unknown(
         path,
-        f"keys like {sample} match none of RRDBNet (ESRGAN/Real-ESRGAN), MESRGAN, SRResNet/SRGAN, ResUNet or SRVGGNetCompact",
+        f"keys like {sample} match none of RRDBNet (ESRGAN/Real-ESRGAN), MESRGAN, SRResNet/SRGAN, ResUNet, "
+        "SwitchedSR or SRVGGNetCompact",
     )
