@@ -3,6 +3,7 @@
     vhsup train --frames frames/ --model esrgan-x4 --out runs/goodeats
     vhsup train --resume runs/goodeats
     vhsup train --config runs/goodeats/config.toml --out runs/goodeats2
+    vhsup train --frames frames/ --model compact-x4 --switched --out runs/sw
     torchrun --nproc-per-node 8 -m vhsup train --config x.toml --out runs/big
 
 Every flag has a key in the TOML config (``vhsup.train.config.FIELDS``); a
@@ -49,6 +50,11 @@ def _options(f):
                      help="self: your own low-quality frames are the targets, degraded further for inputs."),
         click.option("--model", default=None, help="Model name or weights file to start from."),
         click.option("--from-scratch", is_flag=True, default=None, help="Random initialisation, not pretrained weights."),
+        click.option("--switched", is_flag=True, default=None,
+                     help="Convert chosen convs of the starting model to switched convs, then train on."),
+        click.option("--switched-breadth", type=int, default=None, help="Kernels per converted conv (default 8)."),
+        click.option("--switched-layers", default=None, metavar="PATTERNS",
+                     help="Comma-separated patterns over conv names, e.g. 'body.*' (default: the trunk's 3x3 convs)."),
         click.option("--steps", type=int, default=None, help="Optimiser steps in all (default 20000)."),
         click.option("--pixel-steps", type=int, default=None,
                      help="Pixel-loss steps before the GAN stage (default: 0 from pretrained weights, half from scratch)."),

@@ -11,7 +11,8 @@ torchrun) repeat a run.
 
 TOML layout (every table and key optional)::
 
-    [run]          model, from_scratch, out, seed, device, steps, quiet
+    [run]          model, from_scratch, switched, switched_breadth, switched_layers,
+                   out, seed, device, steps, quiet
     [data]         mode, frames, lr, hr, patch, batch, val_frames, val_split, val_crop, small, cache_mb
     [train]        pixel_steps, learning_rate, betas, milestones, gamma, ema, accumulate,
                    precision, checkpointing, channels_last, clip_grad
@@ -64,6 +65,11 @@ FIELDS: dict[str, Field] = {
     # [run]
     "model": _F("run", "", "str", "model name or weights file to start from ('' = esrgan-x4 on CUDA, compact-x4 on CPU)"),
     "from_scratch": _F("run", False, "bool", "random initialisation even when the model has pretrained weights"),
+    "switched": _F("run", False, "bool", "convert chosen convs of the starting model to switched convs (each "
+                   "kernel copied across the breadth: same output at first), then train on"),
+    "switched_breadth": _F("run", 8, "int", "kernels per converted switched conv", 2, 64),
+    "switched_layers": _F("run", "", "str", "comma-separated fnmatch patterns over conv names choosing which "
+                          "convs --switched converts ('' = the trunk's 3x3 convs)"),
     "out": _F("run", "", "path", "run folder (checkpoints, metrics, best.safetensors)"),
     "seed": _F("run", 0, "int", "seed of every random choice (init, data order, crops, degradations)", 0, 2**62),
     "device": _F("run", "auto", "str", "auto, cpu, cuda or cuda:N (under torchrun: the local rank's GPU)"),
@@ -135,6 +141,9 @@ class TrainConfig:
 
     model: str = FIELDS["model"].default
     from_scratch: bool = False
+    switched: bool = False
+    switched_breadth: int = 8
+    switched_layers: str = ""
     out: str = ""
     seed: int = 0
     device: str = "auto"

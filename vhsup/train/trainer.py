@@ -35,6 +35,7 @@ import contextlib
 import copy
 import dataclasses
 import datetime as _dt
+import fnmatch
 import math
 import os
 import signal
@@ -66,7 +67,8 @@ from vhsup.train.data import (
     split_validation,
 )
 
-__all__ = ["Batch", "StepStats", "TrainResult", "Trainer", "enable_checkpointing", "LOSS_NAMES", "train"]
+__all__ = ["Batch", "StepStats", "TrainResult", "Trainer", "default_switched_layers", "enable_checkpointing",
+           "LOSS_NAMES", "train"]
 
 Notice = Callable[[str], None]
 
@@ -202,10 +204,56 @@ def _buffers_kept(modules: list[nn.Module]):
                 b.copy_(v)
 
 
+class _SwitchNormReplay:
+    """Makes a recomputed forward route exactly as the original one did.
+
+    A switch norm in training mode records the batch's kernel usage and then
+    normalises by its history, this batch included. A recomputed forward
+    must neither record a second time (that would change the history, and
+    under DDP issue an extra all-reduce from inside the backward pass) nor
+    see a history other forwards have moved on since (the consistency loss
+    runs the network again before the backward): either could pick other
+    kernels at near-ties than the gradients were meant for. So the history
+    each norm held right after the original forward is kept, and the
+    recompute runs the norms read-only on that history.
+    """
+
+    def __init__(self, norms: list[nn.Module]):
+        self.norms = norms
+        self.after: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    @contextlib.contextmanager
+    def record(self):
+        yield
+        self.after = [(n.history.detach().clone(), n.count.detach().clone()) for n in self.norms]
+
+    @contextlib.contextmanager
+    def replay(self, modules: list[nn.Module]):
+        flags = [n.training for n in self.norms]
+        with _buffers_kept(modules):  # what the buffers hold now comes back afterwards
+            with torch.no_grad():
+                for n, (history, count) in zip(self.norms, self.after):
+                    n.history.copy_(history)
+                    n.count.copy_(count)
+            for n in self.norms:
+                n.training = False
+            try:
+                yield
+            finally:
+                for n, f in zip(self.norms, flags):
+                    n.training = f
+
+
 def _checkpointed(fn: Callable, modules: list[nn.Module]) -> Callable:
+    from vhsup.arch.switched import SwitchNorm
+
     stateful = any(True for m in modules for _ in m.buffers())
+    norms = [n for m in modules for n in m.modules() if isinstance(n, SwitchNorm)]
 
     def context():
+        if norms:
+            replay = _SwitchNormReplay(norms)
+            return replay.record(), replay.replay(modules)
         return contextlib.nullcontext(), (_buffers_kept(modules) if stateful else contextlib.nullcontext())
 
     def run(*args):
@@ -278,6 +326,41 @@ def enable_checkpointing(net: nn.Module) -> int:
 
 def _identity(x):
     return x
+
+
+# Upsampler convs by the names the architectures give them: --switched leaves
+# them plain by default (they run at the larger sizes, where extra kernels
+# cost the most memory and buy the least).
+_UPSAMPLER_PATTERNS = ("conv_up*", "conv_hr", "upsample.*")
+
+
+def default_switched_layers(net: nn.Module) -> list[str]:
+    """The convs ``--switched`` converts when no ``--switched-layers`` are
+    given: the trunk's spatial (k > 1) convs that can be converted, i.e.
+    every such conv except the network's first and last and its
+    upsampler's. 1x1 projections and grouped/depthwise convs stay plain."""
+    from vhsup.arch.switched import SwitchedConv2d, switched_layers, unconvertible
+
+    inside = tuple(name + "." for name, _ in switched_layers(net))
+    order = [(n, m) for n, m in net.named_modules()
+             if isinstance(m, nn.Conv2d | SwitchedConv2d) and not n.startswith(inside)]
+    if len(order) < 3:
+        return []
+    out = []
+    for n, m in order[1:-1]:
+        if not isinstance(m, nn.Conv2d) or unconvertible(m) is not None or m.kernel_size[0] < 2:
+            continue
+        if any(fnmatch.fnmatchcase(n, pat) for pat in _UPSAMPLER_PATTERNS):
+            continue
+        out.append(n)
+    return out
+
+
+def _brief(names: list[str], limit: int = 12) -> str:
+    """Names for one line: all of a short list, the ends of a long one."""
+    if len(names) <= limit:
+        return ", ".join(names)
+    return ", ".join(names[:limit - 3]) + ", ..., " + ", ".join(names[-2:]) + f" ({len(names)} in all)"
 
 
 @torch.no_grad()
@@ -405,6 +488,65 @@ class Trainer:
         self.net = loaded.module
         self.scale = int(loaded.descriptor.scale)
         self.size_multiple = max(1, int(loaded.descriptor.size_multiple))
+        self.switched_names: list[str] = []
+        self._plain_start: nn.Module | None = None
+        self._switch_note = ""
+        if cfg.switched:
+            self._switch(cfg)
+        elif cfg.switched_layers:
+            raise VhsupError("--switched-layers chooses the convs that --switched converts: add --switched "
+                             "(or [run] switched = true)")
+
+    def _switch(self, cfg: TrainConfig) -> None:
+        """``--switched``: turn the chosen convs of the starting network into
+        switched convs (kernel copied into every slot, fresh seeded selector),
+        so training goes on from the same outputs and the copies diverge."""
+        from vhsup.arch.switched import convert_to_switched, switched_layers, unconvertible
+        from vhsup.weights.detect import detect
+
+        net, b = self.net, cfg.switched_breadth
+        if self.arch == "switchedsr":
+            raise VhsupError(f"{self.base} is built from switched convs already; --switched converts a plain "
+                             "network such as compact-x4: train this one without --switched")
+        existing = switched_layers(net)
+        old = sorted({m.breadth for _, m in existing})
+        if old and old != [b]:
+            raise VhsupError(f"the model's switched convs have breadth {old[0]}; one model cannot mix breadths: "
+                             f"give --switched-breadth {old[0]}")
+        inside = tuple(name + "." for name, _ in existing)
+        convs = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Conv2d) and not n.startswith(inside)]
+        if cfg.switched_layers:
+            patterns = [p.strip() for p in cfg.switched_layers.split(",") if p.strip()]
+            if not patterns:
+                raise VhsupError(f"--switched-layers {cfg.switched_layers!r}: no pattern given")
+            for pat in patterns:
+                if not any(fnmatch.fnmatchcase(n, pat) for n, _ in convs):
+                    raise VhsupError(f"--switched-layers {pat!r} matches no conv of this {self.arch}; its convs are "
+                                     f"{_brief([n for n, _ in convs])}" + (" (the switched ones excluded)" if existing else ""))
+            chosen = [(n, m) for n, m in convs if any(fnmatch.fnmatchcase(n, pat) for pat in patterns)]
+            for n, m in chosen:
+                why = unconvertible(m)
+                if why:
+                    raise VhsupError(f"--switched-layers: {n} cannot become a switched conv: {why}")
+        else:
+            chosen = [(n, m) for n, m in convs if n in set(default_switched_layers(net))]
+            if not chosen:
+                raise VhsupError(f"this {self.arch} has no trunk convs left to convert"
+                                 + (f" ({len(existing)} are switched already)" if existing else "")
+                                 + "; choose convs with --switched-layers, or train without --switched")
+        names = {n for n, _ in chosen}
+        # The plain network stays the validation's "start" reference; the
+        # selectors are initialised from the run's seed without moving the
+        # global RNG, so a resumed run builds the same structure.
+        self._plain_start = copy.deepcopy(net) if self.dist.main else None
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(cfg.seed, "switched"))
+            done = convert_to_switched(net, breadth=b, predicate=lambda n, _conv: n in names)
+        self.switched_names = done
+        self.arch, self.hyper = detect(net.state_dict())
+        self._switch_note = (f"switched: {len(done)} conv{'s' if len(done) != 1 else ''} now hold {b} kernels "
+                             f"each (copies of the trained one, so the output is unchanged until they diverge): "
+                             f"{_brief(done)}")
 
     def _settle(self, cfg: TrainConfig) -> TrainConfig:
         """Turn every "auto" into what this run uses, so config.toml says it."""
@@ -538,7 +680,12 @@ class Trainer:
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         # Validation compares with the starting weights; the copy lives only
         # until the Validator has scored it once.
-        self.start_net = copy.deepcopy(self.net).to(dev) if self.dist.main else None
+        # After --switched, the start is the plain network it was converted from.
+        self.start_net = None
+        if self.dist.main:
+            start = self._plain_start if self._plain_start is not None else copy.deepcopy(self.net)
+            self.start_net = start.to(dev)
+        self._plain_start = None
         G = self.net.to(dev).train()
         _to_memory_format(G, self.memory_format)
         self.G = G
@@ -996,6 +1143,8 @@ class Trainer:
         cfg = self.cfg
         d = self.dist
         self.notice(self._start_note)
+        if self._switch_note:
+            self.notice(self._switch_note)
         eff = cfg.batch * cfg.accumulate * d.world
         self.notice(f"effective batch {eff} = {cfg.batch} per micro-batch x {cfg.accumulate} accumulated x "
                     f"{d.world} process{'es' if d.world > 1 else ''}; device {self.device}, {self.precision}")
