@@ -113,7 +113,7 @@ def find_backbone_weights(backbone: str, path: Path | None, *, allow_download: b
     if cached.is_file():
         return cached
     if not allow_download:
-        raise _no_file_error(backbone, cached, "not in the torch hub cache and downloads are off")
+        raise _no_file_error(backbone, cached, "not in the torch hub cache, and downloads are off: --download allows one")
     name = FILES[backbone]
     prefix = name.rsplit("-", 1)[1].split(".", 1)[0]
     try:
