@@ -1,13 +1,13 @@
 """The ``vhsup`` command line.
 
 Errors a user can cause arrive as :class:`VhsupError` and are printed as one
-line with a non-zero exit; ``--debug`` shows the traceback instead.
+line with a non-zero exit (vhsup/cli_errors.py); ``--debug`` shows the
+traceback instead.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
@@ -16,41 +16,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from vhsup import cli_params
-from vhsup.errors import Interrupted, VhsupError
+from vhsup.cli_errors import ReportingGroup
+from vhsup.errors import VhsupError
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 
 
-class _Group(click.Group):
-    """Turns user errors and Ctrl-C into one line each."""
-
-    def invoke(self, ctx: click.Context):
-        debug = "--debug" in sys.argv
-        try:
-            return super().invoke(ctx)
-        except Interrupted as exc:
-            err.print(f"vhsup: {exc}", markup=False)
-            ctx.exit(130)
-        except VhsupError as exc:
-            if debug:
-                raise
-            err.print(f"vhsup: error: {exc}", markup=False)
-            ctx.exit(2)
-        except KeyboardInterrupt:
-            err.print("vhsup: interrupted", markup=False)
-            ctx.exit(130)
-        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
-            raise
-        except Exception as exc:  # noqa: BLE001 - a bug or an FFmpeg surprise: still one line
-            if debug:
-                raise
-            err.print(f"vhsup: error: unexpected failure: {type(exc).__name__}: {' '.join(str(exc).split())} "
-                      "(run again with --debug for the traceback)", markup=False)
-            ctx.exit(1)
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ReportingGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="vhsup")
 def main() -> None:
     """vhsup: upscale VHS captures and DVD rips with GAN super-resolution."""

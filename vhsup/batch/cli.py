@@ -12,7 +12,6 @@ on its own: it turns user errors into one line (exit 2) itself.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -22,13 +21,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from vhsup import cli_params
-from vhsup.errors import VhsupError
+from vhsup.cli_errors import ReportingGroup
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 
 
-class BatchGroup(click.Group):
+class BatchGroup(ReportingGroup):
     """``batch SRC ...`` runs; ``batch status OUT`` reports."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
@@ -46,19 +45,6 @@ class BatchGroup(click.Group):
         run = self.commands["run"]
         run.format_options(click.Context(run, info_name="run", parent=ctx), formatter)
         self.format_commands(ctx, formatter)
-
-    def invoke(self, ctx: click.Context):
-        debug = "--debug" in sys.argv
-        try:
-            return super().invoke(ctx)
-        except VhsupError as exc:
-            if debug:
-                raise
-            err.print(f"vhsup: error: {exc}", markup=False)
-            ctx.exit(2)
-        except KeyboardInterrupt:
-            err.print("vhsup: interrupted", markup=False)
-            ctx.exit(130)
 
 
 @click.group(cls=BatchGroup, context_settings={"help_option_names": ["-h", "--help"]})

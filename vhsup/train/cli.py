@@ -15,13 +15,13 @@ under torchrun, where every process prints its own error.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 from rich.console import Console
 
-from vhsup.errors import Interrupted, VhsupError
+from vhsup.cli_errors import ReportingCommand
+from vhsup.errors import VhsupError
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -102,23 +102,7 @@ def _options(f):
     return f
 
 
-class _Command(click.Command):
-    """One line per user error, exit 2, also when run outside the vhsup group."""
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except Interrupted as exc:
-            err.print(f"vhsup: {exc}", markup=False)
-            ctx.exit(130)
-        except VhsupError as exc:
-            if "--debug" in sys.argv or ctx.params.get("debug"):
-                raise
-            err.print(f"vhsup: error: {exc}", markup=False)
-            ctx.exit(2)
-
-
-@click.command("train", cls=_Command)
+@click.command("train", cls=ReportingCommand)
 @_options
 def train(config_path, resume_dir, show_degradations, allow_download, debug, no_perceptual, **flags) -> None:
     """Fine-tune a super-resolution model on your own frames."""

@@ -7,39 +7,18 @@ works on its own: it turns user errors into one line (exit 2) itself.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
 from rich.console import Console
 
-from vhsup.errors import Interrupted, VhsupError
+from vhsup.cli_errors import ReportingCommand
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 
 
-class _Command(click.Command):
-    """Prints VhsupError as ``vhsup: error: ...`` with exit 2, as the main group does."""
-
-    def invoke(self, ctx: click.Context):
-        debug = "--debug" in sys.argv or bool(ctx.params.get("debug"))
-        try:
-            return super().invoke(ctx)
-        except Interrupted as exc:
-            err.print(f"vhsup: {exc}", markup=False)
-            ctx.exit(130)
-        except VhsupError as exc:
-            if debug:
-                raise
-            err.print(f"vhsup: error: {exc}", markup=False)
-            ctx.exit(2)
-        except KeyboardInterrupt:
-            err.print("vhsup: interrupted", markup=False)
-            ctx.exit(130)
-
-
-@click.command(cls=_Command, context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=ReportingCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Folder for the PNGs and manifest.jsonl (created if missing).")

@@ -1,0 +1,57 @@
+"""One line per user error, for every vhsup command and group.
+
+Errors a user can cause arrive as :class:`VhsupError` and are printed as
+``vhsup: error: <file>: <reason>`` with exit status 2; Ctrl-C gives one line
+and 130; anything else (a bug, an FFmpeg surprise) still gives one line and
+1. ``--debug`` shows the traceback instead. Subcommands use the same classes
+as the main group so that they behave alike when run on their own (tests,
+``python -m vhsup.train.cli``).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+import click
+from rich.console import Console
+
+from vhsup.errors import Interrupted, VhsupError
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def invoke_reporting(invoke: Callable[[click.Context], object], ctx: click.Context):
+    """Run ``invoke(ctx)``, turning errors into one line and an exit status."""
+    debug = "--debug" in sys.argv or bool(ctx.params.get("debug"))
+    try:
+        return invoke(ctx)
+    except Interrupted as exc:
+        err.print(f"vhsup: {exc}", markup=False)
+        ctx.exit(130)
+    except VhsupError as exc:
+        if debug:
+            raise
+        err.print(f"vhsup: error: {exc}", markup=False)
+        ctx.exit(2)
+    except KeyboardInterrupt:
+        err.print("vhsup: interrupted", markup=False)
+        ctx.exit(130)
+    except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a bug or an FFmpeg surprise: still one line
+        if debug:
+            raise
+        err.print(f"vhsup: error: unexpected failure: {type(exc).__name__}: {' '.join(str(exc).split())} "
+                  "(run again with --debug for the traceback)", markup=False)
+        ctx.exit(1)
+
+
+class ReportingGroup(click.Group):
+    def invoke(self, ctx: click.Context):
+        return invoke_reporting(super().invoke, ctx)
+
+
+class ReportingCommand(click.Command):
+    def invoke(self, ctx: click.Context):
+        return invoke_reporting(super().invoke, ctx)
