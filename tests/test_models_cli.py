@@ -45,3 +45,11 @@ def test_info_json_and_unknown_name():
     r = CliRunner().invoke(main, ["models", "info", "nope"])
     assert r.exit_code == 2
     assert r.stderr.startswith("vhsup: error: unknown model 'nope'; known: bicubic")
+
+
+def test_models_list_piped_shows_whole_numbers():
+    # Piped output has no terminal width; the table must not clip counts to "16,697,9…".
+    result = CliRunner().invoke(main, ["models", "list"])
+    assert result.exit_code == 0, result.output
+    for text in ("16,697,987", "621,424", "3,110,675", "switched-x4", "BSD-3-Clause"):
+        assert text in result.output

@@ -287,7 +287,8 @@ def models_list(as_json: bool) -> None:
         macs = f"{r['macs_per_px'] / 1e6:.2f}" if r["macs_per_px"] else "-"
         licence = str(r["licence"] or "").split(" (")[0]  # the card's note in brackets is for `info`
         t.add_row(r["name"], str(r["arch"]), str(r["scale"]), f"{r['params']:,}", macs, r["weights"], escape(licence))
-    out.print(t)
+    # Piped output has no terminal width; rich would squeeze the table into 80 columns and clip the numbers.
+    (out if out.is_terminal else Console(highlight=False, width=200)).print(t)
 
 
 @models.command("info")
