@@ -118,6 +118,13 @@ def output_memory_format(device) -> torch.memory_format:
 
 
 @_jit
+def _pixel_at(pix, Ho, Wo):
+    """Flat output-pixel id -> (image, output row, output column)."""
+    r = pix % (Ho * Wo)
+    return pix // (Ho * Wo), r // Wo, r % Wo
+
+
+@_jit
 def _locate(t, counts_ptr, starts_ptr, NB, TILE, NB_P2: tl.constexpr):
     """Tile ``t`` of the expert-sorted pixel list: (expert, first row, end row).
 
@@ -157,10 +164,7 @@ def _fwd_kernel(x_ptr, w_ptr, b_ptr, order_ptr, counts_ptr, starts_ptr, out_ptr,
     pix = tl.load(order_ptr + rows, mask=rmask, other=0)
     if WIDE:
         pix = pix.to(tl.int64)
-    n = pix // (Ho * Wo)
-    r = pix % (Ho * Wo)
-    oy = r // Wo
-    ox = r % Wo
+    n, oy, ox = _pixel_at(pix, Ho, Wo)
     iy0 = oy * STRIDE - PAD
     ix0 = ox * STRIDE - PAD
     xrow = x_ptr + n * sxn
@@ -225,10 +229,7 @@ def _gradw_kernel(x_ptr, g_ptr, order_ptr, counts_ptr, starts_ptr, pw_ptr, pb_pt
         pix = tl.load(order_ptr + rows, mask=rmask, other=0)
         if WIDE:
             pix = pix.to(tl.int64)
-        n = pix // (Ho * Wo)
-        r = pix % (Ho * Wo)
-        oy = r // Wo
-        ox = r % Wo
+        n, oy, ox = _pixel_at(pix, Ho, Wo)
         g = tl.load((g_ptr + n * sgn + oy * sgh + ox * sgw)[None, :] + co[:, None] * sgc,
                     mask=comask[:, None] & rmask[None, :], other=0.0)  # (BLOCK_N, BLOCK_P)
         iy = oy * STRIDE + dy
@@ -291,10 +292,7 @@ def _gradx_kernel(g_ptr, w_ptr, order_ptr, counts_ptr, starts_ptr, gx_ptr,
     pix = tl.load(order_ptr + rows, mask=rmask, other=0)
     if WIDE:
         pix = pix.to(tl.int64)
-    n = pix // (Ho * Wo)
-    r = pix % (Ho * Wo)
-    oy = r // Wo
-    ox = r % Wo
+    n, oy, ox = _pixel_at(pix, Ho, Wo)
     grow = g_ptr + n * sgn + oy * sgh + ox * sgw
     gxrow = gx_ptr + n * sxn
     ci = pn * BLOCK_N + tl.arange(0, BLOCK_N)

@@ -191,6 +191,20 @@ def _pick_device(spec: str, d: _Dist) -> torch.device:
 
 
 @contextlib.contextmanager
+def _training_off(modules: list[nn.Module]):
+    """These modules' own ``training`` flags off for the block (children
+    untouched, unlike ``.eval()``), restored afterwards."""
+    flags = [m.training for m in modules]
+    for m in modules:
+        m.training = False
+    try:
+        yield
+    finally:
+        for m, f in zip(modules, flags):
+            m.training = f
+
+
+@contextlib.contextmanager
 def _buffers_kept(modules: list[nn.Module]):
     """Restore the modules' buffers after the block: a recomputed forward must
     not count twice in BatchNorm running statistics (or any other buffer a
@@ -229,19 +243,13 @@ class _SwitchNormReplay:
 
     @contextlib.contextmanager
     def replay(self, modules: list[nn.Module]):
-        flags = [n.training for n in self.norms]
         with _buffers_kept(modules):  # what the buffers hold now comes back afterwards
             with torch.no_grad():
                 for n, (history, count) in zip(self.norms, self.after):
                     n.history.copy_(history)
                     n.count.copy_(count)
-            for n in self.norms:
-                n.training = False
-            try:
+            with _training_off(self.norms):
                 yield
-            finally:
-                for n, f in zip(self.norms, flags):
-                    n.training = f
 
 
 def _checkpointed(fn: Callable, modules: list[nn.Module]) -> Callable:
@@ -901,14 +909,8 @@ class Trainer:
     def _fixed_spectral_norm(self):
         """D forwards that use the step's spectral-norm estimate as it is (a
         spectral-norm layer iterates only when its ``training`` flag is set)."""
-        flags = [m.training for m in self._sn_modules]
-        for m in self._sn_modules:
-            m.training = False
-        try:
+        with _training_off(self._sn_modules):
             yield
-        finally:
-            for m, f in zip(self._sn_modules, flags):
-                m.training = f
 
     @staticmethod
     def _buffers(module: nn.Module | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
