@@ -53,3 +53,9 @@ def test_models_list_piped_shows_whole_numbers():
     assert result.exit_code == 0, result.output
     for text in ("16,697,987", "621,424", "3,110,675", "switched-x4", "BSD-3-Clause"):
         assert text in result.output
+    # and what model files load beyond the named ones
+    from vhsup.weights import community
+
+    assert f"Model files (--model PATH): {community.status()}" in result.output
+    assert ("more architectures load through it" if community.available() else "pip install 'vhsup[community]'") \
+        in community.status()

@@ -366,6 +366,13 @@ def test_unknown_layout_names_the_file(tmp_path):
     with pytest.raises(VhsupError, match="not a model vhsup knows") as err:
         registry.load_model(str(path))
     assert str(path) in str(err.value)
+    # Other architectures load through spandrel; without it the error says how to get it.
+    from vhsup.weights import community
+
+    if community.available():
+        assert "neither vhsup nor spandrel" in str(err.value)
+    else:
+        assert "pip install 'vhsup[community]'" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_unusable_channels_and_scales_are_refused(tmp_path):

@@ -99,8 +99,12 @@ def test_garbage_and_empty_and_missing(tmp_path):
         lambda sd: {"params": sd},
         lambda sd: {"state_dict": sd, "epoch": 3},
         lambda sd: {f"module.{k}": v for k, v in sd.items()},
+        lambda sd: {"model": {f"netG.{k}": v for k, v in sd.items()}, "optimizer": {"lr": torch.tensor(1e-4)}},
+        lambda sd: {"model_state_dict": sd, "step": 10},
+        lambda sd: {"generator": sd},
     ],
-    ids=["plain", "params_ema-preferred", "params", "state_dict", "module-prefix"],
+    ids=["plain", "params_ema-preferred", "params", "state_dict", "module-prefix", "model-netG-prefix",
+         "model_state_dict", "single-named-dict"],
 )
 def test_unwraps_checkpoints(tmp_path, wrap):
     sd = small_state()

@@ -288,7 +288,11 @@ def models_list(as_json: bool) -> None:
         licence = str(r["licence"] or "").split(" (")[0]  # the card's note in brackets is for `info`
         t.add_row(r["name"], str(r["arch"]), str(r["scale"]), f"{r['params']:,}", macs, r["weights"], escape(licence))
     # Piped output has no terminal width; rich would squeeze the table into 80 columns and clip the numbers.
-    (out if out.is_terminal else Console(highlight=False, width=200)).print(t)
+    console = out if out.is_terminal else Console(highlight=False, width=200)
+    console.print(t)
+    from vhsup.weights import community
+
+    console.print(f"Model files (--model PATH): {community.status()}", markup=False)
 
 
 @models.command("info")

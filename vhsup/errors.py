@@ -18,5 +18,12 @@ class VhsupError(Exception):
         super().__init__(f"{self.path}: {self.reason}" if self.path else self.reason)
 
 
+class UnknownArchitecture(VhsupError):
+    """A weights file whose layout matches none of vhsup's own architectures.
+
+    vhsup may still load it through spandrel (:mod:`vhsup.weights.community`).
+    """
+
+
 class Interrupted(VhsupError):
     """Raised when the user presses Ctrl-C; nothing is left under the output name."""

@@ -72,7 +72,9 @@ def describe_file(path: Path) -> dict:
     loaded = registry.load_model(str(path))  # refuses a card that contradicts the weights
     d = loaded.descriptor
     state = loaded.module.state_dict()
-    _arch, hyper = detect(state, path)
+    # spandrel's networks have no hyperparameter dict vhsup could rebuild them from
+    hyper = detect(state, path)[1] if d.loader == "vhsup" else {}
+    built_by = "" if d.loader == "vhsup" else f", built by {d.loader}"
     found = registry.read_sidecar_card(path)
     c, card_path = found if found else ({}, None)
     training = {k: v for k, v in (c.get("training") or {}).items() if k not in ("config", "metrics")}
@@ -96,9 +98,10 @@ def describe_file(path: Path) -> dict:
         "cache_file": None,
         "licence": d.licence,
         "attribution": [str(a) for a in c.get("attribution", [])],
-        "description": c.get("description") or f"{d.arch} x{d.scale} weights file (no model card beside it)",
+        "description": c.get("description") or f"{d.arch} x{d.scale} weights file (no model card beside it{built_by})",
         "notes": " ".join((c.get("notes") or "").split()),
         "path": str(path),
+        "loader": d.loader,
         "card": str(card_path) if card_path else None,
         "training": training,
     }

@@ -34,7 +34,8 @@ from .arch.classical import MAX_SCALE, Rescaled, resample_macs_per_px
 from .arch.resunet import resunet_reach, resunet_size_multiple
 from .arch.srresnet import srresnet_reach
 from .arch.switchedsr import switchedsr_reach
-from .errors import VhsupError
+from .errors import UnknownArchitecture, VhsupError
+from .weights import community
 from .weights.detect import canonical, detect
 from .weights.safeload import SUFFIXES, load_state_dict_file
 from .weights.sources import load_weights
@@ -46,6 +47,11 @@ from .weights.sources import load_weights
 # (and MESRGAN's) is hundreds of pixels but its influence fades, so the value
 # measured on esrgan-x4 (the deepest published one) is used for all of them.
 _RRDB_USER_CONTEXT = 72
+# Tile context for architectures spandrel builds: unknown in general, so a
+# margin that covers the CNNs among them (SPAN, OmniSR, RealCUGAN's reach is
+# below it) and twice that where spandrel says tiling is discouraged (window
+# attention: SwinIR, HAT, DAT). A card beside the file can set its own.
+_COMMUNITY_CONTEXT = {"supported": 32, "discouraged": 64, "internal": 0}
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,9 @@ class ModelDescriptor:
     macs_per_px: float = 0.0
     licence: str = ""
     source: str = ""
+    # Who built the network: "vhsup", or "spandrel X.Y.Z" for a community
+    # architecture (then ``arch`` is spandrel's id, such as "SwinIR").
+    loader: str = "vhsup"
 
 
 @dataclass
@@ -288,17 +297,49 @@ def _user_file_tiling(arch: str, hyper: dict) -> tuple[int, int, float]:
     return hyper["num_conv"] + 2, 1, _compact_macs(hyper)
 
 
-def _load_file(path: Path) -> LoadedModel:
-    state = canonical(load_state_dict_file(path), path)
-    arch, hyper = detect(state, path)
-    scale = int(hyper.get("scale", hyper.get("upscale")))
-    if hyper["num_in_ch"] != 3 or hyper["num_out_ch"] != 3:
-        raise VhsupError(
-            f"model has {hyper['num_in_ch']} input and {hyper['num_out_ch']} output channels; vhsup needs 3 (RGB) in and out",
-            path,
-        )
+def _check_usable(in_ch: int, out_ch: int, scale: int, path: Path) -> None:
+    if in_ch != 3 or out_ch != 3:
+        raise VhsupError(f"model has {in_ch} input and {out_ch} output channels; vhsup needs 3 (RGB) in and out", path)
     if not 1 <= scale <= MAX_SCALE:
         raise VhsupError(f"model scale x{scale} is outside 1..{MAX_SCALE}", path)
+
+
+def _load_community(raw: dict[str, torch.Tensor], path: Path, unknown: UnknownArchitecture) -> LoadedModel:
+    """A file of an architecture vhsup does not build, through spandrel."""
+    found = community.load(raw, path, unknown)
+    _check_usable(found.in_channels, found.out_channels, found.scale, path)
+    module = _finish(found.module)
+    desc = ModelDescriptor(
+        name=path.stem,
+        arch=found.arch,
+        scale=found.scale,
+        supports_half=found.supports_half,
+        supports_bfloat16=found.supports_bfloat16,
+        size_multiple=found.size_multiple,
+        # "internal": the network tiles (or needs the whole picture) itself
+        tiling=found.tiling != "internal",
+        context=_COMMUNITY_CONTEXT[found.tiling],
+        params=_count(module),
+        macs_per_px=module.macs_per_px(),
+        licence="unknown (user file)",
+        source=str(path),
+        loader=found.loader,
+    )
+    sidecar = read_sidecar_card(path)
+    if sidecar is not None:
+        desc = _apply_sidecar(desc, {}, *sidecar)
+    return LoadedModel(module, desc)
+
+
+def _load_file(path: Path) -> LoadedModel:
+    raw = load_state_dict_file(path)
+    try:
+        state = canonical(raw, path)
+        arch, hyper = detect(state, path)
+    except UnknownArchitecture as exc:
+        return _load_community(raw, path, exc)
+    scale = int(hyper.get("scale", hyper.get("upscale")))
+    _check_usable(hyper["num_in_ch"], hyper["num_out_ch"], scale, path)
     try:
         net = build(arch, hyper)
         net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)

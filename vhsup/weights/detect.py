@@ -15,7 +15,7 @@ import re
 
 import torch
 
-from ..errors import VhsupError
+from ..errors import UnknownArchitecture, VhsupError
 
 _RRDB_KEYS = ("conv_first.weight", "conv_body.weight", "conv_up1.weight", "conv_up2.weight", "conv_hr.weight", "conv_last.weight")
 _OLD_RDB = re.compile(r"^model\.1\.sub\.(\d+)\.RDB([123])\.conv([1-5])\.0\.(weight|bias)$")
@@ -35,8 +35,8 @@ _SWITCHED_BLOCK = re.compile(r"^body\.(\d+)\.conv([12])\.weight$")
 _SWITCHED_UP = re.compile(r"^conv_up\.(\d+)\.weight$")
 
 
-def _unknown(path, detail: str) -> VhsupError:
-    return VhsupError(f"not a model vhsup knows: {detail}", path)
+def _unknown(path, detail: str) -> UnknownArchitecture:
+    return UnknownArchitecture(f"not a model vhsup knows: {detail}", path)
 
 
 def is_old_esrgan(state_dict: dict) -> bool:
@@ -61,7 +61,8 @@ def convert_old_esrgan(state_dict: dict[str, torch.Tensor], path=None) -> dict[s
         raise _unknown(path, "old ESRGAN layout with gaps in its RRDB numbering")
     if len(tops) != 4:
         n_up = max(len(tops) - 2, 0)
-        raise VhsupError(f"old-style ESRGAN model with {n_up} upsampling convs (scale {2**n_up}) is not supported; only x4", path)
+        raise UnknownArchitecture(f"old-style ESRGAN model with {n_up} upsampling convs (scale {2**n_up}) is not "
+                                  "supported by vhsup's own loader; only x4", path)
     names = dict(zip(tops, ("conv_up1", "conv_up2", "conv_hr", "conv_last")))
     names[0] = "conv_first"
     out: dict[str, torch.Tensor] = {}
@@ -100,7 +101,7 @@ def _rrdb_outer(sd: dict[str, torch.Tensor], path) -> dict:
     else:
         scale, num_in_ch = 4, in_first
     if any(k.startswith("conv_up3") for k in sd):
-        raise VhsupError("RRDBNet with a third upsampling conv (x8) is not supported", path)
+        raise UnknownArchitecture("RRDBNet with a third upsampling conv (x8) is not supported by vhsup's own loader", path)
     blocks = {int(k.split(".")[1]) for k in sd if k.startswith("body.")}
     if not blocks or blocks != set(range(len(blocks))):
         raise _unknown(path, "RRDBNet keys without a contiguous body.N numbering")

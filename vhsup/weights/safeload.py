@@ -24,9 +24,13 @@ PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt")
 SAFETENSORS_SUFFIXES = (".safetensors",)
 SUFFIXES = PICKLE_SUFFIXES + SAFETENSORS_SUFFIXES
 
-# Training checkpoints wrap the weights; the EMA copy is what Real-ESRGAN
+# Training checkpoints wrap the weights under one of these keys (BasicSR,
+# Lightning, plain training scripts); the EMA copy is what Real-ESRGAN
 # publishes and gives the best pictures, so it wins over the raw params.
-_WRAPPERS = ("params_ema", "params", "state_dict")
+_WRAPPERS = ("params_ema", "params-ema", "params", "state_dict", "model_state_dict", "model", "net")
+# Prefixes a wrapper adds to every key: DataParallel/DistributedDataParallel
+# (module.) and GAN scripts that save the generator as netG.
+_PREFIXES = ("module.", "netG.")
 
 
 def _refused_global(message: str) -> str | None:
@@ -79,20 +83,23 @@ def _load_safetensors(path: Path) -> dict:
 
 
 def unwrap(obj: object, path: str | os.PathLike[str] | None = None) -> dict[str, torch.Tensor]:
-    """Find the state dict inside a checkpoint and drop a DataParallel prefix."""
+    """Find the state dict inside a checkpoint and drop a prefix every key shares."""
     if isinstance(obj, dict):
         for key in _WRAPPERS:
             if isinstance(obj.get(key), dict):
                 obj = obj[key]
                 break
+        else:
+            if len(obj) == 1 and isinstance(next(iter(obj.values())), dict):
+                obj = next(iter(obj.values()))  # {"any name": state_dict}
     if not isinstance(obj, dict):
         raise VhsupError(f"the file holds a {type(obj).__name__}, not a dict of weights", path)
     tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise VhsupError("the file holds no weight tensors", path)
-    # DataParallel/DistributedDataParallel save every key as module.<name>.
-    if all(k.startswith("module.") for k in tensors):
-        tensors = {k[len("module.") :]: v for k, v in tensors.items()}
+    for prefix in _PREFIXES:
+        if all(k.startswith(prefix) for k in tensors):
+            tensors = {k[len(prefix) :]: v for k, v in tensors.items()}
     return tensors
 
 
