@@ -124,6 +124,33 @@ def test_random_rrdbnet_export_matches_torch(tmp_path, scale, shape):
     assert float((y - ref).abs().max()) < 1e-3
 
 
+def test_switched_models_export_with_standard_operators(tmp_path):
+    # vhsup's switched-conv op cannot live in an ONNX graph: the export
+    # computes the same function with Conv/Equal/Where/ReduceSum, and routes
+    # every pixel to the same kernel as torch does.
+    from vhsup.arch.switched import SwitchedConv2d, switched_layers
+    from vhsup.registry import build_model
+
+    model = build_model("switched-x4", seed=3)
+    with torch.no_grad():
+        for _name, layer in switched_layers(model.module):
+            # an uneven usage history, so the switch norm takes part, and
+            # sharper selectors: an untrained one picks nearly one kernel
+            layer.norm.history[:4] = torch.linspace(0.5, 1.5, layer.breadth)
+            layer.norm.count.fill_(4)
+            layer.selector.weight.mul_(30)
+    report = export_onnx(model, tmp_path / "sw.onnx")
+    assert report.max_abs_error < 1e-4
+    proto = onnx.load(str(tmp_path / "sw.onnx"))
+    assert {n.domain for n in proto.graph.node} <= {"", "ai.onnx"}
+    x = torch.rand(3, 3, 19, 26, generator=torch.Generator().manual_seed(5))
+    ref = torch_out(model, x)
+    used = [m.last_index.unique().numel() for m in model.module.modules() if isinstance(m, SwitchedConv2d)]
+    assert min(used) >= 3  # routing really varies from pixel to pixel
+    y = OnnxModule({"fp32": tmp_path / "sw.onnx"}, 4)(x)
+    assert y.shape == ref.shape and float((y - ref).abs().max()) < 1e-4
+
+
 def test_fp16_export_keeps_float32_input_and_output(compact, tmp_path):
     path = tmp_path / "half.onnx"
     report = export_onnx(compact, path, precision="fp16")

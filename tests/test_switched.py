@@ -112,6 +112,24 @@ def test_cpu_path_without_bias_and_with_an_absent_expert():
     assert weight.grad[:4].abs().amax(dim=(1, 2, 3, 4)).min() > 0
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_stacked_form_for_onnx_is_the_same_function(stride):
+    # What ONNX export writes: one conv over all kernels, then a per-pixel pick.
+    from vhsup.kernels.reference import switched_conv2d as one_by_one
+    from vhsup.kernels.reference import switched_conv2d_stacked
+
+    gen = torch.Generator().manual_seed(stride)
+    x = torch.randn(2, 3, 9, 7, generator=gen)
+    weight, bias = torch.randn(4, 5, 3, 3, 3, generator=gen), torch.randn(4, 5, generator=gen)
+    ho, wo = (9 + 2 - 3) // stride + 1, (7 + 2 - 3) // stride + 1
+    index = torch.randint(0, 4, (2, ho, wo), generator=gen)
+    want = one_by_one(x, weight, bias, index, stride, 1)
+    assert rel_err(switched_conv2d_stacked(x, weight, bias, index, stride, 1), want) < 1e-6
+    weight[3] = float("inf")  # an expert that overflows must not reach pixels routed elsewhere
+    got = switched_conv2d_stacked(x, weight, bias, index, stride, 1)
+    assert torch.isfinite(got[(index != 3).unsqueeze(1).expand_as(got)]).all()
+
+
 def test_bad_index_shape_is_refused():
     x, weight = torch.randn(1, 3, 8, 8), torch.randn(2, 4, 3, 3, 3)
     with pytest.raises(ValueError, match="index"):

@@ -264,12 +264,18 @@ class SwitchedConv2d(nn.Module):
         probs = torch.softmax(logits if logits.dtype == torch.float64 else logits.float(), dim=1)
         if self.norm is not None:
             probs = self.norm(probs)
+        if torch.onnx.is_in_onnx_export() or not (torch.is_grad_enabled() and probs.requires_grad):
+            # Nothing to differentiate: the gate would be exactly 1, so the
+            # argmax is all that matters (and an ONNX graph gets plain ArgMax,
+            # not the routing's autograd function, which the tracer mangles).
+            index = probs.argmax(dim=1)
+            self.last_index = index.detach()
+            return switched_conv2d(x, self.weight, self.bias, index, stride=self.stride, padding=self.padding,
+                                   impl=self.impl)
         gate, index = self.route(probs)
         self.last_index = index.detach()
         out = switched_conv2d(x, self.weight, self.bias, index, stride=self.stride, padding=self.padding,
                               impl=self.impl)
-        if not (torch.is_grad_enabled() and gate.requires_grad):
-            return out  # the gate is exactly 1: skip a pass over the output
         return out * gate.gather(1, index.unsqueeze(1)).to(out.dtype)
 
     @classmethod

@@ -198,6 +198,9 @@ def switched_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
         index = index.long()
     if bias is not None and tuple(bias.shape) != tuple(weight.shape[:2]):
         raise ValueError(f"switched_conv2d: bias {tuple(bias.shape)} should be {tuple(weight.shape[:2])}")
+    if torch.onnx.is_in_onnx_export():
+        # An ONNX graph cannot call vhsup's op; export the standard-op form.
+        return reference.switched_conv2d_stacked(x, weight, bias, index, stride, padding)
     impl = pick_impl(x.device) if impl is None else check_impl(impl, x.device)
     dt = _autocast_dtype(x.device) if impl != "reference" else None
     if dt is not None:

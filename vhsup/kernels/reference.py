@@ -27,3 +27,21 @@ def switched_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
             out = torch.zeros_like(y)
         out = torch.where((index == e).unsqueeze(1), y, out)
     return out
+
+
+def switched_conv2d_stacked(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, index: torch.Tensor,
+                            stride: int = 1, padding: int = 0) -> torch.Tensor:
+    """The same function as one conv over all experts' kernels, then a gather.
+
+    What ONNX export uses: only standard operators (Conv, Reshape,
+    Equal, Where, ReduceSum), and one wide conv instead of ``breadth`` narrow ones,
+    which onnxruntime and TensorRT run better. Still ``breadth`` times a
+    dense conv's arithmetic: no ONNX operator picks a kernel per pixel.
+    """
+    b, cout = weight.shape[:2]
+    y = F.conv2d(x, weight.reshape(b * cout, *weight.shape[2:]), None if bias is None else bias.reshape(-1),
+                 stride=stride, padding=padding)
+    y = y.reshape(y.shape[0], b, cout, y.shape[2], y.shape[3])
+    chosen = (index.unsqueeze(1) == torch.arange(b, device=index.device).view(1, b, 1, 1)).unsqueeze(2)
+    # where, not a product: an inf in an expert not chosen must not become NaN
+    return torch.where(chosen, y, torch.zeros((), dtype=y.dtype, device=y.device)).sum(1)
