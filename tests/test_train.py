@@ -381,6 +381,19 @@ def test_config_errors_are_one_line_naming_file_and_key(data, tmp_path, text, ke
     assert not (tmp_path / "run").exists()
 
 
+def test_a_file_of_another_architecture_is_refused_in_one_line(data, tmp_path):
+    # upscale may run such a file through spandrel; train cannot rebuild it
+    model = tmp_path / "other.pth"
+    torch.save({"conv_1.sk.weight": torch.zeros(8, 3, 3, 3), "upsampler.0.weight": torch.zeros(12, 8, 3, 3)}, model)
+    res = CliRunner().invoke(train_cmd, ["--frames", str(data["frames"]), "--model", str(model), "--out",
+                                         str(tmp_path / "run")])
+    assert res.exit_code == 2
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and str(model) in lines[0]
+    assert "vhsup train fine-tunes vhsup's own architectures only" in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
 def test_flags_override_the_config_and_the_resolved_config_round_trips(data, tmp_path):
     path = tmp_path / "x.toml"
     path.write_text('[data]\nbatch = 2\nframes = "frames"\n[train]\nmilestones = [100, 200]\n'

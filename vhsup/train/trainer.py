@@ -52,7 +52,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from vhsup import registry
-from vhsup.errors import Interrupted, VhsupError
+from vhsup.errors import Interrupted, UnknownArchitecture, VhsupError
 from vhsup.train import checkpoint as ckpt
 from vhsup.train.config import RESUMABLE, TrainConfig, config_dict, config_toml
 from vhsup.train.data import (
@@ -475,8 +475,13 @@ class Trainer:
             if not path.is_file():
                 raise registry._unknown_name(spec) if not registry._looks_like_path(spec) else \
                     VhsupError("model file not found", path)
-            state = canonical(load_state_dict_file(path), path)
-            self.arch, self.hyper = detect(state, path)
+            try:
+                state = canonical(load_state_dict_file(path), path)
+                self.arch, self.hyper = detect(state, path)
+            except UnknownArchitecture as exc:
+                # upscale may still run it through spandrel; training needs vhsup's own networks
+                raise VhsupError(f"vhsup train fine-tunes vhsup's own architectures only (ESRGAN/RRDBNet, Compact, "
+                                 f"SRResNet, MESRGAN, ResUNet, switched); {exc.reason}", path) from None
             loaded = registry.load_model(os.fspath(path))
             self.pretrained = not cfg.from_scratch
             if cfg.from_scratch:
