@@ -108,15 +108,7 @@ def max_err(a: list[np.ndarray], b: list[np.ndarray]) -> int:
     return max(int(np.abs(x.astype(np.int16) - y).max()) for x, y in zip(a, b))
 
 
-def frames(n: int, h: int, w: int, seed: int = 0) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w]
-    out = []
-    for _ in range(n):
-        base = np.stack([np.sin(xx / rng.uniform(3, 20) + c) * np.cos(yy / rng.uniform(3, 20) + c)
-                         for c in range(3)], -1) * 100 + 128
-        out.append(np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8))
-    return out
+frames = mediagen.wave_frames
 
 
 # --- vhsup's files, read by spandrel ---------------------------------------

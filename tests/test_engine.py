@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import mediagen
 from vhsup.arch import RRDBNet, SRVGGNetCompact
 from vhsup.engine import MIN_TILE, NAN_STRIKES, SREngine, activation_bytes_per_px, plan_tile
 from vhsup.errors import VhsupError
@@ -64,16 +65,7 @@ def rrdb(scale: int = 4, context: int = 16) -> LoadedModel:
                                             size_multiple=1 if scale == 4 else 4 // scale))
 
 
-def frames(n: int, h: int, w: int, seed: int = 0) -> list[np.ndarray]:
-    """Smooth gradients plus noise: structure at every scale, like film grain on video."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w]
-    out = []
-    for _ in range(n):
-        base = np.stack([np.sin(xx / rng.uniform(3, 20) + c) * np.cos(yy / rng.uniform(3, 20) + c)
-                         for c in range(3)], -1) * 100 + 128
-        out.append(np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8))
-    return out
+frames = mediagen.wave_frames
 
 
 def direct(model: LoadedModel, frames_: list[np.ndarray]) -> list[np.ndarray]:
