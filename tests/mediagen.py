@@ -250,16 +250,18 @@ def render_frame(
     return out
 
 
-def wave_frames(n: int, h: int, w: int, seed: int = 0) -> list[np.ndarray]:
-    """RGB uint8 stills of smooth colour waves plus noise: structure at every
-    scale, like film grain on video (for model tests that need no clip)."""
+def wave_frames(n: int, h: int, w: int, seed: int = 0, *, period: float = 20, amplitude: float = 100,
+                grain: float = 25) -> list[np.ndarray]:
+    """RGB uint8 stills of smooth colour waves (periods 3..``period`` px) plus
+    noise of sigma ``grain``: structure at every scale, like film grain on
+    video (for model tests that need no clip)."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:h, 0:w]
     out = []
     for _ in range(n):
-        base = np.stack([np.sin(xx / rng.uniform(3, 20) + c) * np.cos(yy / rng.uniform(3, 20) + c)
-                         for c in range(3)], -1) * 100 + 128
-        out.append(np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8))
+        base = np.stack([np.sin(xx / rng.uniform(3, period) + c) * np.cos(yy / rng.uniform(3, period) + c)
+                         for c in range(3)], -1) * amplitude + 128
+        out.append(np.clip(base + rng.normal(0, grain, base.shape), 0, 255).astype(np.uint8))
     return out
 
 

@@ -18,6 +18,7 @@ from torch import nn
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
+import mediagen
 from vhsup.arch import Bicubic, RRDBNet
 from vhsup.backends.onnx import (
     CPU,
@@ -75,15 +76,7 @@ def rrdb(scale: int) -> LoadedModel:
 
 
 def frames(n: int, h: int, w: int, seed: int = 0) -> list[np.ndarray]:
-    """Smooth colour waves plus grain: detail at every scale, like video."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w]
-    out = []
-    for _ in range(n):
-        base = np.stack([np.sin(xx / rng.uniform(3, 15) + c) * np.cos(yy / rng.uniform(3, 15) + c)
-                         for c in range(3)], -1) * 90 + 128
-        out.append(np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8))
-    return out
+    return mediagen.wave_frames(n, h, w, seed, period=15, amplitude=90, grain=20)
 
 
 def torch_out(model: LoadedModel, x: torch.Tensor) -> torch.Tensor:
