@@ -110,3 +110,14 @@ def ts_clip(clips) -> mediagen.ClipInfo:
 @pytest.fixture(scope="session")
 def subs_clip(clips) -> mediagen.ClipInfo:
     return clips.get("subs")
+
+
+@pytest.fixture
+def two_threads():
+    """torch on two threads for the test, whatever the suite set before."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(old)

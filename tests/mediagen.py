@@ -250,6 +250,21 @@ def render_frame(
     return out
 
 
+def shapes_frame(rng: np.random.Generator, h: int = 48, w: int = 64) -> np.ndarray:
+    """Flat colour with rectangles and rings (uint8, 3 channels): edges a x4
+    model can learn to sharpen, for training tests."""
+    import cv2
+
+    img = np.zeros((h, w, 3), np.uint8)
+    img[:] = rng.integers(40, 200, 3)
+    for _ in range(4):
+        c = tuple(int(v) for v in rng.integers(0, 256, 3))
+        p0, p1 = (tuple(int(v) for v in rng.integers(0, 60, 2)) for _ in range(2))
+        cv2.rectangle(img, p0, p1, c, -1)
+        cv2.circle(img, tuple(int(v) for v in rng.integers(0, 60, 2)), int(rng.integers(3, 12)), c, 2)
+    return img
+
+
 def wave_frames(n: int, h: int, w: int, seed: int = 0, *, period: float = 20, amplitude: float = 100,
                 grain: float = 25) -> list[np.ndarray]:
     """RGB uint8 stills of smooth colour waves (periods 3..``period`` px) plus

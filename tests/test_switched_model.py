@@ -30,12 +30,7 @@ from vhsup.weights.detect import detect
 from vhsup.weights.safeload import load_state_dict_file
 
 
-@pytest.fixture(autouse=True)
-def two_threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("two_threads")
 
 
 def randomise(net: torch.nn.Module, seed: int) -> torch.nn.Module:

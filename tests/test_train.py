@@ -20,6 +20,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
+import mediagen
 from vhsup import registry
 from vhsup.arch import build
 from vhsup.errors import VhsupError
@@ -33,16 +34,7 @@ from vhsup.train.validate import MetricsLog
 TINY = dict(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=4, act="prelu")
 
 
-def _draw_frame(rng: np.random.Generator, h: int = 48, w: int = 64) -> np.ndarray:
-    """Flat colour with rectangles and rings: edges a x4 model can learn to sharpen."""
-    img = np.zeros((h, w, 3), np.uint8)
-    img[:] = rng.integers(40, 200, 3)
-    for _ in range(4):
-        c = tuple(int(v) for v in rng.integers(0, 256, 3))
-        p0, p1 = (tuple(int(v) for v in rng.integers(0, 60, 2)) for _ in range(2))
-        cv2.rectangle(img, p0, p1, c, -1)
-        cv2.circle(img, tuple(int(v) for v in rng.integers(0, 60, 2)), int(rng.integers(3, 12)), c, 2)
-    return img
+_draw_frame = mediagen.shapes_frame
 
 
 def _write_frames(folder: Path, count: int, seed: int = 0, size=(48, 64)) -> Path:

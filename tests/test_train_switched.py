@@ -22,6 +22,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
+import mediagen
 from vhsup import registry
 from vhsup.arch import build
 from vhsup.arch.switched import SwitchedConv2d, SwitchNormBufferWarning, switched_layers
@@ -40,14 +41,7 @@ def _frames(folder: Path, count: int, seed: int = 0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     for i in range(count):
-        img = np.zeros((48, 64, 3), np.uint8)
-        img[:] = rng.integers(40, 200, 3)
-        for _ in range(4):
-            c = tuple(int(v) for v in rng.integers(0, 256, 3))
-            p0, p1 = (tuple(int(v) for v in rng.integers(0, 60, 2)) for _ in range(2))
-            cv2.rectangle(img, p0, p1, c, -1)
-            cv2.circle(img, tuple(int(v) for v in rng.integers(0, 60, 2)), int(rng.integers(3, 12)), c, 2)
-        cv2.imwrite(str(folder / f"f{i:03d}.png"), img)
+        cv2.imwrite(str(folder / f"f{i:03d}.png"), mediagen.shapes_frame(rng))
     return folder
 
 

@@ -268,15 +268,13 @@ class SwitchedConv2d(nn.Module):
             # Nothing to differentiate: the gate would be exactly 1, so the
             # argmax is all that matters (and an ONNX graph gets plain ArgMax,
             # not the routing's autograd function, which the tracer mangles).
-            index = probs.argmax(dim=1)
-            self.last_index = index.detach()
-            return switched_conv2d(x, self.weight, self.bias, index, stride=self.stride, padding=self.padding,
-                                   impl=self.impl)
-        gate, index = self.route(probs)
+            gate, index = None, probs.argmax(dim=1)
+        else:
+            gate, index = self.route(probs)
         self.last_index = index.detach()
         out = switched_conv2d(x, self.weight, self.bias, index, stride=self.stride, padding=self.padding,
                               impl=self.impl)
-        return out * gate.gather(1, index.unsqueeze(1)).to(out.dtype)
+        return out if gate is None else out * gate.gather(1, index.unsqueeze(1)).to(out.dtype)
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, breadth: int = 8, **kw) -> SwitchedConv2d:
