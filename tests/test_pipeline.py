@@ -144,7 +144,7 @@ def test_every_audio_and_subtitle_stream_is_kept(subs_clip, tmp_path):
 def test_existing_output_is_refused(odd_clip, tmp_path):
     dst = tmp_path / "exists.mkv"
     dst.write_bytes(b"keep me")
-    with pytest.raises(VhsupError, match="exists.mkv: output exists; pass --overwrite"):
+    with pytest.raises(VhsupError, match="exists.mkv: output already exists; pass overwrite=True"):
         upscale_video(odd_clip.path, dst, model="bicubic")
     assert dst.read_bytes() == b"keep me"
 
@@ -348,7 +348,7 @@ def test_an_onnx_file_runs_through_onnxruntime(odd_clip, tmp_path):
     assert res.frames_out == 2 and res.width == 396 and res.backend == "onnx"
     assert any("onnxruntime" in n for n in notes)
     r = CliRunner().invoke(main, ["models", "export", "compact-x4", str(model)])
-    assert r.exit_code == 2 and "output exists" in r.stderr
+    assert r.exit_code == 2 and "ONNX file already exists; pass --overwrite" in r.stderr
 
 
 def test_deinterlace_can_be_forced_on_or_off(dvd_clip, odd_clip, tmp_path):

@@ -60,8 +60,8 @@ from vhsup.pipeline import (
     Options,
     Result,
     _auto_crop,
-    _check_paths,
     _range,
+    check_outputs,
     decode_from,
     default_output,
     model_name,
@@ -655,7 +655,7 @@ def upscale_chunked(
     src_path = Path(src)
     open_input(src_path).close()
     dst_path = Path(dst) if dst is not None else default_output(src_path, model_name(opts))
-    _check_paths(src_path, dst_path, opts.overwrite)
+    check_outputs(src_path, dst_path, opts)
     from vhsup.media.encode import container_format
 
     fmt = container_format(dst_path)

@@ -332,11 +332,12 @@ def models_info(name: str, as_json: bool) -> None:
 @_debug_option
 def models_export(name, output: Path, precision, opset, no_check, overwrite, allow_download, as_json, debug) -> None:
     """Export NAME (a model name or weights file) to ONNX with dynamic batch, height and width."""
+    from vhsup.atomic import check_output
     from vhsup.export import export_onnx
     from vhsup.registry import load_model
 
-    if output.exists() and not overwrite:
-        raise VhsupError("output exists; pass --overwrite to replace it", output)
+    source = Path(name) if Path(name).suffix else None
+    check_output(output, what="ONNX file", inputs=[source] if source else [], overwrite=overwrite)
     report = export_onnx(load_model(name, allow_download=allow_download), output, precision=precision,
                          opset=opset, check=not no_check)
     if as_json:
@@ -367,12 +368,12 @@ def models_selector_map(picture: Path, model_spec: str, output: Path, untrained:
     One panel per switched layer, beside the input, with a legend of the kernel colours.
     """
     from vhsup import registry
+    from vhsup.atomic import check_output
+    from vhsup.preview import check_still_name
     from vhsup.selector_map import read_picture, write_selector_map
 
-    if output.exists() and not overwrite:
-        raise VhsupError("output exists; pass --overwrite to replace it", output)
-    if output.resolve() == picture.resolve():
-        raise VhsupError("output would overwrite the input picture", output)
+    inputs = [picture] + ([Path(model_spec)] if Path(model_spec).suffix else [])
+    check_output(check_still_name(output), inputs=inputs, overwrite=overwrite)
     rgb = read_picture(picture)
     if untrained:
         if model_spec not in registry.model_names():

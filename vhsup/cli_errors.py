@@ -16,6 +16,7 @@ from collections.abc import Callable
 import click
 from rich.console import Console
 
+from vhsup.atomic import CLI
 from vhsup.errors import Interrupted, VhsupError
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -24,6 +25,7 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 def invoke_reporting(invoke: Callable[[click.Context], object], ctx: click.Context):
     """Run ``invoke(ctx)``, turning errors into one line and an exit status."""
     debug = "--debug" in sys.argv or bool(ctx.params.get("debug"))
+    cli = CLI.set(True)  # errors name flags (--overwrite), not Python keywords
     try:
         return invoke(ctx)
     except Interrupted as exc:
@@ -45,6 +47,8 @@ def invoke_reporting(invoke: Callable[[click.Context], object], ctx: click.Conte
         err.print(f"vhsup: error: unexpected failure: {type(exc).__name__}: {' '.join(str(exc).split())} "
                   "(run again with --debug for the traceback)", markup=False)
         ctx.exit(1)
+    finally:
+        CLI.reset(cli)
 
 
 class ReportingGroup(click.Group):

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
+from vhsup.atomic import check_output
 from vhsup.errors import Interrupted, VhsupError
 from vhsup.media.colour import output_colour, source_colour
 from vhsup.media.decode import DecodeStats, open_input, video_frames
@@ -23,6 +24,7 @@ from vhsup.media.filters import FilterPlan, pictures, plan_filters, progressive_
 from vhsup.media.geometry import Crop, Geometry, detect_crop, fit, parse_crop, plan_geometry
 from vhsup.media.picture import Picture
 from vhsup.media.probe import VideoInfo, probe
+from vhsup.preview import check_still_name
 from vhsup.stages import Background, Worker
 
 Notice = Callable[[str], None]
@@ -431,13 +433,12 @@ class Run:
         )
 
 
-def _check_paths(src: Path, dst: Path, overwrite: bool) -> None:
-    if dst.exists() and dst.resolve() == src.resolve():
-        raise VhsupError("the output would overwrite the input; choose another -o", dst)
-    if dst.exists() and not overwrite:
-        raise VhsupError("output exists; pass --overwrite to replace it", dst)
-    if not dst.parent.exists():
-        raise VhsupError("the output folder does not exist", dst.parent)
+def check_outputs(src: Path, dst: Path, opts: Options) -> None:
+    """Every file the run will write, checked before any work starts."""
+    check_output(dst, inputs=[src], overwrite=opts.overwrite)
+    if opts.compare is not None:
+        check_output(opts.compare, what="--compare picture", inputs=[src], others=[dst], overwrite=opts.overwrite)
+        check_still_name(Path(opts.compare))
 
 
 def upscale_video(src: str | os.PathLike[str], dst: str | os.PathLike[str] | None = None, *,
@@ -452,7 +453,7 @@ def upscale_video(src: str | os.PathLike[str], dst: str | os.PathLike[str] | Non
     src_path = Path(src)
     open_input(src_path).close()  # fail fast, with the input's name, before loading a model
     dst_path = Path(dst) if dst is not None else default_output(src_path, model_name(opts))
-    _check_paths(src_path, dst_path, opts.overwrite)
+    check_outputs(src_path, dst_path, opts)
     run = Run(src_path, opts, notice=notice, progress=progress)
     return run.write(dst_path)
 

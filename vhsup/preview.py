@@ -11,8 +11,8 @@ panel would be wider than ``MAX_PANEL_WIDTH`` the overview is shrunk and a
 second row shows the centre of both at 1:1 pixels, where the detail (and
 the model's artefacts) can be seen.
 
-PNGs are written to a temporary name and renamed into place, so a viewer or
-a web page never picks up half a file. OpenCV stores BGR; the arrays that
+Stills are written to a temporary name and renamed into place, so a viewer
+or a web page never picks up half a file; the extension picks the format. OpenCV stores BGR; the arrays that
 travel through vhsup are RGB, and the swap happens in ``write_png`` only.
 """
 
@@ -36,18 +36,44 @@ CAPTION_FG = (240, 240, 240)
 Box = tuple[int, int, int, int]  # x, y, width, height
 
 
+#: Still formats by extension, with OpenCV's encoder flags (lossless PNG, high-quality JPEG/WebP).
+STILL_FORMATS = {
+    ".png": [cv2.IMWRITE_PNG_COMPRESSION, 3],
+    ".jpg": [cv2.IMWRITE_JPEG_QUALITY, 95],
+    ".jpeg": [cv2.IMWRITE_JPEG_QUALITY, 95],
+    ".webp": [cv2.IMWRITE_WEBP_QUALITY, 95],
+    ".tif": [],
+    ".tiff": [],
+    ".bmp": [],
+}
+
+
+def check_still_name(path: Path) -> Path:
+    """Refuse a still name whose extension is no picture format vhsup writes."""
+    path = Path(path)
+    if path.suffix.lower() not in STILL_FORMATS:
+        raise VhsupError(f"cannot tell the picture format from {path.suffix or 'a name without extension'!r}; "
+                         f"use one of {', '.join(sorted(STILL_FORMATS))}", path)
+    return path
+
+
 def write_png(path: Path, rgb: np.ndarray) -> Path:
-    """Write an H x W x 3 uint8 RGB array as a PNG, atomically.
+    """Write an H x W x 3 uint8 RGB array as a picture, atomically.
+
+    The format is the one the extension names (PNG, JPEG, WebP, TIFF, BMP;
+    see ``STILL_FORMATS``), so a ``.jpg`` name holds JPEG bytes.
 
     Raises:
-        VhsupError: the folder is missing or not writable, or the disk is full.
+        VhsupError: the extension names no format, the folder is missing or
+            not writable, or the disk is full.
     """
-    path = Path(path)
+    path = check_still_name(path)
     rgb = _check_rgb(rgb, "image")
-    ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    suffix = path.suffix.lower()
+    ok, data = cv2.imencode(suffix, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), STILL_FORMATS[suffix])
     if not ok:  # pragma: no cover - OpenCV only fails here on absurd sizes
-        raise VhsupError("cannot encode the PNG", path)
-    with replacing(path, "PNG") as tmp:
+        raise VhsupError(f"cannot encode the {suffix[1:].upper()} picture", path)
+    with replacing(path, "picture") as tmp:
         tmp.write_bytes(data.tobytes())
     return path
 

