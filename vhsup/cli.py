@@ -105,6 +105,7 @@ def probe(file: Path, model, deinterlace, field_rate, ivtc, crop, width, height,
                          f"{float(plan.filters.rate):.3f} fps, ~{p['frames_out_estimate']} frames"),
         ("plan: time", f"~{_fmt_time(estimate)} on {_device_name()}" if estimate else "unknown"),
     ]
+    rows += [("plan: notice", message) for message in plan.notices]
     for k, val in rows:
         t.add_row(escape(k), escape(val))
     out.print(t)

@@ -20,7 +20,7 @@ from vhsup.atomic import check_output
 from vhsup.errors import Interrupted, VhsupError
 from vhsup.media.colour import output_colour, source_colour
 from vhsup.media.decode import DecodeStats, open_input, video_frames
-from vhsup.media.filters import FilterPlan, pictures, plan_filters, progressive_frames
+from vhsup.media.filters import FilterPlan, field_option_notices, pictures, plan_filters, progressive_frames
 from vhsup.media.geometry import Crop, Geometry, detect_crop, fit, parse_crop, plan_geometry
 from vhsup.media.picture import Picture
 from vhsup.media.probe import VideoInfo, probe
@@ -82,6 +82,7 @@ class Plan:
     limit: int | None
     frames_estimate: int
     crop_source: str  # 'none', 'user' or 'auto'
+    notices: list[str] = field(default_factory=list)  # options that will not do what they say
 
     def to_json(self) -> dict:
         g = self.geometry
@@ -98,6 +99,7 @@ class Plan:
             "output_sar": f"{g.out_sar.numerator}:{g.out_sar.denominator}",
             "display_aspect": f"{g.dar.numerator}:{g.dar.denominator}",
             "frames_out_estimate": self.frames_estimate,
+            "notices": list(self.notices),
         }
 
 
@@ -234,7 +236,8 @@ def make_plan(src: str | os.PathLike[str], opts: Options, *, scale: int, model: 
         estimate = min(estimate, int(round(max(0.0, t1 - t0) * float(filters.rate))))
     if limit is not None:
         estimate = min(estimate, limit) if estimate else limit
-    return Plan(info, filters, geometry, model, scale, start, end, limit, max(estimate, 0), crop_source)
+    return Plan(info, filters, geometry, model, scale, start, end, limit, max(estimate, 0), crop_source,
+                notices=field_option_notices(info, filters, deinterlace=opts.deinterlace, field_rate=opts.field_rate))
 
 
 def model_name(opts: Options) -> str:
@@ -301,6 +304,8 @@ class Run:
         self.backend = "onnx" if type(loaded.module).__name__ == "OnnxModule" else "torch"
         self.engine = _engine(loaded, opts, self.notice)
         self.plan = make_plan(self.src, opts, scale=self.engine.scale, model=self.model_name, info=self.info)
+        for message in self.plan.notices:
+            self.notice(message)
         if span is not None:
             p = self.plan
             p.start, p.end = span

@@ -88,6 +88,19 @@ def plan_filters(info: VideoInfo, *, deinterlace: str = "auto", field_rate: str 
     return FilterPlan(True, method, parity, double, only_flagged, False, info.fps * (2 if double else 1))
 
 
+def field_option_notices(info: VideoInfo, plan: FilterPlan, *, deinterlace: str, field_rate: str) -> list[str]:
+    """What the user asked for that the plan will not do, or will do badly, in words."""
+    notes = []
+    if deinterlace == "off" and info.interlace.interlaced and not plan.ivtc:
+        notes.append(f"--deinterlace off, but the source looks interlaced ({info.interlace.evidence}): "
+                     "the combing will be upscaled as if it were detail")
+    if field_rate == "double" and not plan.double_rate:
+        why = ("with --ivtc" if plan.ivtc else "with --deinterlace off" if deinterlace == "off"
+               else "on progressive input (no fields to split)")
+        notes.append(f"--field-rate double does nothing {why}; the output stays at {float(plan.rate):.3f} fps")
+    return notes
+
+
 def _buffer_args(stream: av.video.stream.VideoStream) -> str:
     """Buffer-source arguments from the stream itself.
 
