@@ -242,15 +242,29 @@ def test_rerun_refuses_appends_or_overwrites(eight_scenes, tmp_path):
     assert len(read_manifest(out)) == 2 and report.existing == 0
 
 
-def test_unreadable_input_one_line_error_nothing_written(clips, tmp_path):
+def test_an_unreadable_input_alone_is_a_one_line_error_and_nothing_is_written(tmp_path):
     bad = tmp_path / "tape.vob"
     bad.write_bytes(b"this is not an MPEG program stream" * 20)
     out = tmp_path / "frames"
-    result = CliRunner().invoke(extract, [str(clips.get("dvd").path), str(bad), "--out", str(out), "--quiet"])
+    result = CliRunner().invoke(extract, [str(bad), "--out", str(out), "--quiet"])
     assert result.exit_code == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and str(bad) in lines[0] and lines[0].startswith("vhsup: error:")
     assert not out.exists()
+
+
+def test_an_unreadable_input_among_several_is_skipped_with_a_notice(clips, tmp_path):
+    good = clips.get("dvd").path
+    bad = tmp_path / "tape.vob"
+    bad.write_bytes(b"this is not an MPEG program stream" * 20)
+    out = tmp_path / "frames"
+    result = CliRunner().invoke(extract, [str(good), str(bad), "--out", str(out), "--count", "2", "--json"])
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["frames"] >= 1 and list(report["per_source"]) == [str(good)]
+    skipped = [n for n in report["notices"] if n.startswith(f"{bad}: skipped:")]
+    assert len(skipped) == 1
+    assert {e["source"] for e in read_manifest(out)} == {str(Path(good).resolve())}
 
 
 def test_all_black_input_is_refused(tmp_path):

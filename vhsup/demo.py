@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vhsup.errors import VhsupError
+from vhsup.wording import plural
 
 
 def run_demo(out_dir: Path, *, model: str | None = None, echo: Callable[[str], None] = print) -> dict:
@@ -28,12 +29,12 @@ def run_demo(out_dir: Path, *, model: str | None = None, echo: Callable[[str], N
     cuda = torch.cuda.is_available()
     t0 = time.perf_counter()
     sample = make_vhs_sample(out_dir / "vhs-sample.avi", seconds=2.0)
-    echo(f"built {sample.path}: {sample.frames} frames of interlaced NTSC DV with stereo PCM "
+    echo(f"built {sample.path}: {plural(sample.frames, 'frame')} of interlaced NTSC DV with stereo PCM "
          f"({time.perf_counter() - t0:.1f} s)")
     window = {} if cuda else {"start": 0.8, "frames": 8}
     dst = out_dir / f"vhs-sample.{model or ('esrgan-x4' if cuda else 'compact-x4')}.mkv"
     still = out_dir / "compare.png"
-    what = "the whole clip" if cuda else f"{window['frames']} frames from {window['start']} s"
+    what = "the whole clip" if cuda else f"{plural(window['frames'], 'frame')} from {window['start']} s"
     echo(f"upscaling {what} with {model or 'the default model'} on {'CUDA' if cuda else 'the CPU'} ...")
 
     def notice(msg: str) -> None:
@@ -43,8 +44,8 @@ def run_demo(out_dir: Path, *, model: str | None = None, echo: Callable[[str], N
         result = upscale_video(sample.path, dst, model=model, compare=still, overwrite=True, notice=notice, **window)
     except VhsupError:
         raise
-    echo(f"wrote {result.output}: {result.frames_out} frames {result.width}x{result.height} "
-         f"(display {result.display_aspect}), {result.deinterlace}, {result.audio_streams} audio stream(s), "
+    echo(f"wrote {result.output}: {plural(result.frames_out, 'frame')} {result.width}x{result.height} "
+         f"(display {result.display_aspect}), {result.deinterlace}, {plural(result.audio_streams, 'audio stream')}, "
          f"{result.fps_out} fps with {result.model} on {result.device}")
     echo(f"side-by-side still (bicubic vs {result.model}): {result.compare}")
     echo(f"demo finished in {time.perf_counter() - t0:.1f} s")

@@ -13,6 +13,7 @@ import click
 from rich.console import Console
 
 from vhsup.cli_errors import ReportingCommand
+from vhsup.wording import plural
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -73,5 +74,5 @@ def extract(files, out_dir, count, every, min_gap, deinterlace, ivtc, crop, keep
         return
     if not quiet:
         per = ", ".join(f"{Path(k).name} {v}" for k, v in report.per_source.items())
-        out.print(f"{report.out}: {report.frames} frames written ({per}); {report.skipped_duplicate} near-duplicates "
-                  f"and {report.skipped_flat} black/flat candidates skipped; manifest {report.manifest}", markup=False)
+        out.print(f"{report.out}: {plural(report.frames, 'frame')} written ({per}); "
+                  f"{plural(report.skipped_duplicate, 'near-duplicate')} and {plural(report.skipped_flat, 'black/flat candidate')} skipped; manifest {report.manifest}", markup=False)

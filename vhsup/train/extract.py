@@ -68,6 +68,7 @@ from vhsup.media.geometry import Crop, fit
 from vhsup.media.probe import VideoInfo, probe
 from vhsup.pipeline import Options, Plan, decode_from, make_plan
 from vhsup.stages import Worker
+from vhsup.wording import plural
 
 Notice = Callable[[str], None]
 # progress(phase, done, total): phase "scan" counts seconds of video scanned, "write" PNGs written.
@@ -609,21 +610,35 @@ def extract_frames(
         raise VhsupError(f"already holds {existing} extracted frames; pass --append to add more "
                          "(near-duplicates of them are skipped) or --overwrite to replace them", out)
 
-    # Every input is opened and probed before anything is written.
+    # Every input is opened and probed before anything is written. Among
+    # several, one that cannot be read is skipped with a notice (as batch
+    # does); a single unreadable input is an error.
+    opts = Options(**{k: v for k, v in media_options.items() if k in MEDIA_OPTIONS})
     paths: list[Path] = []
+    infos: list[VideoInfo] = []
+    plans: list[Plan] = []
     seen: set[Path] = set()
     for src in sources:
         p = Path(src)
-        open_input(p).close()
         key = p.resolve()
         if key in seen:
             tell(f"{p}: given twice; extracting from it once")
             continue
         seen.add(key)
+        try:
+            open_input(p).close()
+            info = probe(p)
+            plan = make_plan(p, opts, scale=1, model="extract", info=info)
+        except VhsupError as exc:
+            if len(sources) == 1:
+                raise
+            tell(f"{exc.path or p}: skipped: {exc.reason}")
+            continue
         paths.append(p)
-    opts = Options(**{k: v for k, v in media_options.items() if k in MEDIA_OPTIONS})
-    infos = [probe(p) for p in paths]
-    plans = [make_plan(p, opts, scale=1, model="extract", info=i) for p, i in zip(paths, infos)]
+        infos.append(info)
+        plans.append(plan)
+    if not paths:
+        raise VhsupError(f"none of the {plural(len(seen), 'input')} can be read (see the notices above)")
     for p, plan in zip(paths, plans):
         if plan.crop_source == "auto":
             tell(f"{p}: crop {plan.geometry.crop} (auto)")
@@ -651,7 +666,7 @@ def extract_frames(
     decode_errors = sum(s.decode_errors for s in scans)
     for s in scans:
         if s.decode_errors:
-            tell(f"{s.path}: {s.decode_errors} decode errors while scanning")
+            tell(f"{s.path}: {plural(s.decode_errors, 'decode error')} while scanning")
     skipped_flat = int(sum(int(s.flat.sum()) for s in scans))
     if all(s.flat.all() for s in scans):
         where = scans[0].path if len(scans) == 1 else None
@@ -702,7 +717,7 @@ def extract_frames(
         worker.cancel()
         writer.save()  # the frames already written stay listed and usable
         if isinstance(exc, KeyboardInterrupt):
-            raise Interrupted(f"interrupted; the {len(writer.files)} frames written are listed in "
+            raise Interrupted(f"interrupted; the {plural(len(writer.files), 'frame')} written are listed in "
                               f"{out / MANIFEST_NAME}") from None
         raise
     manifest = writer.save()
@@ -710,10 +725,10 @@ def extract_frames(
     if len(files) < target:
         why = []
         if skipped_duplicate:
-            why.append(f"{skipped_duplicate} near-duplicates")
+            why.append(plural(skipped_duplicate, "near-duplicate"))
         if skipped_flat:
-            why.append(f"{skipped_flat} black or flat candidates")
-        tell(f"wrote {len(files)} of {target} frames: the sources have too few distinct pictures"
+            why.append(plural(skipped_flat, "black or flat candidate"))
+        tell(f"wrote {len(files)} of {plural(target, 'frame')}: the sources have too few distinct pictures"
              + (f" ({', '.join(why)} skipped)" if why else ""))
     return ExtractReport(
         out=out, manifest=manifest, frames=len(files), requested=target, per_source=per_source,
