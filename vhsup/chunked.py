@@ -42,6 +42,7 @@ import multiprocessing as mp
 import os
 import queue as queue_mod
 import shutil
+import signal
 import time
 import traceback
 from collections.abc import Callable
@@ -51,6 +52,7 @@ from pathlib import Path
 
 import av
 
+from vhsup import signals
 from vhsup.errors import Interrupted, VhsupError
 from vhsup.media.decode import open_input
 from vhsup.media.filters import frame_time, plan_filters, progressive_frames
@@ -376,41 +378,55 @@ def run_chunk(job: dict, report: Callable[[tuple], None]) -> dict:
 
 
 def _orphan_watch(parent: int) -> None:
-    """Exit when the parent run is gone (killed): an orphaned worker would
-    go on writing chunks beside a rerun that is making the same ones."""
+    """Stop when the parent run is gone (killed): an orphaned worker would
+    go on writing chunks beside a rerun that is making the same ones. The
+    chunk in hand is aborted as on SIGTERM (its partial file removed); if
+    that hangs, the worker exits anyway."""
     while True:
         time.sleep(0.5)
         if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(10)
             os._exit(3)
 
 
 def _worker(tasks, results, env: dict[str, str], threads: int, parent: int) -> None:
-    """A spawned worker: takes jobs until it gets None."""
+    """A spawned worker: takes jobs until it gets None.
+
+    Ctrl-C (it reaches the whole process group) and SIGTERM (the parent
+    stopping it, or ``timeout`` and systemd signalling the group) abort the
+    chunk in hand, which removes its partial file; the parent reports the
+    interruption. SIGHUP is left to the parent.
+    """
     import threading
 
+    signals.worker_stops()
     threading.Thread(target=_orphan_watch, args=(parent,), daemon=True, name="vhsup-orphan-watch").start()
-    os.environ.update(env)
-    if threads:
-        import torch
+    try:
+        os.environ.update(env)
+        if threads:
+            import torch
 
-        torch.set_num_threads(threads)
-    while True:
-        job = tasks.get()
-        if job is None:
-            return
-        index = job["chunk"]["index"]
-        results.put(("start", index, os.getpid()))
-        try:
-            meta = run_chunk(job, results.put)
-        except (KeyboardInterrupt, Interrupted):
-            return  # Ctrl-C reaches the whole process group; the parent reports it
-        except VhsupError as exc:
-            results.put(("error", index, ("VhsupError", exc.reason, exc.path)))
-            return
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent, which stops the run
-            results.put(("error", index, (type(exc).__name__, f"{exc}\n{traceback.format_exc()}", None)))
-            return
-        results.put(("done", index, meta))
+            torch.set_num_threads(threads)
+        while True:
+            job = tasks.get()
+            if job is None:
+                return
+            index = job["chunk"]["index"]
+            results.put(("start", index, os.getpid()))
+            try:
+                meta = run_chunk(job, results.put)
+            except (KeyboardInterrupt, Interrupted):
+                return
+            except VhsupError as exc:
+                results.put(("error", index, ("VhsupError", exc.reason, exc.path)))
+                return
+            except BaseException as exc:  # noqa: BLE001 - reported to the parent, which stops the run
+                results.put(("error", index, (type(exc).__name__, f"{exc}\n{traceback.format_exc()}", None)))
+                return
+            results.put(("done", index, meta))
+    except KeyboardInterrupt:
+        return  # stopped between chunks: nothing to clean up, no traceback on the user's terminal
 
 
 def _gpu_slots(opts: Options) -> list[str]:
@@ -467,6 +483,7 @@ class _Runner:
 
     def _parallel(self) -> dict[int, dict]:
         ctx = mp.get_context("spawn")
+        signals.start_resource_tracker()
         tasks, results = ctx.Queue(), ctx.Queue()
         for job in self.jobs:
             tasks.put(job)
@@ -510,9 +527,12 @@ class _Runner:
         finally:
             for p in procs:
                 if p.is_alive():
-                    p.terminate()
+                    p.terminate()  # SIGTERM: the chunk in hand is aborted and its partial file removed
             for p in procs:
                 p.join(timeout=10)
+                if p.is_alive():  # stuck: multiprocessing would wait for it forever at exit
+                    p.kill()
+                    p.join(timeout=5)
             tasks.close()
             results.close()
         return self.metas

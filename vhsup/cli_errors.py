@@ -2,9 +2,11 @@
 
 Errors a user can cause arrive as :class:`VhsupError` and are printed as
 ``vhsup: error: <file>: <reason>`` with exit status 2; Ctrl-C gives one line
-and 130; anything else (a bug, an FFmpeg surprise) still gives one line and
-1. ``--debug`` shows the traceback instead. Subcommands use the same classes
-as the main group so that they behave alike when run on their own (tests,
+and 130, SIGTERM and SIGHUP (``timeout``, a closed terminal, systemd, ``docker
+stop``) the same clean stop with 143 and 129 (:mod:`vhsup.signals`); anything
+else (a bug, an FFmpeg surprise) still gives one line and 1. ``--debug``
+shows the traceback instead. Subcommands use the same classes as the main
+group so that they behave alike when run on their own (tests,
 ``python -m vhsup.train.cli``).
 """
 
@@ -16,6 +18,7 @@ from collections.abc import Callable
 import click
 from rich.console import Console
 
+from vhsup import signals
 from vhsup.atomic import CLI
 from vhsup.errors import Interrupted, VhsupError
 
@@ -27,18 +30,19 @@ def invoke_reporting(invoke: Callable[[click.Context], object], ctx: click.Conte
     debug = "--debug" in sys.argv or bool(ctx.params.get("debug"))
     cli = CLI.set(True)  # errors name flags (--overwrite), not Python keywords
     try:
-        return invoke(ctx)
+        with signals.interrupts():
+            return invoke(ctx)
     except Interrupted as exc:
-        err.print(f"vhsup: {exc}", markup=False)
-        ctx.exit(130)
+        _say(f"vhsup: {signals.reason_prefix()}{exc}")
+        ctx.exit(signals.exit_status())
     except VhsupError as exc:
         if debug:
             raise
         err.print(f"vhsup: error: {exc}", markup=False)
         ctx.exit(2)
     except KeyboardInterrupt:
-        err.print("vhsup: interrupted", markup=False)
-        ctx.exit(130)
+        _say(f"vhsup: {signals.reason_prefix()}interrupted")
+        ctx.exit(signals.exit_status())
     except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
         raise
     except Exception as exc:  # noqa: BLE001 - a bug or an FFmpeg surprise: still one line
@@ -49,6 +53,13 @@ def invoke_reporting(invoke: Callable[[click.Context], object], ctx: click.Conte
         ctx.exit(1)
     finally:
         CLI.reset(cli)
+
+
+def _say(line: str) -> None:
+    try:
+        err.print(line, markup=False)
+    except OSError:  # after SIGHUP the terminal may be gone; the exit status still tells
+        pass
 
 
 class ReportingGroup(click.Group):

@@ -26,4 +26,5 @@ class UnknownArchitecture(VhsupError):
 
 
 class Interrupted(VhsupError):
-    """Raised when the user presses Ctrl-C; nothing is left under the output name."""
+    """Raised when the user presses Ctrl-C (or SIGTERM/SIGHUP stop a command,
+    see vhsup.signals); nothing is left under the output name."""

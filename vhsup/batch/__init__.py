@@ -4,7 +4,7 @@ Python API::
 
     from vhsup.batch import BatchConfig, run_batch
     summary = run_batch(BatchConfig(src=Path("tapes"), out=Path("tapes-hd"), options={"model": "compact-x4"}))
-    summary.exit_status  # 0 all done, 3 some failed, 130 interrupted
+    summary.exit_status  # 0 all done, 3 some failed, 130 interrupted (143 by SIGTERM, 129 by SIGHUP)
 
 The manifest (``OUT/.vhsup/jobs.db``) is the source of truth; see
 :mod:`vhsup.batch.manifest`. Nothing here imports torch until a run starts.

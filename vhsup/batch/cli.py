@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from vhsup import cli_params
+from vhsup import cli_params, signals
 from vhsup.cli_errors import ReportingGroup
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -52,7 +52,8 @@ def batch() -> None:
     """Upscale every video under a folder into OUT, mirroring its layout; resumable.
 
     A rerun skips finished files, redoes changed inputs or settings and
-    retries failed ones. Exit status: 0 all done, 3 some failed, 130 interrupted.
+    retries failed ones. Exit status: 0 all done, 3 some failed, 130 interrupted
+    (143 by SIGTERM, 129 by SIGHUP).
     """
 
 
@@ -217,7 +218,8 @@ def _print_summary(summary, quiet: bool) -> None:
             parts.append(f"{c[state]} {state}")
     line = f"vhsup batch: {c['total']} videos: {', '.join(parts)} in {summary.seconds:.1f} s"
     if summary.interrupted:
-        line += " - interrupted; run the same command again to continue"
+        by = f" by {signals.name(summary.stop_signal)}" if summary.stop_signal else ""
+        line += f" - interrupted{by}; run the same command again to continue"
     out.print(line, markup=False)
     for j in summary.jobs:
         if j.state == "failed":

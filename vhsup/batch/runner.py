@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vhsup import signals
 from vhsup.batch.discover import Found, discover, output_paths
 from vhsup.batch.manifest import Job, Manifest, fingerprint, run_lock, settings_hash
 from vhsup.errors import VhsupError
@@ -116,11 +117,12 @@ class Summary:
     jobs: list[JobReport]
     seconds: float
     interrupted: bool = False
+    stop_signal: int | None = None  # SIGTERM or SIGHUP when one stopped the run, else Ctrl-C
 
     @property
     def exit_status(self) -> int:
         if self.interrupted:
-            return EXIT_INTERRUPTED
+            return 128 + self.stop_signal if self.stop_signal else EXIT_INTERRUPTED
         return EXIT_FAILED if any(j.state != "done" for j in self.jobs) else EXIT_OK
 
     def counts(self) -> dict[str, int]:
@@ -206,17 +208,6 @@ def execute(spec: JobSpec, progress: Callable[[int, int], None] | None = None) -
 
 # --- local worker processes ---------------------------------------------------
 
-_stop_requested = False
-
-
-def _on_term(signum, frame):
-    global _stop_requested
-    if _stop_requested:
-        return  # a second SIGTERM (parent-death signal + watch thread) must not cut the clean-up short
-    _stop_requested = True
-    raise KeyboardInterrupt  # the pipeline aborts the encoder (temp file removed) on KeyboardInterrupt
-
-
 def _die_with_parent(parent: int) -> None:
     try:
         import ctypes
@@ -229,7 +220,7 @@ def _die_with_parent(parent: int) -> None:
     def watch() -> None:  # also covers systems without prctl
         while True:
             if os.getppid() != parent:
-                if not _stop_requested:
+                if signals.received() is None:
                     os.kill(os.getpid(), signal.SIGTERM)
                 return
             time.sleep(1.0)
@@ -242,7 +233,9 @@ def _die_with_parent(parent: int) -> None:
 def _worker_main(conn, parent: int, threads: int, cuda_devices: str | None) -> None:
     """A local worker: jobs in, progress and results out, until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
-    signal.signal(signal.SIGTERM, _on_term)
+    # SIGTERM (from the parent, or the parent-death signal) aborts the job, which removes its partial
+    # file; a second one (parent-death signal + watch thread) does not cut that clean-up short.
+    signals.worker_stops()
     _die_with_parent(parent)
     if cuda_devices is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = cuda_devices  # before torch sees CUDA
@@ -253,7 +246,7 @@ def _worker_main(conn, parent: int, threads: int, cuda_devices: str | None) -> N
         torch.set_num_threads(threads)
     except KeyboardInterrupt:
         return
-    while not _stop_requested:
+    while signals.received() is None:
         try:
             spec = conn.recv()
         except (EOFError, OSError, KeyboardInterrupt):
@@ -435,6 +428,7 @@ def _run_local(specs: list[JobSpec], manifest: Manifest, run_id: str, jobs: int,
     from multiprocessing.connection import wait
 
     ctx = mp.get_context("spawn")
+    signals.start_resource_tracker()
     gpus = _visible_gpus(device)
     threads = max(1, _cores() // jobs)
     queue = deque(specs)
@@ -664,17 +658,8 @@ def run_batch(config: BatchConfig, reporter: Reporter | None = None) -> Summary:
     options["model"] = model
     device = str(options.get("device") or "auto")
 
-    old_term = None
-    if threading.current_thread() is threading.main_thread():
-        def on_term(signum, frame):
-            raise KeyboardInterrupt
-
-        old_term = signal.signal(signal.SIGTERM, on_term)
-    try:
+    with signals.interrupts():  # SIGTERM and SIGHUP stop the run as Ctrl-C does: workers stopped, rows resumable
         return _run_locked(config, reporter, t0, src, out, ext, model, settings, options, device)
-    finally:
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
 
 
 def _run_locked(config: BatchConfig, reporter: Reporter, t0: float, src: Path, out: Path, ext: str, model: str,
@@ -739,7 +724,8 @@ def _run_locked(config: BatchConfig, reporter: Reporter, t0: float, src: Path, o
         except KeyboardInterrupt:
             interrupted = True
         summary = Summary(str(src), str(out), config.engine, jobs,
-                          list(reports.values()), time.time() - t0, interrupted)
+                          list(reports.values()), time.time() - t0, interrupted,
+                          signals.received() if interrupted else None)
         for rep in summary.jobs:
             if rep.state == "running":  # interrupted before its worker reported
                 rep.state = "interrupted"

@@ -51,7 +51,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from vhsup import registry
+from vhsup import registry, signals
 from vhsup.errors import Interrupted, UnknownArchitecture, VhsupError
 from vhsup.train import checkpoint as ckpt
 from vhsup.train.config import RESUMABLE, TrainConfig, config_dict, config_toml
@@ -1258,23 +1258,34 @@ class Trainer:
     def _stop_on_ctrl_c(self):
         """The first Ctrl-C finishes the step in progress and checkpoints it
         (a step cut in half would leave G stepped but not its EMA); a second
-        one stops at once. Under torchrun, the launcher handles signals."""
+        one stops at once. SIGTERM and SIGHUP do the same where the command
+        line made them interrupts (vhsup.signals). Under torchrun, the
+        launcher handles signals."""
         stop = threading.Event()
-        if self.dist.active or threading.current_thread() is not threading.main_thread():
+        if threading.current_thread() is not threading.main_thread():
             yield stop
             return
 
         def handler(signum, frame):
             if stop.is_set():
-                raise KeyboardInterrupt
+                raise KeyboardInterrupt if signum == signal.SIGINT else signals.Signalled(signum)
             stop.set()
-            self.notice("stopping after this step (Ctrl-C again to stop now)")
+            if signum == signal.SIGINT:
+                self.notice("stopping after this step (Ctrl-C again to stop now)")
+            else:
+                signals.note(signum)
+                self.notice(f"{signals.name(signum)}: stopping after this step")
 
-        previous = signal.signal(signal.SIGINT, handler)
+        taken = [s for s in signals.STOP_SIGNALS if signals.handles(s)]
+        if self.dist.active:  # a rank that stopped on its own would leave its peers waiting in a collective
+            previous = {s: signal.signal(s, signal.SIG_DFL) for s in taken}
+        else:
+            previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, *taken)}
         try:
             yield stop
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for s, old in previous.items():
+                signal.signal(s, old)
 
     def _after_step(self, stats: StepStats) -> None:
         if stats.skipped:
