@@ -107,6 +107,11 @@ def test_library_with_a_garbage_and_an_empty_file_gives_5_done_2_failed_and_exit
     status = json.loads(res.stdout)
     assert status["counts"]["done"] == 5 and status["counts"]["failed"] == 2
     assert {j["input"]: j["error"] for j in status["jobs"] if j["state"] == "failed"} == reasons
+    # ... with the same absolute paths as the run's own summary.
+    assert status["out"] == summary["out"] == str(out.resolve())
+    paths = {j["input"]: (j["source"], j["output"]) for j in summary["jobs"]}
+    assert {j["input"]: (j["source"], j["output"]) for j in status["jobs"]} == paths
+    assert all(Path(s).is_absolute() and Path(o).is_absolute() for s, o in paths.values())
     table = CliRunner().invoke(batch, ["status", str(out)]).stdout
     assert "garbage.avi" in table and "the file is empty" in table
 

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -139,3 +140,47 @@ def test_upscale_workers_splits_into_chunks_and_keeps_every_frame(clips, tmp_pat
     assert code == 0, err
     assert json.loads(out)["frames_out"] == 60
     assert [i for _, i in mg.read_indices(dst)] == list(range(60))
+
+
+# --- wording -------------------------------------------------------------------
+
+
+def test_vhsup_alone_prints_help_and_succeeds():
+    r = subprocess.run([sys.executable, "-m", "vhsup"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "Commands:" in r.stdout and "upscale" in r.stdout
+    code, out, _ = run("models")
+    assert code == 0 and "export" in out
+
+
+def test_one_frame_is_one_frame(mp4_clip, tmp_path):
+    code, out, err = run("upscale", str(mp4_clip.path), "-o", str(tmp_path / "one.mkv"), "--model", "bicubic",
+                         "--frames", "1", "--preset", "ultrafast")
+    assert code == 0, err
+    assert ": 1 frame 640x480 " in out and "1 frames" not in out
+    assert "1 audio / 0 subtitle stream kept" in out
+
+
+def test_an_854x480_output_is_shown_as_16_9(clips, tmp_path):
+    wide = clips.make("wide.mkv", vcodec="libx264", size=(176, 120), sar=Fraction(40, 33), frames=4)  # 16:9 SD
+    code, out, err = run("upscale", str(wide.path), "-o", str(tmp_path / "w.mkv"), "--model", "bicubic",
+                         "--height", "480", "--preset", "ultrafast", "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    assert (r["width"], r["height"], r["display_aspect"]) == (854, 480, "16:9")
+    from vhsup.wording import aspect_label
+
+    assert [aspect_label(Fraction(*wh)) for wh in ((4, 3), (15, 11), (1920, 1080), (2048, 858))] == \
+        ["4:3", "15:11", "16:9", "2.39:1"]
+
+
+def test_probe_and_bench_options_are_explained_and_bench_codec_is_checked(mp4_clip):
+    _, probe_help, _ = run("probe", "--help")
+    for flag in ("--ivtc", "--crop"):
+        line = next(line for line in probe_help.splitlines() if line.strip().startswith(flag))
+        assert len(line.split()) > 1, line  # the flag has words after it
+    _, bench_help, _ = run("bench", "--help")
+    for flag in ("--model", "--codec"):
+        line = next(line for line in bench_help.splitlines() if line.strip().startswith(flag))
+        assert len(line.split()) > 1 or "[" in line, line
+    code, _, err = run("bench", str(mp4_clip.path), "--codec", "libx246")
+    assert code == 2 and "'libx246' is not one of" in err

@@ -18,6 +18,8 @@ from rich.table import Table
 from vhsup import cli_params
 from vhsup.cli_errors import ReportingGroup
 from vhsup.errors import VhsupError
+from vhsup.media import VIDEO_CODECS
+from vhsup.wording import aspect_label, plural
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -46,10 +48,10 @@ def _batch(value: str) -> int | str:
 @click.option("--model", default=None, help="Model name or weights file (default: esrgan-x4 on CUDA, compact-x4 on CPU).")
 @click.option("--deinterlace", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True)
 @click.option("--field-rate", type=click.Choice(["single", "double"]), default="single", show_default=True)
-@click.option("--ivtc", is_flag=True)
-@click.option("--crop", default=None)
-@click.option("--width", type=int, default=None)
-@click.option("--height", type=int, default=None)
+@click.option("--ivtc", is_flag=True, help="Plan an inverse telecine (film on NTSC video) to 23.976p.")
+@click.option("--crop", default=None, help="auto (measure the black borders and head-switching lines), or L,T,R,B.")
+@click.option("--width", type=int, default=None, help="Output width, aspect kept.")
+@click.option("--height", type=int, default=None, help="Output height, aspect kept (e.g. 1080).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @_debug_option
 def probe(file: Path, model, deinterlace, field_rate, ivtc, crop, width, height, as_json, debug) -> None:
@@ -86,7 +88,7 @@ def probe(file: Path, model, deinterlace, field_rate, ivtc, crop, width, height,
         ("file", info.path),
         ("container", info.container),
         ("video", f"{info.codec} {info.width}x{info.height} {info.pix_fmt}, {float(info.fps):.3f} fps ({info.fps})"),
-        ("aspect", f"SAR {info.sar.numerator}:{info.sar.denominator}, DAR {info.dar.numerator}:{info.dar.denominator}"),
+        ("aspect", f"SAR {info.sar.numerator}:{info.sar.denominator}, DAR {aspect_label(info.dar)}"),
         ("colour", info.colour),
         ("fields", f"{'interlaced ' + v.field_order.upper() if v.interlaced else 'progressive'}  [{v.source}: {v.evidence}]"),
         ("duration", f"{info.duration:.3f} s" if info.duration else "unknown"),
@@ -102,7 +104,7 @@ def probe(file: Path, model, deinterlace, field_rate, ivtc, crop, width, height,
         ("plan: crop", f"{p['crop']} ({p['crop_source']})"),
         ("plan: model", f"{name} x{plan.scale}"),
         ("plan: output", f"{p['output_size'][0]}x{p['output_size'][1]} SAR {p['output_sar']} (display {p['display_aspect']}), "
-                         f"{float(plan.filters.rate):.3f} fps, ~{p['frames_out_estimate']} frames"),
+                         f"{float(plan.filters.rate):.3f} fps, ~{plural(p['frames_out_estimate'], 'frame')}"),
         ("plan: time", f"~{_fmt_time(estimate)} on {_device_name()}" if estimate else "unknown"),
     ]
     rows += [("plan: notice", message) for message in plan.notices]
@@ -161,7 +163,7 @@ def _fmt_time(seconds: float) -> str:
 @click.option("--width", type=int, default=None, help="Output width, aspect kept.")
 @click.option("--height", type=int, default=None, help="Output height, aspect kept (e.g. 1080).")
 @click.option("--codec", default="libx264", show_default=True,
-              type=click.Choice(["libx264", "libx265", "ffv1", "prores_ks", "h264_nvenc", "hevc_nvenc"]))
+              type=click.Choice(VIDEO_CODECS))
 @click.option("--crf", type=int, default=None, help="Quality for x264/x265 (default 18).")
 @click.option("--preset", default=None, help="Encoder preset (x264/x265 default: medium).")
 @click.option("--pix-fmt", default="yuv420p", show_default=True, type=click.Choice(["yuv420p", "yuv420p10le"]))
@@ -222,9 +224,10 @@ def upscale(file: Path, output, quiet, as_json, debug, workers, **options) -> No
         out.print_json(json.dumps(result.to_json()))
         return
     if not quiet:
-        out.print(f"{result.output}: {result.frames_out} frames {result.width}x{result.height} "
+        out.print(f"{result.output}: {plural(result.frames_out, 'frame')} {result.width}x{result.height} "
                   f"(display {result.display_aspect}) with {result.model} on {result.device}, "
-                  f"{result.fps_out} fps, {result.audio_streams} audio / {result.subtitle_streams} subtitle streams kept",
+                  f"{result.fps_out} fps, {result.audio_streams} audio / {result.subtitle_streams} subtitle "
+                  f"{'stream' if result.audio_streams + result.subtitle_streams == 1 else 'streams'} kept",
                   markup=False)
         if result.compare:
             out.print(f"side-by-side still: {result.compare}", markup=False)
@@ -232,16 +235,18 @@ def upscale(file: Path, output, quiet, as_json, debug, workers, **options) -> No
 
 @main.command()
 @click.argument("file", type=click.Path(path_type=Path))
-@click.option("--model", default=None)
-@click.option("--frames", type=int, default=8, show_default=True)
+@click.option("--model", default=None, help="Model name or weights file (default: esrgan-x4 on CUDA, compact-x4 on CPU).")
+@click.option("--frames", type=click.IntRange(min=1), default=8, show_default=True, help="Frames to time.")
 @click.option("--backend", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True)
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True)
-@click.option("--tile", default="auto", callback=lambda c, p, v: _tile(v))
-@click.option("--batch", default="auto", callback=lambda c, p, v: _batch(v))
-@click.option("--codec", default="libx264", show_default=True)
-@click.option("--preset", default=None)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--tile", default="auto", callback=lambda c, p, v: _tile(v),
+              help="auto, 0 (whole frames) or a tile edge in input pixels.")
+@click.option("--batch", default="auto", callback=lambda c, p, v: _batch(v), help="Frames or tiles per forward pass.")
+@click.option("--codec", default="libx264", show_default=True, type=click.Choice(VIDEO_CODECS),
+              help="Encoder for the end-to-end timing.")
+@click.option("--preset", default=None, help="Encoder preset (x264/x265 default: medium).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @_debug_option
 def bench(file: Path, as_json, debug, **options) -> None:
     """Model-only vs end-to-end fps on FILE, and peak memory."""

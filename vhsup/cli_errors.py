@@ -63,6 +63,15 @@ def _say(line: str) -> None:
 
 
 class ReportingGroup(click.Group):
+    group_class = type  # subgroups (``vhsup models``) report errors the same way
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # Asking for nothing is asking for help: print it and succeed (click exits 2).
+        if not args and self.no_args_is_help and not ctx.resilient_parsing:
+            click.echo(ctx.get_help(), color=ctx.color)
+            ctx.exit(0)
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context):
         return invoke_reporting(super().invoke, ctx)
 

@@ -22,6 +22,8 @@ from rich.table import Table
 
 from vhsup import cli_params, signals
 from vhsup.cli_errors import ReportingGroup
+from vhsup.media import VIDEO_CODECS
+from vhsup.wording import plural
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -109,7 +111,7 @@ class _Live:
         if self.bar is not None:
             self.bar.update(self.overall, total=to_run, info=f"{total - to_run} skipped")
         if self.show_lines:
-            self._print(f"vhsup batch: {total} videos, {to_run} to do, {total - to_run} skipped")
+            self._print(f"vhsup batch: {plural(total, 'video')}, {to_run} to do, {total - to_run} skipped")
 
     def started(self, key: str, worker: str) -> None:
         if self.bar is not None:
@@ -148,7 +150,7 @@ class _Live:
 @click.option("--height", type=int, default=None, help="Output height, aspect kept (e.g. 1080).")
 @click.option("--width", type=int, default=None, help="Output width, aspect kept.")
 @click.option("--codec", default="libx264", show_default=True,
-              type=click.Choice(["libx264", "libx265", "ffv1", "prores_ks", "h264_nvenc", "hevc_nvenc"]))
+              type=click.Choice(VIDEO_CODECS))
 @click.option("--crf", type=int, default=None, help="Quality for x264/x265 (default 18).")
 @click.option("--preset", default=None, help="Encoder preset (x264/x265 default: medium).")
 @click.option("--pix-fmt", default="yuv420p", show_default=True, type=click.Choice(["yuv420p", "yuv420p10le"]))
@@ -216,7 +218,7 @@ def _print_summary(summary, quiet: bool) -> None:
     for state in ("failed", "interrupted", "pending"):
         if c[state]:
             parts.append(f"{c[state]} {state}")
-    line = f"vhsup batch: {c['total']} videos: {', '.join(parts)} in {summary.seconds:.1f} s"
+    line = f"vhsup batch: {plural(c['total'], 'video')}: {', '.join(parts)} in {summary.seconds:.1f} s"
     if summary.interrupted:
         by = f" by {signals.name(summary.stop_signal)}" if summary.stop_signal else ""
         line += f" - interrupted{by}; run the same command again to continue"
@@ -244,8 +246,9 @@ def status_rows(out_dir: Path) -> tuple[list[dict], bool]:
         if j.state == "running" and not live:
             d["state"] = "interrupted"
             d["error"] = d["error"] or "the run that started it is gone"
+        d["output"] = str(Path(out_dir).resolve() / j.output)  # absolute, as in ``batch --json``
         d["input_exists"] = Path(j.source).exists()
-        d["output_exists"] = (Path(out_dir) / j.output).exists()
+        d["output_exists"] = Path(d["output"]).exists()
         rows.append(d)
     return rows, live
 
@@ -261,9 +264,9 @@ def status_cmd(out_dir: Path, as_json: bool, debug: bool) -> None:
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
     if as_json:
-        keys = ("input", "state", "error", "attempts", "seconds", "frames", "fps", "output", "model", "worker",
-                "finished", "input_exists", "output_exists")
-        out.print_json(json.dumps({"out": str(out_dir), "running_now": live, "counts": {"total": len(rows), **counts},
+        keys = ("input", "source", "state", "error", "attempts", "seconds", "frames", "fps", "output", "model",
+                "worker", "finished", "input_exists", "output_exists")
+        out.print_json(json.dumps({"out": str(out_dir.resolve()), "running_now": live, "counts": {"total": len(rows), **counts},
                                    "jobs": [{k: r[k] for k in keys} for r in rows]}))
         return
     styles = {"done": "green", "failed": "red", "running": "cyan", "interrupted": "yellow", "pending": "dim"}
@@ -280,4 +283,4 @@ def status_cmd(out_dir: Path, as_json: bool, debug: bool) -> None:
                   f"{r['fps']:.2f}" if r["fps"] else "-", str(r["attempts"]), escape(note or ""))
     out.print(t)
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
-    out.print(f"{len(rows)} jobs: {summary or 'none'}" + (" (a run is in progress)" if live else ""), markup=False)
+    out.print(f"{plural(len(rows), 'job')}: {summary or 'none'}" + (" (a run is in progress)" if live else ""), markup=False)

@@ -93,8 +93,8 @@ class JobSpec:
 class JobReport:
     """One input's line in the summary."""
 
-    input: str
-    output: str
+    input: str  # relative to the source folder: the job's name, as in ``batch status``
+    output: str  # absolute
     state: str  # done | failed | interrupted | pending
     action: str  # ran | skipped | not-run
     why: str = ""  # why it ran (new, input changed, settings changed, retry, ...) or was skipped
@@ -103,6 +103,7 @@ class JobReport:
     frames: int | None = None
     fps: float | None = None
     attempts: int = 0
+    source: str = ""  # the input's absolute path
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -687,7 +688,7 @@ def _run_locked(config: BatchConfig, reporter: Reporter, t0: float, src: Path, o
                 reports[j.input] = JobReport(j.input, str(p.dst), j.state, "skipped" if p.action == "skip" else "not-run",
                                              p.why, j.error if j.state == "failed" else None,
                                              round(j.seconds, 3) if j.seconds is not None else None, j.frames,
-                                             j.fps, j.attempts)
+                                             j.fps, j.attempts, j.source)
             gpus = _visible_gpus(device) if config.engine == "local" else []
             jobs = config.jobs or max(1, len(gpus))
             reporter.planned(len(planned), len(to_run))
@@ -723,7 +724,7 @@ def _run_locked(config: BatchConfig, reporter: Reporter, t0: float, src: Path, o
                 interrupted = _run_ray(specs, manifest, run_id, config, reporter, record)
         except KeyboardInterrupt:
             interrupted = True
-        summary = Summary(str(src), str(out), config.engine, jobs,
+        summary = Summary(str(src.resolve()), str(out.resolve()), config.engine, jobs,
                           list(reports.values()), time.time() - t0, interrupted,
                           signals.received() if interrupted else None)
         for rep in summary.jobs:
