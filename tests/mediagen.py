@@ -476,6 +476,7 @@ def make_clip(
     audio_channels: int = 2,
     audio_rate: int = 48000,
     audio_offset: Fraction = Fraction(0),
+    audio_tail: Fraction = Fraction(0),
     subtitles: bool = False,
     chapters: bool = False,
     attachment: bool = False,
@@ -502,6 +503,8 @@ def make_clip(
             clicks are common), e.g. 'ac3', ('ac3', 'pcm_s16le').
         audio_offset: the audio streams start this many seconds after the
             first video frame (negative: before). Clicks stay on the flashes.
+        audio_tail: the audio streams end this many seconds after the last
+            video frame does (tone only), as on DVD rips whose audio overruns.
         subtitles: one subtitle stream whose cues start on the flash frames
             (subrip in Matroska, mov_text in MP4/MOV).
         chapters: two chapters, at the start and at the middle frame.
@@ -658,7 +661,7 @@ def make_clip(
         # Audio: generated whole (clips are short), fed in encoder-sized frames
         # as video advances so the muxer can interleave.
         audio_t0 = start_time + audio_offset
-        n_audio = max(0, math.ceil((end_time - audio_t0) * audio_rate))
+        n_audio = max(0, math.ceil((end_time + Fraction(audio_tail) - audio_t0) * audio_rate))
         signals = [
             audio_signal(n_audio, audio_rate, audio_t0, click_times, TONE_HZ[k % len(TONE_HZ)], audio_channels)
             for k in range(len(astreams))

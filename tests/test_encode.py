@@ -188,17 +188,20 @@ def test_metadata_dispositions_and_attachments_are_kept(subs_clip, tmp_path):
     assert any(mg.ATTACHMENT_NAME in n for n in notices)
 
 
-def test_mp4_transcodes_pcm_and_drops_subrip_with_notices(subs_clip, tmp_path):
+def test_mp4_transcodes_pcm_and_converts_subrip_with_notices(subs_clip, tmp_path):
     dst = tmp_path / "out.mp4"
     report, notices = encode(subs_clip.path, dst, pictures(subs_clip.path))
-    assert report.transcoded == ['#2 audio pcm_s16le (fra, "Track 2") -> aac']
-    assert report.dropped_streams == ['#3 subtitle srt (eng, "Flash captions")', f"#4 attachment {mg.ATTACHMENT_NAME}"]
+    assert report.transcoded == [
+        '#2 audio pcm_s16le (fra, "Track 2") -> aac',
+        '#3 subtitle srt (eng, "Flash captions") -> mov_text',
+    ]
+    assert report.dropped_streams == [f"#4 attachment {mg.ATTACHMENT_NAME}"] and report.subtitle_streams == 1
     assert any("pcm_s16le" in n and "aac" in n for n in notices)
-    assert any("srt" in n and "dropped" in n for n in notices)
+    assert any("srt" in n and "converted to mov_text" in n for n in notices)
     with av.open(str(dst)) as c:
         assert [a.codec_context.name for a in c.streams.audio] == ["ac3", "aac"]
         assert [a.metadata.get("language") for a in c.streams.audio] == ["eng", "fra"]
-        assert not c.streams.subtitles
+        assert [(s.codec_context.name, s.metadata.get("language")) for s in c.streams.subtitles] == [("mov_text", "eng")]
     # The re-encoded stream is as long as the video and still in sync.
     times, video_end = video_times(dst)
     a0, a1 = mg.audio_span(dst, 1)

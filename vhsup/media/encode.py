@@ -21,7 +21,9 @@ audio and subtitles are shifted by the same ``origin`` (see streams.py).
 
 from __future__ import annotations
 
+import ctypes
 import errno as errnos
+import io
 import logging
 import math
 import os
@@ -64,6 +66,13 @@ DEFAULT_CRF = 18
 # Containers that store one duration per stream rather than per-frame
 # timestamps: pictures are placed on the nominal frame grid.
 _CFR_FORMATS = {"avi"}
+# H.264 and HEVC leave presentation times to the container. AVI has none, so
+# readers rebuild them, and FFmpeg's rebuild (AVFMT_FLAG_GENPTS, which PyAV
+# always sets, or ``ffmpeg -fflags +genpts``) shows each picture when the
+# next one arrives - MPEG-2's rule for B-frames - one frame late against the
+# audio, B-frames or not. Intra-only codecs (FFV1) come back on time.
+_UNTIMED_IN_CFR = {"libx264", "libx265", "h264_nvenc", "hevc_nvenc"}
+_HEVC = {"libx265", "hevc_nvenc"}
 # Extension -> muxer where FFmpeg's own guess is not what a user means.
 _FORMAT_BY_SUFFIX = {
     "": "matroska",
@@ -137,6 +146,31 @@ def container_format(dst: Path) -> str:
             return probe.format.name
     except (ValueError, OSError, av.FFmpegError) as e:
         raise VhsupError(f"unknown container extension {suffix!r}; use .mkv, .mp4, .mov or .avi", dst) from e
+
+
+def check_container(dst: Path, codec: str, fmt: str | None = None) -> str:
+    """The muxer for ``dst`` (or ``fmt``), once it is known to hold and time
+    ``codec``'s video; a VhsupError saying what to use instead otherwise.
+    Cheap: nothing is written, so callers can check before any work."""
+    fmt = fmt or container_format(dst)
+    if fmt in _CFR_FORMATS and codec in _UNTIMED_IN_CFR:
+        raise VhsupError(
+            f"{fmt} stores no presentation times: readers that rebuild them (PyAV, ffmpeg -fflags +genpts) "
+            f"show {codec} video a frame late against the audio; use .mkv or .mp4, or --codec ffv1 for {fmt}",
+            dst,
+        )
+    trial = av.open(io.BytesIO(), "w", format=fmt)
+    try:
+        trial.add_stream(codec)
+    except (ValueError, av.FFmpegError) as e:
+        better = {"prores_ks": ".mov or .mkv", "ffv1": ".mkv"}.get(codec, ".mkv or .mp4")
+        raise VhsupError(f"{fmt} cannot hold {codec} video; use {better}", dst) from e
+    finally:
+        try:
+            trial.close()
+        except (ValueError, OSError, av.FFmpegError):  # never started; nothing to finish
+            pass
+    return fmt
 
 
 def temp_path(dst: Path) -> Path:
@@ -217,6 +251,42 @@ def _chroma_shift(pix_fmt: str) -> tuple[int, int]:
     if pix_fmt.startswith("yuv411"):
         return 2, 0
     return 0, 0
+
+
+class _Rational(ctypes.Structure):
+    _fields_ = [("num", ctypes.c_int), ("den", ctypes.c_int)]
+
+
+# Where FFmpeg 6.1+ (libavformat 60.16+) keeps AVStream's index, time_base
+# and sample_aspect_ratio, and where PyAV keeps its AVStream pointer: after
+# the object header and Cython's method table.
+_AVSTREAM_INDEX, _AVSTREAM_TIME_BASE, _AVSTREAM_SAR = 8, 32, 72
+_PYAV_STREAM_PTR = object.__basicsize__ + ctypes.sizeof(ctypes.c_void_p)
+
+
+def _set_stream_sar(stream: av.video.stream.VideoStream, sar: Fraction) -> bool:
+    """Set AVStream.sample_aspect_ratio, which PyAV cannot (assigning
+    ``stream.sample_aspect_ratio`` sets the codec's). Matroska writes the
+    display size from it and from nothing else.
+
+    The pointer is taken from where PyAV's Stream keeps it and trusted only
+    if the AVStream it points to holds the stream's own index and time base
+    (set just before); otherwise nothing is written and False returned.
+    """
+    if av.library_versions["libavformat"] < (60, 16) or stream.time_base is None:
+        return False
+    ptr = ctypes.c_void_p.from_address(id(stream) + _PYAV_STREAM_PTR).value
+    if not ptr:
+        return False
+    tb = _Rational.from_address(ptr + _AVSTREAM_TIME_BASE)
+    if ctypes.c_int.from_address(ptr + _AVSTREAM_INDEX).value != stream.index or (tb.num, tb.den) != (
+        stream.time_base.numerator,
+        stream.time_base.denominator,
+    ):
+        return False
+    field = _Rational.from_address(ptr + _AVSTREAM_SAR)
+    field.num, field.den = sar.numerator, sar.denominator
+    return True
 
 
 class VideoEncoder:
@@ -303,7 +373,7 @@ class VideoEncoder:
         self._template = template
 
         self._check_paths()
-        self._fmt = stage_for if stage_for is not None else container_format(self.dst)
+        self._fmt = check_container(self.dst, settings.codec, stage_for)
         if self._rate <= 0:
             raise ValueError(f"frame rate must be positive, not {rate}")
         codec = self._check_codec()
@@ -384,14 +454,10 @@ class VideoEncoder:
     def _codec_options(self) -> dict[str, str]:
         s = self._settings
         crf = DEFAULT_CRF if s.crf is None else s.crf
-        # AVI stores no presentation times: with B-frames FFmpeg's readers
-        # show every frame one step late against the audio.
-        no_b = self._fmt in _CFR_FORMATS
         if s.codec == "libx264":
-            return {"crf": str(crf), "preset": s.preset or "medium", **({"bf": "0"} if no_b else {})}
+            return {"crf": str(crf), "preset": s.preset or "medium"}
         if s.codec == "libx265":
-            params = "log-level=error" + (":bframes=0" if no_b else "")
-            return {"crf": str(crf), "preset": s.preset or "medium", "x265-params": params}
+            return {"crf": str(crf), "preset": s.preset or "medium", "x265-params": "log-level=error"}
         if s.codec == "ffv1":
             # Version 3 with per-slice CRCs and every frame a keyframe: the
             # archival settings, seekable and self-checking.
@@ -405,7 +471,6 @@ class VideoEncoder:
             "rc": "vbr",
             "cq": str(crf),
             "b": "0",
-            **({"bf": "0"} if no_b else {}),
         }
 
     def _open(self, video_stream: int | None) -> None:
@@ -448,9 +513,20 @@ class VideoEncoder:
         cc.time_base = self._tb
         vs.time_base = self._tb
         cc.framerate = self._rate
-        # Both: Matroska/MP4 read the stream's, the bitstream (VUI) the codec's.
+        # The codec's goes into the H.264/HEVC VUI and MP4/MOV's 'pasp'; the
+        # stream's into Matroska's display size. FFV1 and ProRes in Matroska
+        # have only the latter.
         cc.sample_aspect_ratio = self._sar
-        vs.sample_aspect_ratio = self._sar
+        if self._sar != 1 and not _set_stream_sar(vs, self._sar) and self._fmt in ("matroska", "webm"):
+            self._notice(
+                f"this PyAV build cannot tag the {self._fmt} track with the pixel aspect ratio "
+                f"{self._sar.numerator}:{self._sar.denominator}; players may show {s.codec} video stretched"
+            )
+        if self._fmt in ("mp4", "mov") and s.codec in _HEVC:
+            # FFmpeg tags HEVC 'hev1'; QuickTime, iOS and Safari play only
+            # 'hvc1' (parameter sets in the sample entry, as x265 and NVENC
+            # put them with global headers).
+            cc.codec_tag = "hvc1"
         cc.colorspace = self._colour.space
         cc.color_primaries = self._colour.primaries
         cc.color_trc = self._colour.trc

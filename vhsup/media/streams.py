@@ -16,13 +16,18 @@ Timing rules, shared with the video encoder:
   as long as the video to within one frame. Transcoded audio is cut to the
   sample.
 * Subtitles are kept when they start inside the span.
+* Audio that runs on past the last video frame is cut there, with a notice
+  saying how much (DVD rips often carry a second or more of it).
 
 Not every container holds every codec. Before any byte is written each
 stream is tried alone in an in-memory muxer of the output format (header, a
 few of its real packets, trailer), because some refusals only surface at the
 trailer (PCM in MP4). Audio that does not fit is transcoded (AAC for MP4/MOV,
-FLAC for Matroska, AC-3 for DVD program streams); subtitles that do not fit
-are dropped with a notice.
+FLAC for Matroska, AC-3 for DVD program streams). Text subtitles that do not
+fit are converted cue by cue to the container's text format (mov_text for
+MP4/MOV, SubRip for Matroska, WebVTT for WebM), with their timing; bitmap
+subtitles (DVD, Blu-ray PGS, DVB) cannot become text and are dropped, as is
+anything else a container cannot hold, each with a notice.
 """
 
 from __future__ import annotations
@@ -69,6 +74,15 @@ _TRANSCODE_TARGET = {
     **{f: "ac3" for f in _PS_FORMATS},
 }
 _FALLBACK_TARGETS = ("flac", "aac", "ac3", "mp2", "libopus", "pcm_s16le")
+# The text subtitle format of each container, for text subtitles it cannot hold.
+_SUBTITLE_TARGET = {
+    "mp4": "mov_text",
+    "mov": "mov_text",
+    "ipod": "mov_text",
+    "3gp": "mov_text",
+    "matroska": "subrip",
+    "webm": "webvtt",
+}
 # Keys the muxers write themselves; copying them would describe the source.
 _SKIP_METADATA = {
     "encoder",
@@ -85,6 +99,9 @@ _SKIP_METADATA = {
 
 # How far past the cut finish() reads for stragglers of other streams.
 _READ_PAST_END = 10
+# Audio longer than the video by more than this gets a notice; less is the
+# last audio packet overhanging the last frame.
+_OVERRUN_NOTICE = Fraction(1, 10)
 
 
 def _keep_key(key: str, value: str) -> bool:
@@ -148,7 +165,10 @@ def muxer_accepts(fmt_name: str, src: Path, index: int, packets: int = 3) -> str
             return f"{fmt_name} players do not support {codec} audio"
         out = av.open(io.BytesIO(), "w", format=fmt_name)
         try:
-            ostream = out.add_stream_from_template(stream)
+            try:
+                ostream = out.add_stream_from_template(stream)
+            except ValueError:  # the muxer has no tag for the codec at all
+                return f"{fmt_name} cannot carry {codec}"
             out.start_encoding()
             if stream.type == "audio":
                 sent = 0
@@ -181,6 +201,15 @@ class _Copy:
     origin_ticks: int
     last_dts: int | None = None
     next_start: int | None = None  # expected start of the next packet, for packets with no timestamp
+
+
+@dataclass
+class _Subtitles:
+    """One source text subtitle stream converted cue by cue."""
+
+    src: av.stream.Stream
+    out: av.stream.Stream
+    origin_ticks: int
 
 
 @dataclass
@@ -239,6 +268,9 @@ class AuxStreams:
         self._output = output
         self._copies: dict[int, _Copy] = {}
         self._transcodes: dict[int, _Transcode] = {}
+        self._subtitles: dict[int, _Subtitles] = {}
+        self._audio_ends: dict[int, Fraction] = {}  # per audio stream: end of the last packet read past the cut
+        self._unread_tail = False
         self._held: av.Packet | None = None
         self._done = False
         fmt = output.format.name
@@ -251,8 +283,11 @@ class AuxStreams:
         except BaseException:
             self._input.close()
             raise
-        wanted = [self._input.streams[i] for i in (*self._copies, *self._transcodes)]
+        wanted = [self._input.streams[i] for i in self._wanted()]
         self._packets = self._input.demux(wanted) if wanted else iter(())
+
+    def _wanted(self) -> list[int]:
+        return [*self._copies, *self._transcodes, *self._subtitles]
 
     # -- planning ----------------------------------------------------------
 
@@ -273,11 +308,17 @@ class AuxStreams:
                 self.summary.audio_streams += 1
             elif stream.type == "subtitle":
                 reason = muxer_accepts(fmt, src, stream.index)
+                target = None if reason is None else self._add_subtitle_conversion(stream, fmt)
                 if reason is None:
                     self._add_copy(stream)
-                    self.summary.subtitle_streams += 1
+                elif target is not None:
+                    self.summary.transcoded.append(f"{label} -> {target}")
+                    self._notice(f"{label} converted to {target}: {reason}")
                 else:
-                    self._drop(label, reason)
+                    bitmap = stream.codec_context.codec.bitmap_sub
+                    self._drop(label, f"{reason}; bitmap subtitles cannot be converted to text" if bitmap else reason)
+                    continue
+                self.summary.subtitle_streams += 1
             elif stream.type == "attachment" and fmt in ("matroska", "webm"):
                 # Fonts for ASS subtitles live here; without them the
                 # subtitles render in a fallback font.
@@ -302,6 +343,28 @@ class AuxStreams:
             pass
         tb = stream.time_base
         self._copies[stream.index] = _Copy(stream, out, round(self._origin / tb))
+
+    def _add_subtitle_conversion(self, stream: av.stream.Stream, fmt: str) -> str | None:
+        """A text subtitle stream re-encoded in the container's text format;
+        None for bitmap subtitles and containers with no text format."""
+        target = _SUBTITLE_TARGET.get(fmt)
+        dec = stream.codec_context
+        if target is None or dec is None or not dec.codec.text_sub:
+            return None
+        try:
+            dec.open(strict=False)
+            out = self._output.add_stream(target)
+        except (ValueError, OSError, av.FFmpegError):
+            return None
+        if dec.subtitle_header:  # the source's styles, as far as the target has them
+            out.codec_context.subtitle_header = dec.subtitle_header
+        copy_metadata(stream.metadata, out.metadata)
+        try:
+            out.disposition = stream.disposition
+        except (AttributeError, ValueError, TypeError):
+            pass
+        self._subtitles[stream.index] = _Subtitles(stream, out, round(self._origin / stream.time_base))
+        return target
 
     def _add_transcode(self, stream: av.stream.Stream, fmt: str, reason: str) -> str:
         cc = stream.codec_context
@@ -347,7 +410,7 @@ class AuxStreams:
     def _maybe_seek(self) -> None:
         # A range far into a long file: skip the demuxer ahead rather than
         # read hours of packets. Seeking lands on or before the target.
-        if self._lo is None or not (self._copies or self._transcodes):
+        if self._lo is None or not self._wanted():
             return
         start = self._input.start_time / av.time_base if self._input.start_time is not None else 0
         if self._lo - Fraction(start) < 10:
@@ -356,7 +419,7 @@ class AuxStreams:
             self._input.seek(max(0, int((self._lo - 5) * av.time_base)), backward=True)
         except (OSError, av.FFmpegError, ValueError):
             self._input.seek(0)
-        wanted = [self._input.streams[i] for i in (*self._copies, *self._transcodes)]
+        wanted = [self._input.streams[i] for i in self._wanted()]
         self._packets = self._input.demux(wanted)
         self._held = None
 
@@ -373,6 +436,8 @@ class AuxStreams:
             return
         hi = Fraction(video_end) if self._end is None else min(Fraction(video_end), self._end)
         self._drain(hi, final=True)
+        if self._end is None:  # the video ran to its end; a range end cuts on purpose
+            self._tell_overrun(hi)
         for tr in self._transcodes.values():
             try:
                 tail = tr.src.codec_context.decode(None)
@@ -385,6 +450,27 @@ class AuxStreams:
             self._encode_frames(tr, tr.resampler.resample(None))
             self._output.mux(tr.out.encode(None))
         self._done = True
+
+    def _tell_overrun(self, video_end: Fraction) -> None:
+        for idx in (*self._copies, *self._transcodes):
+            stream = self._input.streams[idx]
+            if stream.type != "audio":
+                continue
+            end = self._audio_ends.get(idx, video_end)
+            if self._unread_tail:  # reading stopped long before the audio did
+                end = max(end, self._declared_end(stream) or end)
+            if end - video_end > _OVERRUN_NOTICE:
+                self._notice(
+                    f"{describe(stream)} runs {float(end - video_end):.2f} s past the last video frame; that part was cut"
+                )
+
+    def _declared_end(self, stream: av.stream.Stream) -> Fraction | None:
+        if stream.duration is not None and stream.start_time is not None:
+            return (stream.start_time + stream.duration) * stream.time_base
+        c = self._input
+        if c.duration is not None:
+            return Fraction(c.duration + (c.start_time or 0), av.time_base)
+        return None
 
     def _drain(self, limit: Fraction, final: bool) -> None:
         if self._end is not None:
@@ -407,17 +493,18 @@ class AuxStreams:
                 continue
             idx = pkt.stream.index
             copy = self._copies.get(idx)
+            tr = self._transcodes.get(idx)
             start = _packet_start(pkt)
             if start is None and copy is not None:
                 start = copy.next_start
             if start is None:
-                if copy is None:  # decoders can place untimed audio themselves
-                    self._transcode(self._transcodes[idx], pkt, limit if final else None)
+                if tr is not None:  # decoders can place untimed audio themselves
+                    self._transcode(tr, pkt, limit if final else None)
                 continue
             tb = pkt.time_base
             t0 = start * tb
             t1 = (start + (pkt.duration or 0)) * tb
-            if copy is None:
+            if tr is not None:
                 # Transcoded audio is trimmed to the sample later, so take
                 # every packet that overlaps the span.
                 first_edge, last_edge = max(t0, t1), t0
@@ -425,19 +512,24 @@ class AuxStreams:
                 first_edge = last_edge = (t0 + t1) / 2
             else:
                 first_edge = last_edge = t0
+            if final and pkt.stream.type == "audio":
+                self._audio_ends[idx] = max(self._audio_ends.get(idx, t1), t1)
             if last_edge >= limit:
                 if not final:
                     self._held = pkt
                     return
                 if t0 > limit + _READ_PAST_END:
+                    self._unread_tail = True
                     return  # files interleave within seconds; the rest is later still
                 continue  # past the end, but a packet of another stream may still be due
-            if self._lo is not None and (first_edge <= self._lo if copy is None else first_edge < self._lo):
+            if self._lo is not None and (first_edge <= self._lo if tr is not None else first_edge < self._lo):
                 continue
             if copy is not None:
                 self._copy(copy, pkt, start)
+            elif tr is not None:
+                self._transcode(tr, pkt, limit if final else None)
             else:
-                self._transcode(self._transcodes[idx], pkt, limit if final else None)
+                self._convert(self._subtitles[idx], pkt, start)
 
     def _copy(self, c: _Copy, pkt: av.Packet, start: int) -> None:
         # pts and dts move by the same amount, so B-frame-style reordering
@@ -452,6 +544,23 @@ class AuxStreams:
         pkt.dts = dts_out
         pkt.stream = c.out
         self._output.mux(pkt)
+
+    def _convert(self, c: _Subtitles, pkt: av.Packet, start: int) -> None:
+        label = describe(c.src)
+        try:
+            cue = c.src.codec_context.decode2(pkt)
+            if cue is None or len(cue) == 0:  # e.g. the empty samples MP4 puts between cues
+                return
+            out = c.out.codec_context.encode_subtitle(cue)
+        except (av.FFmpegError, ValueError) as e:
+            self._notice(f"{label}: skipped a cue that could not be converted ({e})")
+            return
+        duration = pkt.duration or round(Fraction(cue.end_display_time - cue.start_display_time, 1000) / pkt.time_base)
+        out.stream = c.out
+        out.time_base = pkt.time_base
+        out.pts = out.dts = start - c.origin_ticks
+        out.duration = duration
+        self._output.mux(out)
 
     def _transcode(self, tr: _Transcode, pkt: av.Packet, hi: Fraction | None) -> None:
         try:
