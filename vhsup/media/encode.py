@@ -39,14 +39,16 @@ import av
 import av.container
 import numpy as np
 
+from vhsup.atomic import check_output
 from vhsup.errors import VhsupError
+from vhsup.media import VIDEO_CODECS
 from vhsup.media.colour import ColourSpec
 from vhsup.media.picture import Picture
 from vhsup.media.streams import AuxStreams, AuxSummary, copy_metadata, rebase_chapters
 
 log = logging.getLogger(__name__)
 
-CODECS = ("libx264", "libx265", "ffv1", "prores_ks", "h264_nvenc", "hevc_nvenc")
+CODECS = VIDEO_CODECS
 NVENC = ("h264_nvenc", "hevc_nvenc")
 X26X_PRESETS = (
     "ultrafast",
@@ -209,13 +211,6 @@ def stale_temp_files(dst: Path) -> list[Path]:
         except PermissionError:  # alive, someone else's
             pass
     return stale
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
 
 
 def _time_base(rate: Fraction) -> Fraction:
@@ -417,18 +412,7 @@ class VideoEncoder:
     def _check_paths(self) -> None:
         if not self.src.is_file():
             raise VhsupError("input file not found", self.src)
-        if self.dst.is_dir():
-            raise VhsupError("output is a directory; give a file name", self.dst)
-        if _same_file(self.dst, self.src) or self.dst.resolve() == self.src.resolve():
-            raise VhsupError("output would overwrite the input; choose another name", self.dst)
-        if self.dst.exists() and not self._overwrite:
-            raise VhsupError("output already exists; use --overwrite to replace it", self.dst)
-        if self.dst.exists() and not self.dst.is_file():
-            raise VhsupError("output exists and is not a regular file", self.dst)
-        if not self.dst.parent.is_dir():
-            raise VhsupError("output folder does not exist", self.dst.parent)
-        if not os.access(self.dst.parent, os.W_OK):
-            raise VhsupError("output folder is not writable", self.dst.parent)
+        check_output(self.dst, inputs=[self.src], overwrite=self._overwrite)
 
     def _check_codec(self) -> av.codec.Codec:
         s = self._settings
