@@ -472,6 +472,7 @@ def make_clip(
     frames: int = 30,
     sar: Fraction | None = None,
     interlaced: str | None = None,
+    field_flags: str | None = None,
     audio: str | Sequence[str] | None = None,
     audio_channels: int = 2,
     audio_rate: int = 48000,
@@ -499,6 +500,9 @@ def make_clip(
             bottom field first, yuv411p for NTSC.
         interlaced: None for progressive, 'tff' or 'bff'. Fields are
             rendered 1/(2*rate) apart and the encoder is flagged interlaced.
+        field_flags: the field order written in the headers, 'tff' or 'bff'
+            (default: ``interlaced``'s). The other order than the content's
+            makes a mislabelled clip, as some captures and re-encodes are.
         audio: one codec name or several (one stream each; tones differ,
             clicks are common), e.g. 'ac3', ('ac3', 'pcm_s16le').
         audio_offset: the audio streams start this many seconds after the
@@ -540,6 +544,9 @@ def make_clip(
             raise ValueError(f"DV at this rate is {want[0]}x{want[1]}")
         if sar is None:
             sar = Fraction(8, 9) if rate == NTSC_RATE else Fraction(16, 15)
+    if field_flags not in (None, "tff", "bff") or (field_flags and not interlaced):
+        raise ValueError("field_flags must be 'tff' or 'bff', and only for interlaced clips")
+    flags_order = field_flags or interlaced
     if vfr and vcodec in ("mpeg2video", "mpeg1video"):
         raise ValueError(f"{vcodec} cannot be variable frame rate")
     width, height = size or _default_size(vcodec, rate)
@@ -588,7 +595,7 @@ def make_clip(
         cc.sample_aspect_ratio = sar
         vs.sample_aspect_ratio = sar
         if interlaced:
-            cc.field_order = 2 if interlaced == "tff" else 3  # AV_FIELD_TT / AV_FIELD_BB
+            cc.field_order = 2 if flags_order == "tff" else 3  # AV_FIELD_TT / AV_FIELD_BB
         matrix = "itu709" if colorspace == "bt709" else "itu601"
         if colour_tags:
             if colorspace == "bt709":
@@ -650,7 +657,7 @@ def make_clip(
         if interlaced:
             graph = av.filter.Graph()
             bsrc = graph.add_buffer(width=width, height=height, format=pix_fmt, time_base=tb)
-            sf = graph.add("setfield", interlaced)
+            sf = graph.add("setfield", flags_order)
             sink = graph.add("buffersink")
             bsrc.link_to(sf)
             sf.link_to(sink)
@@ -869,3 +876,63 @@ def make_audio_only(path: str | Path, seconds: float = 0.1) -> Path:
 def make_preset(name: str, directory: str | Path) -> ClipInfo:
     filename, kwargs = PRESETS[name]
     return make_clip(Path(directory) / filename, **kwargs)
+
+
+FILM_RATE = Fraction(24000, 1001)
+
+
+def make_telecined_clip(path: str | Path, film_frames: int = 24, *, vcodec: str = "ffv1",
+                        size: tuple[int, int] = (320, 240)) -> Path:
+    """23.976p film made into 29.97i with FFmpeg's telecine filter (3:2 pulldown, top field first).
+
+    Film frame i carries index i, so an inverse telecine must give back
+    0..film_frames-1, each once. ``vcodec`` 'mpeg2video' makes a hard-telecined
+    DVD-style program stream (lossy, flagged interlaced TFF) instead of
+    lossless FFV1 in Matroska.
+    """
+    width, height = size
+    video_rate = Fraction(30000, 1001)
+    mpeg2 = vcodec == "mpeg2video"
+    opts, attrs = _video_options(vcodec, width, height, video_rate, interlaced=mpeg2)
+    with av.open(str(path), "w") as out:
+        s = out.add_stream(vcodec, rate=video_rate, options=opts)
+        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
+        for k, v in attrs.items():
+            setattr(s.codec_context, k, v)
+        s.codec_context.time_base = 1 / video_rate
+        if mpeg2:
+            s.codec_context.field_order = 2  # AV_FIELD_TT
+        g = av.filter.Graph()
+        src = g.add("buffer", f"video_size={width}x{height}:pix_fmt=yuv420p:time_base=1001/24000:frame_rate=24000/1001")
+        chain = [g.add("telecine", "first_field=top:pattern=23")]
+        if mpeg2:
+            chain.append(g.add("setfield", "tff"))  # the encoder writes the frames' field order into the headers
+        chain.append(g.add("buffersink"))
+        node = src
+        for nxt in chain:
+            node.link_to(nxt)
+            node = nxt
+        g.configure()
+        n = 0
+
+        def drain() -> None:
+            nonlocal n
+            while True:
+                try:
+                    f = g.vpull()
+                except (av.error.BlockingIOError, av.error.EOFError):
+                    return
+                f.pts, f.time_base = n, 1 / video_rate
+                n += 1
+                out.mux(s.encode(f))
+
+        for i in range(film_frames):
+            rgb = render(width, height, i, float(i / FILM_RATE))
+            vf = to_yuv(rgb, "yuv420p", "itu601", interlaced=False)
+            vf.pts, vf.time_base = i, 1 / FILM_RATE
+            g.vpush(vf)
+            drain()
+        g.vpush(None)
+        drain()
+        out.mux(s.encode(None))
+    return Path(path)

@@ -245,49 +245,8 @@ def test_default_output_name_is_beside_the_input(odd_clip, tmp_path):
     assert Path(r.output) == tmp_path / "episode.bicubic.mkv" and Path(r.output).exists()
 
 
-def _telecined_clip(path: Path, film_frames: int = 24) -> Path:
-    """23.976p film made into 29.97i with FFmpeg's telecine filter (3:2 pulldown)."""
-    film = Fraction(24000, 1001)
-    with av.open(str(path), "w") as out:
-        s = out.add_stream("ffv1", rate=Fraction(30000, 1001))
-        s.width, s.height, s.pix_fmt = 320, 240, "yuv420p"
-        s.codec_context.time_base = Fraction(1001, 30000)
-        g = av.filter.Graph()
-        src = g.add("buffer", "video_size=320x240:pix_fmt=yuv420p:time_base=1001/24000:frame_rate=24000/1001")
-        tc = g.add("telecine", "first_field=top:pattern=23")
-        sink = g.add("buffersink")
-        src.link_to(tc)
-        tc.link_to(sink)
-        g.configure()
-        n = 0
-
-        def drain() -> None:
-            nonlocal n
-            while True:
-                try:
-                    f = g.vpull()
-                except (av.error.BlockingIOError, av.error.EOFError):
-                    return
-                f.pts, f.time_base = n, Fraction(1001, 30000)
-                n += 1
-                for p in s.encode(f):
-                    out.mux(p)
-
-        for i in range(film_frames):
-            rgb = mediagen.render(320, 240, i, float(i / film))
-            vf = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p", threads=1)
-            vf.pts, vf.time_base = i, Fraction(1001, 24000)
-            g.vpush(vf)
-            drain()
-        g.vpush(None)
-        drain()
-        for p in s.encode():
-            out.mux(p)
-    return path
-
-
 def test_ivtc_restores_each_film_frame_once(tmp_path):
-    src = _telecined_clip(tmp_path / "film.mkv")
+    src = mediagen.make_telecined_clip(tmp_path / "film.mkv")
     combed = 0
     for _, rgb in mediagen.decode_video(src):
         try:

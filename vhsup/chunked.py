@@ -55,7 +55,7 @@ import av
 from vhsup import signals
 from vhsup.errors import Interrupted, VhsupError
 from vhsup.media.decode import open_input
-from vhsup.media.filters import frame_time, plan_filters, progressive_frames
+from vhsup.media.filters import frame_time, progressive_frames
 from vhsup.media.geometry import Crop, parse_crop
 from vhsup.media.probe import VideoInfo, probe
 from vhsup.pipeline import (
@@ -66,6 +66,7 @@ from vhsup.pipeline import (
     check_outputs,
     decode_from,
     default_output,
+    field_plan,
     model_name,
 )
 
@@ -76,8 +77,8 @@ CHUNK_EXT = ".nut"
 # Options that change the pixels or the bitstream, and so the settings key.
 # (overwrite, compare, queue, threads, downloads change neither.)
 _KEYED = (
-    "model", "backend", "device", "precision", "tile", "batch", "deinterlace", "field_rate", "ivtc", "crop",
-    "width", "height", "codec", "crf", "preset", "pix_fmt", "start", "duration", "frames",
+    "model", "backend", "device", "precision", "tile", "batch", "deinterlace", "field_rate", "field_order", "ivtc",
+    "crop", "width", "height", "codec", "crf", "preset", "pix_fmt", "start", "duration", "frames",
 )
 _PLAN_FILE = "plan.json"
 _FORMAT_VERSION = 1
@@ -245,7 +246,7 @@ def plan_chunks(
     """Cut the (range of the) video into about ``pieces`` chunks at keyframes,
     or into chunks of about ``chunk_seconds`` when that is given."""
     say = notice or (lambda _m: None)
-    filters = plan_filters(info, deinterlace=opts.deinterlace, field_rate=opts.field_rate, ivtc=opts.ivtc)
+    filters = field_plan(info, opts)
     start, end, limit = _range(info, opts)
     scan = scan_video(src)
     origin = first_picture_time(src, filters, start, end)
@@ -691,7 +692,7 @@ def upscale_chunked(
     crop = opts.crop if isinstance(opts.crop, Crop) else parse_crop(opts.crop)
     if crop == "auto":
         # Decided once for the whole video, not once per chunk.
-        filters = plan_filters(info, deinterlace=opts.deinterlace, field_rate=opts.field_rate, ivtc=opts.ivtc)
+        filters = field_plan(info, opts)
         crop = _auto_crop(src_path, info, filters)
     opts = replace(opts, crop=crop or None)
     key = _settings_key(src_path, replace(opts, crop=str(crop) if crop else None), fmt)

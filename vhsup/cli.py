@@ -48,21 +48,26 @@ def _batch(value: str) -> int | str:
 @click.option("--model", default=None, help="Model name or weights file (default: esrgan-x4 on CUDA, compact-x4 on CPU).")
 @click.option("--deinterlace", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True)
 @click.option("--field-rate", type=click.Choice(["single", "double"]), default="single", show_default=True)
+@click.option("--field-order", type=click.Choice(["auto", "tff", "bff"]), default="auto", show_default=True,
+              help="auto: the flags, or the pictures' order where they clearly contradict the flags.")
 @click.option("--ivtc", is_flag=True, help="Plan an inverse telecine (film on NTSC video) to 23.976p.")
+@click.option("--force-ivtc", is_flag=True,
+              help="With --ivtc: run it even where the picture does not look telecined (drops one frame in five).")
 @click.option("--crop", default=None, help="auto (measure the black borders and head-switching lines), or L,T,R,B.")
 @click.option("--width", type=int, default=None, help="Output width, aspect kept.")
 @click.option("--height", type=int, default=None, help="Output height, aspect kept (e.g. 1080).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @_debug_option
-def probe(file: Path, model, deinterlace, field_rate, ivtc, crop, width, height, as_json, debug) -> None:
+def probe(file: Path, model, deinterlace, field_rate, field_order, ivtc, force_ivtc, crop, width, height, as_json,
+          debug) -> None:
     """What vhsup sees in FILE and what it will do with it."""
     from vhsup.media.probe import probe as probe_file
     from vhsup.pipeline import Options, make_plan, model_name
     from vhsup.registry import card, load_model
 
     info = probe_file(file)
-    opts = Options(model=model, deinterlace=deinterlace, field_rate=field_rate, ivtc=ivtc, crop=crop,
-                   width=width, height=height)
+    opts = Options(model=model, deinterlace=deinterlace, field_rate=field_rate, field_order=field_order, ivtc=ivtc,
+                   force_ivtc=force_ivtc, crop=crop, width=width, height=height)
     name = model_name(opts)
     try:
         # A named model's card has its scale and cost: no need to load weights to plan.
@@ -80,6 +85,7 @@ def probe(file: Path, model, deinterlace, field_rate, ivtc, crop, width, height,
         out.print_json(json.dumps(data, default=str))
         return
     v = info.interlace
+    telecined = {True: "yes", False: "no"}.get(info.telecine.telecined, "cannot tell")
     t = Table(show_header=False, box=None, pad_edge=False)
     t.add_column(style="bold")
     t.add_column()
@@ -91,6 +97,7 @@ def probe(file: Path, model, deinterlace, field_rate, ivtc, crop, width, height,
         ("aspect", f"SAR {info.sar.numerator}:{info.sar.denominator}, DAR {aspect_label(info.dar)}"),
         ("colour", info.colour),
         ("fields", f"{'interlaced ' + v.field_order.upper() if v.interlaced else 'progressive'}  [{v.source}: {v.evidence}]"),
+        ("telecine", f"{telecined}  [{info.telecine.evidence}]"),
         ("duration", f"{info.duration:.3f} s" if info.duration else "unknown"),
         ("frames", frames),
     ]
@@ -158,7 +165,11 @@ def _fmt_time(seconds: float) -> str:
 @click.option("--deinterlace", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True)
 @click.option("--field-rate", type=click.Choice(["single", "double"]), default="single", show_default=True,
               help="double: one frame per field (59.94p from 29.97i).")
+@click.option("--field-order", type=click.Choice(["auto", "tff", "bff"]), default="auto", show_default=True,
+              help="auto: the flags, or the pictures' order where they clearly contradict the flags.")
 @click.option("--ivtc", is_flag=True, help="Undo 3:2 telecine (film on NTSC video) to 23.976p.")
+@click.option("--force-ivtc", is_flag=True,
+              help="With --ivtc: run it even where the picture does not look telecined (drops one frame in five).")
 @click.option("--crop", default=None, help="auto, or L,T,R,B pixels to remove before upscaling.")
 @click.option("--width", type=int, default=None, help="Output width, aspect kept.")
 @click.option("--height", type=int, default=None, help="Output height, aspect kept (e.g. 1080).")

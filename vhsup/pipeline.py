@@ -42,7 +42,9 @@ class Options:
     batch: int | str = "auto"
     deinterlace: str = "auto"
     field_rate: str = "single"
+    field_order: str = "auto"  # auto (the pictures', where they contradict the flags) | tff | bff
     ivtc: bool = False
+    force_ivtc: bool = False  # --ivtc even where the picture does not look telecined
     crop: str | Crop | None = None
     width: int | None = None
     height: int | None = None
@@ -214,11 +216,17 @@ def _auto_crop(path: Path, info: VideoInfo, plan: FilterPlan) -> Crop:
     return detect_crop(samples, vhs_bottom=vhs_like)
 
 
+def field_plan(info: VideoInfo, opts: Options) -> FilterPlan:
+    """The field handling (deinterlace, field order, inverse telecine) ``opts`` asks for on ``info``."""
+    return plan_filters(info, deinterlace=opts.deinterlace, field_rate=opts.field_rate, ivtc=opts.ivtc,
+                        field_order=opts.field_order, force_ivtc=opts.force_ivtc)
+
+
 def make_plan(src: str | os.PathLike[str], opts: Options, *, scale: int, model: str, info: VideoInfo | None = None) -> Plan:
     """Probe and decide fields, crop, range and sizes for a model of ``scale``."""
     path = Path(src)
     info = info or probe(path)
-    filters = plan_filters(info, deinterlace=opts.deinterlace, field_rate=opts.field_rate, ivtc=opts.ivtc)
+    filters = field_plan(info, opts)
     crop = opts.crop if isinstance(opts.crop, Crop) else parse_crop(opts.crop)
     crop_source = "none" if not crop else "user"
     if crop == "auto":
@@ -237,7 +245,8 @@ def make_plan(src: str | os.PathLike[str], opts: Options, *, scale: int, model: 
     if limit is not None:
         estimate = min(estimate, limit) if estimate else limit
     return Plan(info, filters, geometry, model, scale, start, end, limit, max(estimate, 0), crop_source,
-                notices=field_option_notices(info, filters, deinterlace=opts.deinterlace, field_rate=opts.field_rate))
+                notices=[*filters.notes, *field_option_notices(info, filters, deinterlace=opts.deinterlace,
+                                                               field_rate=opts.field_rate)])
 
 
 def model_name(opts: Options) -> str:

@@ -156,7 +156,11 @@ class _Live:
 @click.option("--pix-fmt", default="yuv420p", show_default=True, type=click.Choice(["yuv420p", "yuv420p10le"]))
 @click.option("--deinterlace", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True)
 @click.option("--field-rate", type=click.Choice(["single", "double"]), default="single", show_default=True)
+@click.option("--field-order", type=click.Choice(["auto", "tff", "bff"]), default="auto", show_default=True,
+              help="auto: the flags, or the pictures' order where they clearly contradict the flags.")
 @click.option("--ivtc", is_flag=True, help="Undo 3:2 telecine (film on NTSC video) to 23.976p.")
+@click.option("--force-ivtc", is_flag=True,
+              help="With --ivtc: run it even where the picture does not look telecined (drops one frame in five).")
 @click.option("--crop", default=None, help="auto, or L,T,R,B pixels to remove before upscaling.")
 @click.option("--tile", default="auto", show_default=True, callback=lambda c, p, v: _tile(v))
 @click.option("--batch", "batch_size", default="auto", show_default=True, callback=lambda c, p, v: _batch_size(v))

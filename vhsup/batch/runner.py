@@ -34,11 +34,16 @@ from vhsup.errors import VhsupError
 
 # Options of vhsup.pipeline.Options a batch passes through to every job.
 UPSCALE_OPTIONS = ("model", "height", "width", "codec", "crf", "preset", "pix_fmt", "deinterlace", "field_rate",
-                   "ivtc", "crop", "tile", "batch", "precision", "device", "backend", "allow_download")
+                   "field_order", "ivtc", "force_ivtc", "crop", "tile", "batch", "precision", "device", "backend",
+                   "allow_download")
 # The subset that decides what an output looks like. Device, backend, tile,
 # batch and precision change how fast a job runs, not what it produces (up to
 # rounding), so changing them does not redo a finished library.
 OUTPUT_OPTIONS = ("height", "width", "codec", "crf", "preset", "pix_fmt", "deinterlace", "field_rate", "ivtc", "crop")
+# Output-changing options added later: they join the settings only when set
+# (force_ivtc turns a refusal into an output), so that libraries finished
+# before they existed keep their settings hash and are not redone.
+LATER_OUTPUT_OPTIONS = ("field_order", "force_ivtc")
 EXTENSIONS = ("mkv", "mp4", "mov")
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 3, 130
@@ -350,6 +355,7 @@ def resolve_settings(config: BatchConfig) -> tuple[str, dict]:
         name = str(Path(name).expanduser().resolve())  # workers (and Ray nodes) run elsewhere
     settings = {"model": name, "weights": _weights_id(name), "ext": config.ext.lstrip(".").lower()}
     settings.update({k: getattr(opts, k) for k in OUTPUT_OPTIONS})
+    settings.update({k: getattr(opts, k) for k in LATER_OUTPUT_OPTIONS if getattr(opts, k) != fields[k].default})
     return name, settings
 
 

@@ -37,6 +37,8 @@ class FilterPlan:
         only_flagged: deinterlace only frames flagged interlaced (mixed content).
         ivtc: inverse telecine (fieldmatch + decimate) to 4/5 of the rate.
         rate: output frame rate.
+        notes: what the user should be told about these decisions (flags
+            overruled by the pictures, an inverse telecine that may not fit).
     """
 
     deinterlace: bool
@@ -46,6 +48,7 @@ class FilterPlan:
     only_flagged: bool
     ivtc: bool
     rate: Fraction
+    notes: tuple[str, ...] = ()
 
     def describe(self) -> str:
         if self.ivtc:
@@ -62,21 +65,48 @@ def available_deinterlacer() -> str | None:
     return next((name for name in DEINTERLACERS if name in have), None)
 
 
-def plan_filters(info: VideoInfo, *, deinterlace: str = "auto", field_rate: str = "single", ivtc: bool = False) -> FilterPlan:
-    """Decide the field handling from the probe and the user's options."""
+def plan_filters(info: VideoInfo, *, deinterlace: str = "auto", field_rate: str = "single", ivtc: bool = False,
+                 field_order: str = "auto", force_ivtc: bool = False) -> FilterPlan:
+    """Decide the field handling from the probe and the user's options.
+
+    ``field_order`` 'auto' takes the probe's verdict (the pictures' order
+    where they clearly contradict the flags); 'tff'/'bff' force one, for the
+    deinterlacer and for inverse telecine alike. ``ivtc`` is refused on a
+    picture that clearly is not telecined unless ``force_ivtc``: it would
+    drop a fifth of the frames.
+    """
     if deinterlace not in ("auto", "on", "off"):
         raise VhsupError(f"--deinterlace must be auto, on or off, not {deinterlace!r}")
     if field_rate not in ("single", "double"):
         raise VhsupError(f"--field-rate must be single or double, not {field_rate!r}")
+    if field_order not in ("auto", "tff", "bff"):
+        raise VhsupError(f"--field-order must be auto, tff or bff, not {field_order!r}")
     verdict = info.interlace
-    parity = verdict.field_order if verdict.field_order in ("tff", "bff") else (
-        "bff" if info.field_order == "bff" else "tff"
-    )
+    notes: list[str] = []
+    if field_order != "auto":
+        parity = field_order
+    else:
+        parity = verdict.field_order if verdict.field_order in ("tff", "bff") else (
+            "bff" if info.field_order == "bff" else "tff"
+        )
+        if verdict.order_overruled:
+            notes.append(f"{info.path}: the stream is flagged {info.field_order.upper()} but the pictures are "
+                         f"{parity.upper()} (idet); using {parity.upper()} (--field-order {info.field_order} "
+                         "follows the flags; vhsup probe shows the evidence)")
     if ivtc:
         missing = [f for f in ("fieldmatch", "decimate") if f not in av.filter.filters_available]
         if missing:
             raise VhsupError(f"--ivtc needs the {' and '.join(missing)} filter, which this FFmpeg build lacks")
-        return FilterPlan(False, available_deinterlacer(), parity, False, False, True, info.fps * Fraction(4, 5))
+        tc = info.telecine
+        if tc.telecined is False and not force_ivtc:
+            raise VhsupError(f"--ivtc refused: the picture does not look telecined ({tc.evidence}; 3:2 pulldown "
+                             "repeats a field in 2 of every 5 frames) and inverse telecine would drop one frame in "
+                             "five; leave --ivtc off, or add --force-ivtc to run it anyway", info.path)
+        if not tc.telecined:
+            notes.append(f"{info.path}: --ivtc drops one frame in five, and the picture "
+                         f"{'does not look' if tc.telecined is False else 'may not be'} telecined ({tc.evidence})")
+        return FilterPlan(False, available_deinterlacer(), parity, False, False, True, info.fps * Fraction(4, 5),
+                          tuple(notes))
     wanted = deinterlace == "on" or (deinterlace == "auto" and verdict.interlaced)
     if not wanted:
         return FilterPlan(False, None, parity, False, False, False, info.fps)
@@ -85,7 +115,7 @@ def plan_filters(info: VideoInfo, *, deinterlace: str = "auto", field_rate: str 
         raise VhsupError("this FFmpeg build has neither bwdif nor yadif; use --deinterlace off", info.path)
     double = field_rate == "double"
     only_flagged = deinterlace == "auto" and verdict.mixed and not double
-    return FilterPlan(True, method, parity, double, only_flagged, False, info.fps * (2 if double else 1))
+    return FilterPlan(True, method, parity, double, only_flagged, False, info.fps * (2 if double else 1), tuple(notes))
 
 
 def field_option_notices(info: VideoInfo, plan: FilterPlan, *, deinterlace: str, field_rate: str) -> list[str]:

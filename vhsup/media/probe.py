@@ -1,10 +1,13 @@
 """What vhsup sees in a file: geometry, timing, fields, colour and other streams.
 
-The interlace verdict weighs three kinds of evidence, most trusted first:
-the stream's field order, the decoded frames' interlaced flags, and - when
-those are missing or disagree - libavfilter's ``idet`` on sampled frames.
-Capture-card files (huffyuv, FFV1, MJPEG) are often interlaced yet carry no
-flag at all, which is why the content check exists.
+The interlace verdict weighs three kinds of evidence: the stream's field
+order, the decoded frames' interlaced flags, and libavfilter's ``idet`` on
+sampled frames. Capture-card files (huffyuv, FFV1, MJPEG) are often
+interlaced yet carry no flag at all, and captures and re-encodes are often
+flagged with the wrong field order (deinterlaced with it, motion jitters
+back and forth at field rate), which is why the pictures are always checked
+and win over the flags when they clearly disagree. idet's repeated-field
+counts also tell whether the picture is 3:2 telecined film.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import numpy as np
 
 from vhsup.errors import VhsupError
 from vhsup.media.colour import source_colour
@@ -48,6 +52,8 @@ class InterlaceVerdict:
         flagged_fraction: share of sampled frames flagged interlaced.
         mixed: some frames flagged progressive, some interlaced (e.g. a DVD
             mixing film and video): deinterlace only the flagged ones.
+        order_overruled: the stream is flagged with one field order but the
+            pictures clearly have the other; ``field_order`` is the pictures'.
     """
 
     interlaced: bool
@@ -56,6 +62,32 @@ class InterlaceVerdict:
     evidence: str
     flagged_fraction: float = 0.0
     mixed: bool = False
+    order_overruled: bool = False
+
+
+@dataclass
+class TelecineVerdict:
+    """Whether the picture looks 3:2 telecined (film on NTSC video).
+
+    3:2 pulldown repeats a field in 2 of every 5 frames, i.e. in about 40% of
+    the frames that move; interlaced video and progressive pictures repeat
+    none. Inverse telecine drops one frame in five, so on anything else it
+    throws away a fifth of the tape.
+
+    Attributes:
+        telecined: True or False, or None when the sample moves too little to tell.
+        repeated_fields: sampled frames in which idet found a field repeated
+            from the previous frame.
+        moving_frames: sampled frames that differ visibly from the previous one.
+        frames: frames sampled.
+        evidence: a short human-readable account for ``vhsup probe``.
+    """
+
+    telecined: bool | None
+    repeated_fields: int
+    moving_frames: int
+    frames: int
+    evidence: str
 
 
 @dataclass
@@ -76,6 +108,7 @@ class VideoInfo:
     frames_exact: bool
     field_order: str
     interlace: InterlaceVerdict
+    telecine: TelecineVerdict
     colour: str
     colorspace: int | None
     color_range: int | None
@@ -141,7 +174,15 @@ def _count_packets(path: str, budget_s: float) -> int | None:
 
 
 def _idet(container: av.container.InputContainer, frames: list[av.VideoFrame]) -> dict[str, int]:
-    """Run libavfilter's idet over consecutive frames; return its totals."""
+    """Run libavfilter's idet over consecutive frames; return its totals.
+
+    tff/bff/progressive/undetermined are its multiple-frame verdicts (which
+    field each frame's other field belongs with in time: the content's field
+    order, whatever the flags say); ``repeated`` counts frames with a field
+    repeated from the previous frame (top or bottom).
+    """
+    if len(frames) < 4:
+        return {"tff": 0, "bff": 0, "progressive": 0, "undetermined": 0, "repeated": 0}
     stream = container.streams.video[0]
     graph = av.filter.Graph()
     src = graph.add_buffer(template=stream)
@@ -160,25 +201,41 @@ def _idet(container: av.container.InputContainer, frames: list[av.VideoFrame]) -
                 break
             last = dict(out.metadata)
     keys = ("tff", "bff", "progressive", "undetermined")
-    return {k: int(float(last.get(f"lavfi.idet.multiple.{k}", 0))) for k in keys}
+    counts = {k: int(float(last.get(f"lavfi.idet.multiple.{k}", 0))) for k in keys}
+    counts["repeated"] = sum(int(float(last.get(f"lavfi.idet.repeated.{k}", 0))) for k in ("top", "bottom"))
+    return counts
 
 
-def _interlace_verdict(
-    field_order: str, frames: list[av.VideoFrame], container: av.container.InputContainer
-) -> InterlaceVerdict:
+def _moving_frames(frames: list[av.VideoFrame]) -> int:
+    """Frames that differ visibly from the previous one (a repeated field only shows where there is motion)."""
+    moving, prev = 0, None
+    for f in frames:
+        # Every line (both fields: in a telecine one of them may be repeated), every other column.
+        luma = f.reformat(format="gray", threads=1).to_ndarray()[:, ::2].astype(np.int16)
+        # At least 0.2% of the pixels changed by more than 12 levels: more than coding noise.
+        if prev is not None and prev.shape == luma.shape and np.mean(np.abs(luma - prev) > 12) > 0.002:
+            moving += 1
+        prev = luma
+    return moving
+
+
+def _telecine_verdict(counts: dict[str, int], moving: int, n: int) -> TelecineVerdict:
+    rep = counts["repeated"]
+    ev = f"idet: {rep} of {n} sampled frames repeat a field; {moving} move"
+    if moving < 8:
+        return TelecineVerdict(None, rep, moving, n, ev + " (too little motion to tell)")
+    if rep >= 0.25 * moving:
+        return TelecineVerdict(True, rep, moving, n, ev + " (3:2 pulldown repeats one in 2 of every 5 frames)")
+    if rep <= 0.1 * moving:
+        return TelecineVerdict(False, rep, moving, n, ev)
+    return TelecineVerdict(None, rep, moving, n, ev + " (no clear 3:2 pattern)")
+
+
+def _interlace_verdict(field_order: str, frames: list[av.VideoFrame], counts: dict[str, int]) -> InterlaceVerdict:
     n = len(frames)
     flagged = sum(1 for f in frames if f.interlaced_frame)
     frac = flagged / n if n else 0.0
     flags = f"stream field order {field_order}; {flagged}/{n} sampled frames flagged interlaced"
-    if field_order in ("tff", "bff") and frac >= 0.9:
-        # Both kinds of flag agree on interlaced: the reliable case (DVD video, DV).
-        return InterlaceVerdict(True, field_order, "stream", flags, frac)
-    if field_order in ("tff", "bff") and 0.1 <= frac < 0.9:
-        return InterlaceVerdict(True, field_order, "frames", flags + " (mixed content)", frac, mixed=True)
-    # Everything else is checked against the pictures. Flags that say
-    # "progressive" are often just an encoder's default: a VHS capture
-    # re-encoded without interlace flags still has combing in every frame.
-    counts = _idet(container, frames) if n >= 4 else {"tff": 0, "bff": 0, "progressive": 0, "undetermined": 0}
     inter = counts["tff"] + counts["bff"]
     decided = inter + counts["progressive"]
     ev = (
@@ -186,6 +243,22 @@ def _interlace_verdict(
         f"progressive {counts['progressive']}, undetermined {counts['undetermined']}"
     )
     idet_order = "tff" if counts["tff"] >= counts["bff"] else "bff"
+    if field_order in ("tff", "bff") and frac >= 0.1:
+        mixed = frac < 0.9
+        other = "bff" if field_order == "tff" else "tff"
+        against, agree = counts[other], counts[field_order]
+        if against >= 4 * max(agree, 1) and against >= min(8, n // 2):
+            # The pictures clearly have the other order: a mislabelled capture
+            # or re-encode. Deinterlaced by the flags, motion would jitter.
+            ev += f"; the flags say {field_order} but the pictures are {other}: flags overruled"
+            return InterlaceVerdict(True, other, "idet", ev, frac, mixed=mixed, order_overruled=True)
+        if not mixed:
+            # Both kinds of flag agree on interlaced: the usual case (DVD video, DV).
+            return InterlaceVerdict(True, field_order, "stream", ev, frac)
+        return InterlaceVerdict(True, field_order, "frames", ev + " (mixed content)", frac, mixed=True)
+    # Everything else is decided by the pictures. Flags that say
+    # "progressive" are often just an encoder's default: a VHS capture
+    # re-encoded without interlace flags still has combing in every frame.
     says_progressive = field_order == "progressive" or (field_order in ("tff", "bff") and n > 0)
     if says_progressive:
         # Overrule the flags only on strong evidence: most sampled frames combed.
@@ -268,7 +341,9 @@ def probe(path: str | os.PathLike[str], *, analyse_frames: int = 48, count_budge
         if field_order == "unknown" and cc.name == "dvvideo":
             # AVI has no field-order field; DV itself is always bottom field first.
             field_order = "bff"
-        verdict = _interlace_verdict(field_order, sampled, container)
+        counts = _idet(container, sampled)
+        verdict = _interlace_verdict(field_order, sampled, counts)
+        telecine = _telecine_verdict(counts, _moving_frames(sampled), len(sampled))
         sar = _sar(stream)
         dar = sar * Fraction(width, height)
         colorspace = int(first.colorspace) if first.colorspace is not None else None
@@ -303,6 +378,7 @@ def probe(path: str | os.PathLike[str], *, analyse_frames: int = 48, count_budge
             frames_exact=frames_exact,
             field_order=field_order,
             interlace=verdict,
+            telecine=telecine,
             colour=colour,
             colorspace=colorspace,
             color_range=color_range,

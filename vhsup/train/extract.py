@@ -87,7 +87,7 @@ SCAN_MIN_WIDTH = 160  # the scan's reduced decode never goes narrower than this
 RUN_GAP = 3.0  # picks closer than this are decoded in one pass instead of seeking to each
 MANIFEST_EVERY = 25  # rewrite the manifest after this many new frames (and at the end)
 
-MEDIA_OPTIONS = ("deinterlace", "ivtc", "crop", "decode_threads")
+MEDIA_OPTIONS = ("deinterlace", "field_order", "ivtc", "force_ivtc", "crop", "decode_threads")
 
 
 @dataclass
@@ -566,7 +566,8 @@ def extract_frames(
             its manifest lists and any NNNNNN.png) and start again.
         notice: called with one-line messages for the user.
         progress: ``progress(phase, done, total)``: "scan" in seconds of video, "write" in frames.
-        media_options: ``deinterlace`` (auto/on/off), ``ivtc``, ``crop``
+        media_options: ``deinterlace`` (auto/on/off), ``field_order`` (auto/tff/bff),
+            ``ivtc``, ``force_ivtc``, ``crop``
             (None, 'auto' or 'L,T,R,B') and ``decode_threads``, as for ``vhsup upscale``.
 
     Raises:
@@ -640,6 +641,8 @@ def extract_frames(
     if not paths:
         raise VhsupError(f"none of the {plural(len(seen), 'input')} can be read (see the notices above)")
     for p, plan in zip(paths, plans):
+        for message in plan.notices:
+            tell(message)
         if plan.crop_source == "auto":
             tell(f"{p}: crop {plan.geometry.crop} (auto)")
 
