@@ -48,3 +48,10 @@ def test_probe_shows_the_same_notices(mp4_clip):
     assert "plan: notice" in r.stdout and "--field-rate double does nothing" in r.stdout
     r = CliRunner().invoke(main, ["probe", str(mp4_clip.path), "--field-rate", "double", "--model", "bicubic", "--json"])
     assert any("--field-rate double" in n for n in json.loads(r.stdout)["plan"]["notices"])
+
+
+def test_field_order_on_progressive_input_says_it_does_nothing(mp4_clip, dvd_clip, tmp_path):
+    r = upscale_video(mp4_clip.path, tmp_path / "p.mkv", field_order="bff", **FAST)
+    assert any(n.startswith("--field-order bff does nothing: the picture is not deinterlaced") for n in r.notices)
+    r = upscale_video(dvd_clip.path, tmp_path / "i.mkv", field_order="bff", **FAST)
+    assert not [n for n in r.notices if n.startswith("--field-order")] and "bwdif bff" in r.deinterlace

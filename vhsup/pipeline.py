@@ -20,12 +20,13 @@ from vhsup.atomic import check_output
 from vhsup.errors import Interrupted, VhsupError
 from vhsup.media.colour import output_colour, source_colour
 from vhsup.media.decode import DecodeStats, open_input, video_frames
-from vhsup.media.filters import FilterPlan, field_option_notices, pictures, plan_filters, progressive_frames
+from vhsup.media.filters import FilterPlan, pictures, plan_filters, progressive_frames
 from vhsup.media.geometry import Crop, Geometry, detect_crop, fit, parse_crop, plan_geometry
 from vhsup.media.picture import Picture
 from vhsup.media.probe import VideoInfo, probe
 from vhsup.preview import check_still_name
 from vhsup.stages import Background, Worker
+from vhsup.wording import aspect_label, plural
 
 Notice = Callable[[str], None]
 
@@ -99,7 +100,7 @@ class Plan:
             "sr_size": [g.sr_w, g.sr_h],
             "output_size": [g.out_w, g.out_h],
             "output_sar": f"{g.out_sar.numerator}:{g.out_sar.denominator}",
-            "display_aspect": f"{g.dar.numerator}:{g.dar.denominator}",
+            "display_aspect": aspect_label(g.dar),
             "frames_out_estimate": self.frames_estimate,
             "notices": list(self.notices),
         }
@@ -190,19 +191,23 @@ def decode_from(container, start: Fraction | None, *, threads: int = 0,
         preroll *= 8
 
 
-def _auto_crop(path: Path, info: VideoInfo, plan: FilterPlan) -> Crop:
-    """Sample frames across the file (deinterlaced as the run will see them) and measure borders."""
+def _auto_crop(path: Path, info: VideoInfo) -> Crop:
+    """Sample frames across the file and measure borders.
+
+    The frames are measured as decoded, not deinterlaced: a deinterlacer
+    fills every other line by interpolation, which smears a border line
+    into its picture neighbour, and the crop's lines are the same either way.
+    """
     colour = source_colour(info.height, info.colorspace, info.color_range)
     samples = []
     span = info.duration or 0
     points = [info.start_time + span * k / 8 for k in range(1, 8)] if span > 8 else [None]
     container = open_input(path)
     try:
-        stream = container.streams.video[0]
         for point in points:
             frames = video_frames(container, start=point, preroll=0.0)
             got = 0
-            for pic in pictures(progressive_frames(frames, stream, plan), colour, Crop()):
+            for pic in pictures(frames, colour, Crop()):
                 if got % 4 == 0:
                     samples.append(pic.rgb)
                 got += 1
@@ -230,7 +235,7 @@ def make_plan(src: str | os.PathLike[str], opts: Options, *, scale: int, model: 
     crop = opts.crop if isinstance(opts.crop, Crop) else parse_crop(opts.crop)
     crop_source = "none" if not crop else "user"
     if crop == "auto":
-        crop = _auto_crop(path, info, filters)
+        crop = _auto_crop(path, info)
         crop_source = "auto"
     geometry = plan_geometry(
         info.width, info.height, info.sar, scale, crop=crop or None, width=opts.width, height=opts.height
@@ -245,8 +250,7 @@ def make_plan(src: str | os.PathLike[str], opts: Options, *, scale: int, model: 
     if limit is not None:
         estimate = min(estimate, limit) if estimate else limit
     return Plan(info, filters, geometry, model, scale, start, end, limit, max(estimate, 0), crop_source,
-                notices=[*filters.notes, *field_option_notices(info, filters, deinterlace=opts.deinterlace,
-                                                               field_rate=opts.field_rate)])
+                notices=list(filters.notes))
 
 
 def model_name(opts: Options) -> str:
@@ -432,14 +436,15 @@ class Run:
             compare_path = str(write_compare(Path(opts.compare), src_rgb, sr_rgb, model_name=self.model_name,
                                              scale=self.engine.scale, display_sar=g.sar))
         if self.stats.errors:
-            self.notice(f"{self.src}: {self.stats.errors} decode errors; {self.stats.frames} frames decoded and upscaled")
+            self.notice(f"{self.src}: {plural(self.stats.errors, 'decode error')}; "
+                        f"{plural(self.stats.frames, 'frame')} decoded and upscaled")
         seconds = time.perf_counter() - t0
         dev = self.engine.describe()
         return Result(
             input=str(self.src), output=str(dst), model=self.model_name, device=str(dev.get("device")),
             precision=str(dev.get("precision")), tile=int(dev.get("tile", 0)), frames_in=self.stats.frames,
             frames_out=self.frames_out, fps_out=round(self.frames_out / seconds, 3) if seconds else 0.0,
-            width=g.out_w, height=g.out_h, display_aspect=f"{g.dar.numerator}:{g.dar.denominator}",
+            width=g.out_w, height=g.out_h, display_aspect=aspect_label(g.dar),
             audio_streams=report.audio_streams, subtitle_streams=report.subtitle_streams,
             decode_errors=self.stats.errors, seconds=round(seconds, 3), output_rate=str(plan.filters.rate),
             deinterlace=plan.filters.describe(), crop=str(g.crop), transcoded=list(report.transcoded),

@@ -10,7 +10,7 @@ more than any model choice.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 
 import av
@@ -73,8 +73,16 @@ def plan_filters(info: VideoInfo, *, deinterlace: str = "auto", field_rate: str 
     where they clearly contradict the flags); 'tff'/'bff' force one, for the
     deinterlacer and for inverse telecine alike. ``ivtc`` is refused on a
     picture that clearly is not telecined unless ``force_ivtc``: it would
-    drop a fifth of the frames.
+    drop a fifth of the frames. The plan's ``notes`` also name every option
+    that will not do what it says.
     """
+    plan = _decide(info, deinterlace, field_rate, ivtc, field_order, force_ivtc)
+    notes = _option_notes(info, plan, deinterlace=deinterlace, field_rate=field_rate, field_order=field_order)
+    return replace(plan, notes=plan.notes + tuple(notes)) if notes else plan
+
+
+def _decide(info: VideoInfo, deinterlace: str, field_rate: str, ivtc: bool, field_order: str,
+            force_ivtc: bool) -> FilterPlan:
     if deinterlace not in ("auto", "on", "off"):
         raise VhsupError(f"--deinterlace must be auto, on or off, not {deinterlace!r}")
     if field_rate not in ("single", "double"):
@@ -118,9 +126,13 @@ def plan_filters(info: VideoInfo, *, deinterlace: str = "auto", field_rate: str 
     return FilterPlan(True, method, parity, double, only_flagged, False, info.fps * (2 if double else 1), tuple(notes))
 
 
-def field_option_notices(info: VideoInfo, plan: FilterPlan, *, deinterlace: str, field_rate: str) -> list[str]:
+def _option_notes(info: VideoInfo, plan: FilterPlan, *, deinterlace: str, field_rate: str,
+                  field_order: str) -> list[str]:
     """What the user asked for that the plan will not do, or will do badly, in words."""
     notes = []
+    if field_order != "auto" and not plan.deinterlace and not plan.ivtc:
+        notes.append(f"--field-order {field_order} does nothing: the picture is not deinterlaced"
+                     + (" (--deinterlace off)" if deinterlace == "off" else " (it looks progressive)"))
     if deinterlace == "off" and info.interlace.interlaced and not plan.ivtc:
         notes.append(f"--deinterlace off, but the source looks interlaced ({info.interlace.evidence}): "
                      "the combing will be upscaled as if it were detail")
