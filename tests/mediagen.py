@@ -31,7 +31,7 @@ import struct
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import av
 import av.filter
@@ -491,6 +491,7 @@ def make_clip(
     flash_offset: int = 5,
     metadata: dict[str, str] | None = None,
     languages: Sequence[str] = ("eng", "fra", "deu", "spa"),
+    picture: Callable[[int], np.ndarray] | None = None,
 ) -> ClipInfo:
     """Write a clip and return what it holds.
 
@@ -523,6 +524,8 @@ def make_clip(
             up to 576 lines, BT.709 above.
         colour_tags: tag the stream with its matrix/primaries/transfer/range;
             by default yes except for DV, which is untagged in real life.
+        picture: frame index -> the whole (woven) RGB frame, instead of the
+            standard test picture (then read_index and flashes do not apply).
     """
     path = Path(path)
     rate = Fraction(rate)
@@ -697,7 +700,10 @@ def make_clip(
             while sub is not None and next_cue < len(cues) and cues[next_cue].start <= times[i]:
                 _mux_cue(out, sub, cues[next_cue], sub_codec == "mov_text")
                 next_cue += 1
-            rgb = render_frame(width, height, i, float(rel_times[i]), float(durations[i] / 2), interlaced, i in flashes)
+            if picture is not None:
+                rgb = picture(i)
+            else:
+                rgb = render_frame(width, height, i, float(rel_times[i]), float(durations[i] / 2), interlaced, i in flashes)
             vf = to_yuv(rgb, pix_fmt, matrix, interlaced is not None)
             vf.pts = round(times[i] / tb)
             vf.time_base = tb
@@ -936,3 +942,110 @@ def make_telecined_clip(path: str | Path, film_frames: int = 24, *, vcodec: str 
         drain()
         out.mux(s.encode(None))
     return Path(path)
+
+
+# --------------------------------------------------------------------------
+# Bordered pictures: what auto-crop has to find, line for line.
+
+
+@dataclass(frozen=True)
+class Borders:
+    """What surrounds the picture of a bordered clip, counted from each edge.
+
+    Attributes:
+        left, right: black side bars (samples outside the ~704 picture).
+        top_black, bottom_black: black bars (a letterboxed film).
+        top_dark: dark grey noisy lines under ``top_black``: the end of the
+            vertical blanking that a VHS capture often shows.
+        head_switch: torn lines at the very bottom, as a VCR's head
+            switching leaves them: shifted further right line by line, a
+            black gap on the left, heavy noise.
+    """
+
+    left: int = 0
+    right: int = 0
+    top_black: int = 0
+    top_dark: int = 0
+    bottom_black: int = 0
+    head_switch: int = 0
+
+    @property
+    def crop(self) -> tuple[int, int, int, int]:
+        """The exact crop (left, top, right, bottom) that keeps all the picture and nothing else."""
+        return (self.left, self.top_black + self.top_dark, self.right, self.bottom_black + self.head_switch)
+
+
+def bordered_picture(
+    width: int, height: int, borders: Borders, *, field_order: str | None = None, fade: int = 0, seed: int = 0
+) -> Callable[[int], np.ndarray]:
+    """Frame index -> RGB frame: a textured, panning scene framed by ``borders``.
+
+    The scene is dark (luma about 2-18, still textured) in a band along
+    every edge of the picture, so a fixed black threshold mistakes picture
+    for border, and brighter in the middle with a bright disc moving across.
+    The first ``fade`` frames fade the scene to near black (the borders stay
+    as they are, as on a tape). Luma noise is everywhere. Interlaced frames
+    weave two instants half a frame apart (the earlier field on the odd
+    lines for BFF, on the even lines for TFF).
+    """
+    import cv2
+
+    b = borders
+    rng = np.random.default_rng(seed)
+    pan = 5  # samples per frame
+    big_h, big_w = height + 64, width + 64 + pan * 200
+    coarse = cv2.GaussianBlur(rng.normal(0, 1, (big_h, big_w)).astype(np.float32), (0, 0), 7)
+    fine = cv2.GaussianBlur(rng.normal(0, 1, (big_h, big_w)).astype(np.float32), (0, 0), 1.5)
+    tex = coarse / coarse.std() + 0.8 * fine / fine.std()
+    tex = (tex - tex.mean()) / tex.std()
+    # Distance of each pixel from the nearest picture edge, for the dark band.
+    y0, y1 = b.top_black + b.top_dark, height - b.bottom_black - b.head_switch
+    x0, x1 = b.left, width - b.right
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    d = np.minimum(np.minimum(yy - y0, y1 - 1 - yy), np.minimum(xx - x0, x1 - 1 - xx))
+    bright = np.clip(d / 16, 0, 1)
+    bright[y1:] = 1  # the torn lines carry the picture's own lines, mistimed
+    yy -= height / 2
+    xx -= width / 2
+
+    def scene(t: float, gain: float) -> np.ndarray:
+        ox, oy = round(32 + pan * t), round(32 + 12 * np.sin(t / 5))
+        window = tex[oy : oy + height, ox : ox + width]
+        luma = (1 - bright) * np.clip(10 + 5 * window, 2, 18) + bright * np.clip(130 + 40 * window, 40, 225)
+        cx = (t * 11) % (width - 300) - (width - 300) / 2
+        luma[(xx - cx) ** 2 + (yy - 30 * np.sin(t / 3)) ** 2 < 45**2] = 235
+        return luma * gain
+
+    def frame(i: int) -> np.ndarray:
+        gain = 0.03 + 0.97 * min(1.0, i / fade) if fade else 1.0
+        luma = scene(float(i), gain)
+        if field_order is not None:
+            late = scene(i + 0.5, gain)
+            rows = slice(0, None, 2) if field_order == "bff" else slice(1, None, 2)
+            luma[rows] = late[rows]
+        luma += rng.normal(0, 3, luma.shape)
+        black = np.abs(rng.normal(0, 1.5, luma.shape))
+        luma[:, :x0] = black[:, :x0]
+        luma[:, x1:] = black[:, x1:]
+        luma[: b.top_black] = black[: b.top_black]
+        luma[b.top_black : y0, x0:x1] = rng.normal(28, 5, (b.top_dark, x1 - x0))
+        luma[y1 : height - b.head_switch] = black[y1 : height - b.head_switch]
+        for j in range(b.head_switch):
+            r = height - b.head_switch + j
+            shift = 3 + 5 * j + int(rng.integers(0, 4))
+            torn = np.zeros(width, np.float32)
+            torn[shift:] = luma[r, : width - shift]
+            luma[r] = torn + rng.normal(0, 14, width)
+        luma = np.clip(luma, 0, 255)
+        return np.clip(luma[..., None] * np.array([1.04, 1.0, 0.9], np.float32), 0, 255).astype(np.uint8)
+
+    return frame
+
+
+def make_bordered_clip(path: str | Path, borders: Borders, *, fade: int = 0, seed: int = 0, **clip) -> ClipInfo:
+    """``make_clip`` with ``bordered_picture`` frames (same keyword arguments)."""
+    vcodec = clip.get("vcodec", "libx264")
+    width, height = clip.get("size") or _default_size(vcodec, Fraction(clip.get("rate", NTSC_RATE)))
+    order = "bff" if vcodec == "dvvideo" else clip.get("interlaced")
+    picture = bordered_picture(width, height, borders, field_order=order, fade=fade, seed=seed)
+    return make_clip(path, picture=picture, **clip)

@@ -1,12 +1,15 @@
 """Sizes and aspect: the output must show the source's display shape."""
 
+import json
 from fractions import Fraction
 
 import numpy as np
 import pytest
 
+import mediagen
 from vhsup.errors import VhsupError
 from vhsup.media.geometry import Crop, detect_crop, fit, parse_crop, plan_geometry
+from vhsup.pipeline import Options, make_plan
 
 
 def test_widescreen_dvd_keeps_16_9_by_tagging_sar():
@@ -82,6 +85,63 @@ def test_detect_crop_finds_black_bars_and_head_switching():
     assert c.bottom <= 60 + 12
     plain = detect_crop(frames, vhs_bottom=False)
     assert plain.bottom == 60
+
+
+def auto_crop(path) -> Crop:
+    return make_plan(path, Options(crop="auto"), scale=2, model="bicubic").geometry.crop
+
+
+@pytest.fixture(scope="module")
+def tape(tmp_path_factory):
+    """A VHS tape through a DV bridge (NTSC DV in AVI, BFF): 8 and 10 black
+    samples at the sides, one dark grey noisy line at the top, 7 torn
+    head-switching lines at the bottom, a dark textured picture along every
+    edge, and the first 12 of its 30 frames fading up from near black."""
+    borders = mediagen.Borders(left=8, right=10, top_dark=1, head_switch=7)
+    path = tmp_path_factory.mktemp("tape") / "tape.avi"
+    mediagen.make_bordered_clip(path, borders, fade=12, vcodec="dvvideo", frames=30)
+    return path, borders
+
+
+def test_auto_crop_on_a_vhs_tape_is_exact_to_the_line(tape):
+    from click.testing import CliRunner
+
+    from vhsup.cli import main
+
+    path, borders = tape
+    assert borders.crop == (8, 1, 10, 7)
+    r = CliRunner().invoke(main, ["probe", str(path), "--crop", "auto", "--json", "--model", "bicubic"])
+    assert r.exit_code == 0, r.stderr
+    plan = json.loads(r.stdout)["plan"]
+    # The dark top line and every torn line go, and not one line of picture.
+    assert plan["crop"] == "8,1,10,7" and plan["crop_source"] == "auto"
+    assert plan["model_size"] == [720 - 18, 480 - 8]
+
+
+def test_auto_crop_keeps_every_line_of_a_letterboxed_dvd(tmp_path):
+    # A 1.85:1 film on a 4:3 NTSC DVD: black bars that no macroblock edge
+    # lines up with, and the film dark where it meets them. No head switching.
+    borders = mediagen.Borders(top_black=67, bottom_black=69)
+    path = tmp_path / "film.vob"
+    mediagen.make_bordered_clip(path, borders, vcodec="mpeg2video", size=(720, 480), interlaced="tff",
+                                sar=Fraction(10, 11), frames=24)
+    assert auto_crop(path) == Crop(0, 67, 0, 69)
+
+
+def test_auto_crop_leaves_a_clip_without_borders_alone(tmp_path):
+    # A capture-card FFV1 file (head switching is looked for) whose picture
+    # fills the frame, dark along the edges, fading up from black.
+    path = tmp_path / "full.mkv"
+    mediagen.make_bordered_clip(path, mediagen.Borders(), fade=12, vcodec="ffv1", size=(320, 240), frames=30)
+    assert auto_crop(path) == Crop()
+
+
+def test_a_dark_scene_is_not_a_border():
+    # Every sample near black with a little noise (a night scene, a long
+    # fade): nothing tells picture from border, so nothing is cropped.
+    rng = np.random.default_rng(3)
+    frames = [np.clip(rng.normal(3, 2, (480, 720, 3)), 0, 255).astype(np.uint8) for _ in range(6)]
+    assert detect_crop(frames, vhs_bottom=True) == Crop()
 
 
 def test_fit_uses_exact_target_size():

@@ -692,8 +692,7 @@ def upscale_chunked(
     crop = opts.crop if isinstance(opts.crop, Crop) else parse_crop(opts.crop)
     if crop == "auto":
         # Decided once for the whole video, not once per chunk.
-        filters = field_plan(info, opts)
-        crop = _auto_crop(src_path, info, filters)
+        crop = _auto_crop(src_path, info)
     opts = replace(opts, crop=crop or None)
     key = _settings_key(src_path, replace(opts, crop=str(crop) if crop else None), fmt)
 

@@ -130,52 +130,120 @@ def plan_geometry(
                     Fraction(out_w, out_h) * out_sar)
 
 
-def detect_crop(samples: list[np.ndarray], *, vhs_bottom: bool = True, black: int = 24, max_frac: float = 0.25) -> Crop:
-    """Find black borders and VHS head-switching lines in sampled RGB frames.
+# Auto-crop thresholds, in full-range luma levels (0-255) of the sampled RGB.
+_BLACK_MEAN = 5.0  # a black line averages at most this (noise on black clips at 0)...
+_BLACK_PEAK = 24.0  # ...and its 98th percentile stays below this (codec ringing, not stars or credits)
+_BLANK_MEAN = 64.0  # a blank line (end of blanking, a dark grey line) is dark...
+_BLANK_CORR = 0.5  # ...and unlike the picture next to it: correlation with the next lines below this
+_BOX = 9  # positions averaged before that correlation
+_TORN_ZONE = 20  # head-switching lies in the bottom lines of a VHS frame
 
-    A row or column is border when it stays dark (luma below ``black``) in
-    every sample. Head-switching noise is the band of bottom lines that are
-    horizontally torn: their line-to-line difference is several times the
-    picture's typical one. Crops are even so 4:2:0 chroma stays aligned.
+
+def _continuity(lines: np.ndarray) -> np.ndarray:
+    """Per sample and line, how much it looks like the picture inwards of it:
+    the larger correlation with the next line and the one after (the same
+    field when lines are rows of interlaced video).
+
+    Picture is continuous from line to line; noise on a blanking line, or a
+    constant one, is not. Lines are first averaged over ``_BOX`` positions:
+    that keeps the picture's shapes and drops most of the noise, which would
+    otherwise hide a dark picture's continuity. ``lines`` is (samples,
+    lines, positions along a line); the result has two lines fewer.
     """
-    if not samples:
-        return Crop()
-    h, w = samples[0].shape[:2]
+    box = max(1, min(_BOX, lines.shape[2] // 4))
+    c = np.cumsum(lines, axis=2, dtype=np.float64)
+    lines = c[:, :, box:] - c[:, :, :-box]
+    centred = lines - lines.mean(axis=2, keepdims=True)
+    norm = np.sqrt((centred * centred).sum(axis=2)) + 1e-2 * box * lines.shape[2]
+
+    def corr(step: int) -> np.ndarray:
+        a, b = centred[:, : centred.shape[1] - 2], centred[:, step : centred.shape[1] - 2 + step]
+        return (a * b).sum(axis=2) / (norm[:, : a.shape[1]] * norm[:, step : step + a.shape[1]])
+
+    return np.maximum(corr(1), corr(2))
+
+
+def _border_lines(lines: np.ndarray, limit: int, torn: np.ndarray | None = None) -> int:
+    """How many lines, counted from index 0 inwards, are not picture.
+
+    A line is border when every sample shows it black (bars, blanking), or
+    when every sample shows it blank - dark, and not continuous with the
+    lines inwards of it - at the same level all through the file (the dark
+    grey line at the end of a VHS frame's vertical blanking). Picture,
+    however dark, continues into its neighbours in some sample, or changes
+    with the scene. ``torn`` marks head-switching lines, also border. The
+    run ends at two picture lines in a row. A run that reaches ``limit`` is
+    a dark picture or a black file, not a border: then nothing is border.
+    """
+    n = min(limit + 1, lines.shape[1] - 2)
+    head = lines[:, :n]
+    mean = head.mean(axis=2)
+    peak = np.percentile(head, 98, axis=2)
+    black = ((mean <= _BLACK_MEAN) & (peak <= _BLACK_PEAK)).all(axis=0)
+    blank = ((mean <= _BLANK_MEAN) & (_continuity(lines[:, : n + 2]) < _BLANK_CORR)).all(axis=0)
+    top = mean.max(axis=0)
+    steady = top - mean.min(axis=0) <= 3 + 0.15 * top
+    border = black | (blank & steady)
+    if torn is not None:
+        border |= torn[:n]
+    # A lone picture-like line between border lines is border too: a ringing
+    # lobe of the picture edge (VCR peaking, codec ringing) inside a bar.
+    count = 0
+    while count < n and (border[count] or (count + 1 < n and border[count + 1])):
+        count += 1
+    return 0 if count >= limit else count
+
+
+def _torn_lines(luma: np.ndarray, skip: int) -> np.ndarray:
+    """Head-switching lines, as a mask over the lines counted from the bottom.
+
+    They are looked for among the ``_TORN_ZONE`` lines above the ``skip``
+    bottom lines that are border already (a capture may show black lines
+    below the tape's picture). A torn line is the picture shifted sideways,
+    with noise, so it differs from the line two above it (the same field:
+    combing does not count) 1.3 times more than the 32 lines above it differ
+    from theirs - in the median sample, so that one scene's horizontal edge
+    does not count. The window above holds the picture even when the
+    band below the line is torn: a median ignores up to 15 torn lines.
+    """
+    h = luma.shape[1]
+    d = np.abs(luma[:, 2:] - luma[:, :-2]).mean(axis=2)  # d[:, i - 2]: line i against line i - 2
+    torn = np.zeros(h, bool)
+    for j in range(skip, min(skip + _TORN_ZONE, h - 36)):
+        i = h - 1 - j
+        ref = np.maximum(np.median(d[:, i - 2 - 32 : i - 2], axis=1), 2.0)
+        torn[j] = np.median(d[:, i - 2] / ref) > 1.3
+    return torn
+
+
+def detect_crop(samples: list[np.ndarray], *, vhs_bottom: bool = True, max_frac: float = 0.25) -> Crop:
+    """Find black borders, blanking lines and VHS head-switching in sampled RGB frames.
+
+    Side bars are measured on the middle half of the rows (inside any
+    letterbox), then top and bottom on the columns between the bars. Each
+    edge counts lines from the outside in until the first one that is
+    picture (see ``_border_lines``), and with ``vhs_bottom`` the torn
+    head-switching lines at the bottom count as border too.
+
+    The crop is exact to the line, odd values included: it is applied to
+    RGB after the chroma has been upsampled, so no 4:2:0 (or 4:1:1) grid
+    constrains it, and ``plan_geometry`` makes the encoded size even. A
+    rounded crop would trim a line of picture or leave a line of border.
+    """
+    if not samples or min(samples[0].shape[:2]) < 16:
+        return Crop()  # no room for a border worth measuring
     luma = np.stack([s.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32) for s in samples])
-    row_max = np.percentile(luma, 98, axis=2).max(axis=0)  # per row, worst case across samples
-    col_max = np.percentile(luma, 98, axis=1).max(axis=0)
-
-    def edge(profile: np.ndarray, limit: int) -> int:
-        n = 0
-        while n < limit and profile[n] < black:
-            n += 1
-        return n
-
+    _, h, w = luma.shape
     lim_h, lim_w = int(h * max_frac), int(w * max_frac)
-    top, bottom = edge(row_max, lim_h), edge(row_max[::-1], lim_h)
-    left, right = edge(col_max, lim_w), edge(col_max[::-1], lim_w)
+    columns = luma[:, h // 4 : 3 * h // 4].transpose(0, 2, 1)
+    left = _border_lines(columns, lim_w)
+    right = _border_lines(columns[:, ::-1], lim_w)
+    rows = luma[:, :, left : w - right]
+    top = _border_lines(rows, lim_h)
+    bottom = _border_lines(rows[:, ::-1], lim_h)
     if vhs_bottom and h >= 200:
-        # diff[r] is the mean |row r+1 - row r| over samples and width. Torn
-        # lines differ from their neighbours several times more than the
-        # picture just above them does; count them up from the bottom edge.
-        diff = np.abs(np.diff(luma, axis=1)).mean(axis=(0, 2))
-        last = h - 2 - bottom  # the pair (last, last + 1) ends at the picture's bottom row
-        # The reference is the calmer of the picture's middle and the lines
-        # just above the band (captions or a date stamp there raise the latter).
-        body = float(np.median(diff[h // 4 : 3 * h // 4]))
-        near = float(np.median(diff[max(0, last - 60) : last - 20]))
-        reference = min(body, near) + 1e-3
-        n, misses = 0, 0
-        for i in range(16):
-            if diff[last - i] > 1.6 * reference:
-                n, misses = i + 1, 0
-            else:
-                misses += 1
-                if misses > 1:
-                    break
-        bottom += n
-    even = lambda v: (v + 1) // 2 * 2  # noqa: E731
-    return Crop(even(left), even(top), even(right), even(bottom))
+        bottom = _border_lines(rows[:, ::-1], lim_h, _torn_lines(rows, bottom))
+    return Crop(left, top, right, bottom)
 
 
 def fit(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
