@@ -174,6 +174,24 @@ def test_changed_input_redoes_only_it_and_a_changed_model_redoes_all(clips, tmp_
     assert sorted(p.name for p in out.glob("*.mkv")) == ["x.mkv", "y.mkv", "z.mkv"]
 
 
+def test_tile_batch_and_device_keep_a_finished_library_and_precision_redoes_it(clips, tmp_path):
+    src, out = tmp_path / "src", tmp_path / "out"
+    put(tiny(clips, "a.mp4"), src / "a.mp4")
+    code, first = run_cli(str(src), "--out", str(out), *FAST)
+    assert code == 0 and first["counts"]["ran"] == 1
+    done = (out / "a.mkv").stat().st_mtime_ns
+
+    # Within rounding the same pixels: nothing to redo.
+    code, same = run_cli(str(src), "--out", str(out), *FAST, "--tile", "32", "--batch", "2", "--device", "cpu")
+    assert code == 0 and [(j["action"], j["why"]) for j in same["jobs"]] == [("skipped", "done")]
+    assert (out / "a.mkv").stat().st_mtime_ns == done
+
+    # Another precision gives other pixels: the file is redone, in place.
+    code, redone = run_cli(str(src), "--out", str(out), *FAST, "--precision", "fp32")
+    assert code == 0 and [(j["action"], j["why"]) for j in redone["jobs"]] == [("ran", "settings changed")]
+    assert frame_count(out / "a.mkv") == 6
+
+
 def _start_and_wait_for_partial(src: Path, out: Path, *extra: str) -> subprocess.Popen:
     """Start a batch subprocess and return once a job is writing its partial output."""
     proc = subprocess.Popen([*CLI, str(src), "--out", str(out), *FAST, "--quiet", *extra],

@@ -171,6 +171,25 @@ def test_changed_settings_redo_every_chunk(long_clip, tmp_path):
     assert r.frames_out == long_clip.frames
 
 
+def test_another_tile_or_batch_size_keeps_the_finished_chunks(long_clip, tmp_path):
+    """Tile and batch size change the pixels within rounding at most: a rerun with others resumes."""
+    dst = tmp_path / "retiled.mkv"
+    work = work_dir(dst)
+
+    def stop(done: int, total: int) -> None:
+        if list(work.glob("chunk-*.json")):
+            raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted):
+        upscale_chunked(long_clip.path, dst, workers=1, chunk_seconds=THIRDS, progress=stop, **FAST)
+    notes: list[str] = []
+    r = upscale_chunked(long_clip.path, dst, workers=1, chunk_seconds=THIRDS, notice=notes.append,
+                        **{**FAST, "tile": 64, "batch": 2})
+    assert any("1 of 3 chunks were already done" in n for n in notes)
+    assert [i for _, i in mediagen.read_indices(dst)] == list(range(long_clip.frames))
+    assert r.frames_out == long_clip.frames
+
+
 def test_killed_run_leaves_no_partial_output_and_resumes(long_clip, reference, tmp_path):
     dst = tmp_path / "killed.mkv"
     work = work_dir(dst)

@@ -54,12 +54,12 @@ import av
 
 from vhsup import signals
 from vhsup.errors import Interrupted, VhsupError
-from vhsup.media.decode import open_input
+from vhsup.media.decode import open_input, slot_timed
 from vhsup.media.filters import frame_time, progressive_frames
 from vhsup.media.geometry import Crop, parse_crop
 from vhsup.media.probe import VideoInfo, probe
+from vhsup.options import Options, model_name, output_settings
 from vhsup.pipeline import (
-    Options,
     Result,
     _auto_crop,
     _range,
@@ -67,19 +67,12 @@ from vhsup.pipeline import (
     decode_from,
     default_output,
     field_plan,
-    model_name,
 )
 
 Notice = Callable[[str], None]
 Progress = Callable[[int, int], None]
 
 CHUNK_EXT = ".nut"
-# Options that change the pixels or the bitstream, and so the settings key.
-# (overwrite, compare, queue, threads, downloads change neither.)
-_KEYED = (
-    "model", "backend", "device", "precision", "tile", "batch", "deinterlace", "field_rate", "field_order", "ivtc",
-    "crop", "width", "height", "codec", "crf", "preset", "pix_fmt", "start", "duration", "frames",
-)
 _PLAN_FILE = "plan.json"
 _FORMAT_VERSION = 1
 
@@ -180,11 +173,12 @@ def scan_video(src: Path) -> PacketScan:
     try:
         stream = container.streams.video[0]
         tb = Fraction(stream.time_base or Fraction(1, 90000))
+        by_slot = slot_timed(container)  # AVI: decoding times pictures by chunk slot, i.e. dts
         try:
             for pkt in container.demux(stream):
                 if not pkt.size:
                     continue
-                ts = pkt.pts if pkt.pts is not None else pkt.dts
+                ts = pkt.dts if by_slot else (pkt.pts if pkt.pts is not None else pkt.dts)
                 if ts is None:
                     untimed += 1
                     continue
@@ -223,18 +217,14 @@ def first_picture_time(src: Path, filters, start: Fraction | None, end: Fraction
 
 
 def _settings_key(src: Path, opts: Options, fmt: str) -> str:
+    """Hash of the input and of the settings that change the output (the rule of ``output_settings``)."""
     st = src.stat()
-    keyed = {k: str(getattr(opts, k)) for k in _KEYED}
-    model = opts.model
-    if model and Path(model).is_file():
-        mst = Path(model).stat()
-        keyed["model_file"] = f"{mst.st_size}:{mst.st_mtime_ns}"
     from vhsup import __version__
 
     blob = json.dumps(
-        {"src": str(src.resolve()), "size": st.st_size, "mtime": st.st_mtime_ns, "opts": keyed, "fmt": fmt,
-         "vhsup": __version__, "format": _FORMAT_VERSION},
-        sort_keys=True,
+        {"src": str(src.resolve()), "size": st.st_size, "mtime": st.st_mtime_ns, "opts": output_settings(opts),
+         "fmt": fmt, "vhsup": __version__, "format": _FORMAT_VERSION},
+        sort_keys=True, default=str,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 

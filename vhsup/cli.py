@@ -18,7 +18,6 @@ from rich.table import Table
 from vhsup import cli_params
 from vhsup.cli_errors import ReportingGroup
 from vhsup.errors import VhsupError
-from vhsup.media import VIDEO_CODECS
 from vhsup.wording import aspect_label, plural
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -31,43 +30,23 @@ def main() -> None:
     """vhsup: upscale VHS captures and DVD rips with GAN super-resolution."""
 
 
-def _debug_option(f):
-    return click.option("--debug", is_flag=True, help="Show tracebacks for errors.")(f)
-
-
-def _tile(value: str) -> int | str:
-    return cli_params.tile(value)
-
-
-def _batch(value: str) -> int | str:
-    return cli_params.batch(value)
+_debug_option = cli_params.debug_option
 
 
 @main.command()
 @click.argument("file", type=click.Path(path_type=Path))
-@click.option("--model", default=None, help="Model name or weights file (default: esrgan-x4 on CUDA, compact-x4 on CPU).")
-@click.option("--deinterlace", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True)
-@click.option("--field-rate", type=click.Choice(["single", "double"]), default="single", show_default=True)
-@click.option("--field-order", type=click.Choice(["auto", "tff", "bff"]), default="auto", show_default=True,
-              help="auto: the flags, or the pictures' order where they clearly contradict the flags.")
-@click.option("--ivtc", is_flag=True, help="Plan an inverse telecine (film on NTSC video) to 23.976p.")
-@click.option("--force-ivtc", is_flag=True,
-              help="With --ivtc: run it even where the picture does not look telecined (drops one frame in five).")
-@click.option("--crop", default=None, help="auto (measure the black borders and head-switching lines), or L,T,R,B.")
-@click.option("--width", type=int, default=None, help="Output width, aspect kept.")
-@click.option("--height", type=int, default=None, help="Output height, aspect kept (e.g. 1080).")
+@cli_params.upscale_options("probe")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @_debug_option
-def probe(file: Path, model, deinterlace, field_rate, field_order, ivtc, force_ivtc, crop, width, height, as_json,
-          debug) -> None:
+def probe(file: Path, as_json, debug, **options) -> None:
     """What vhsup sees in FILE and what it will do with it."""
     from vhsup.media.probe import probe as probe_file
-    from vhsup.pipeline import Options, make_plan, model_name
+    from vhsup.options import Options, model_name
+    from vhsup.pipeline import make_plan
     from vhsup.registry import card, load_model
 
     info = probe_file(file)
-    opts = Options(model=model, deinterlace=deinterlace, field_rate=field_rate, field_order=field_order, ivtc=ivtc,
-                   force_ivtc=force_ivtc, crop=crop, width=width, height=height)
+    opts = Options(**options)
     name = model_name(opts)
     try:
         # A named model's card has its scale and cost: no need to load weights to plan.
@@ -153,38 +132,7 @@ def _fmt_time(seconds: float) -> str:
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="Output file; container from the extension (default: <input>.<model>.mkv).")
-@click.option("--model", default=None, help="Model name or weights file (default: esrgan-x4 on CUDA, compact-x4 on CPU).")
-@click.option("--backend", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
-              help="onnx: onnxruntime (TensorRT, CUDA or CPU provider; needs the onnx extra).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True)
-@click.option("--tile", default="auto", show_default=True, callback=lambda c, p, v: _tile(v),
-              help="auto, 0 (whole frames) or a tile edge in input pixels.")
-@click.option("--batch", default="auto", show_default=True, callback=lambda c, p, v: _batch(v),
-              help="Frames or tiles per forward pass.")
-@click.option("--deinterlace", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True)
-@click.option("--field-rate", type=click.Choice(["single", "double"]), default="single", show_default=True,
-              help="double: one frame per field (59.94p from 29.97i).")
-@click.option("--field-order", type=click.Choice(["auto", "tff", "bff"]), default="auto", show_default=True,
-              help="auto: the flags, or the pictures' order where they clearly contradict the flags.")
-@click.option("--ivtc", is_flag=True, help="Undo 3:2 telecine (film on NTSC video) to 23.976p.")
-@click.option("--force-ivtc", is_flag=True,
-              help="With --ivtc: run it even where the picture does not look telecined (drops one frame in five).")
-@click.option("--crop", default=None, help="auto, or L,T,R,B pixels to remove before upscaling.")
-@click.option("--width", type=int, default=None, help="Output width, aspect kept.")
-@click.option("--height", type=int, default=None, help="Output height, aspect kept (e.g. 1080).")
-@click.option("--codec", default="libx264", show_default=True,
-              type=click.Choice(VIDEO_CODECS))
-@click.option("--crf", type=int, default=None, help="Quality for x264/x265 (default 18).")
-@click.option("--preset", default=None, help="Encoder preset (x264/x265 default: medium).")
-@click.option("--pix-fmt", default="yuv420p", show_default=True, type=click.Choice(["yuv420p", "yuv420p10le"]))
-@click.option("--start", type=float, default=None, help="Start at this many seconds.")
-@click.option("--duration", type=float, default=None, help="Upscale this many seconds.")
-@click.option("--frames", type=int, default=None, help="Upscale at most this many frames.")
-@click.option("--compare", type=click.Path(path_type=Path), default=None,
-              help="Also write a side-by-side PNG (bicubic vs the model) of one frame.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
-@click.option("--download", "allow_download", is_flag=True, help="Allow fetching weights from the official release URL.")
+@cli_params.upscale_options("upscale")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Split the video at keyframes and upscale the chunks in this many processes (one GPU each).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -246,17 +194,8 @@ def upscale(file: Path, output, quiet, as_json, debug, workers, **options) -> No
 
 @main.command()
 @click.argument("file", type=click.Path(path_type=Path))
-@click.option("--model", default=None, help="Model name or weights file (default: esrgan-x4 on CUDA, compact-x4 on CPU).")
+@cli_params.upscale_options("bench")
 @click.option("--frames", type=click.IntRange(min=1), default=8, show_default=True, help="Frames to time.")
-@click.option("--backend", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True)
-@click.option("--tile", default="auto", callback=lambda c, p, v: _tile(v),
-              help="auto, 0 (whole frames) or a tile edge in input pixels.")
-@click.option("--batch", default="auto", callback=lambda c, p, v: _batch(v), help="Frames or tiles per forward pass.")
-@click.option("--codec", default="libx264", show_default=True, type=click.Choice(VIDEO_CODECS),
-              help="Encoder for the end-to-end timing.")
-@click.option("--preset", default=None, help="Encoder preset (x264/x265 default: medium).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @_debug_option
 def bench(file: Path, as_json, debug, **options) -> None:

@@ -24,51 +24,12 @@ from vhsup.media.filters import FilterPlan, pictures, plan_filters, progressive_
 from vhsup.media.geometry import Crop, Geometry, detect_crop, fit, parse_crop, plan_geometry
 from vhsup.media.picture import Picture
 from vhsup.media.probe import VideoInfo, probe
+from vhsup.options import Options, model_name
 from vhsup.preview import check_still_name
 from vhsup.stages import Background, Worker
 from vhsup.wording import aspect_label, plural
 
 Notice = Callable[[str], None]
-
-
-@dataclass
-class Options:
-    """Everything ``vhsup upscale`` can be told. Defaults are what a user gets."""
-
-    model: str | None = None  # None: esrgan-x4 on CUDA, compact-x4 on CPU
-    backend: str = "torch"  # torch | onnx (onnxruntime: TensorRT, CUDA or CPU provider)
-    device: str = "auto"
-    precision: str = "auto"
-    tile: int | str = "auto"
-    batch: int | str = "auto"
-    deinterlace: str = "auto"
-    field_rate: str = "single"
-    field_order: str = "auto"  # auto (the pictures', where they contradict the flags) | tff | bff
-    ivtc: bool = False
-    force_ivtc: bool = False  # --ivtc even where the picture does not look telecined
-    crop: str | Crop | None = None
-    width: int | None = None
-    height: int | None = None
-    codec: str = "libx264"
-    crf: int | None = None
-    preset: str | None = None
-    pix_fmt: str = "yuv420p"
-    start: float | None = None
-    duration: float | None = None
-    frames: int | None = None
-    compare: str | os.PathLike[str] | None = None
-    overwrite: bool = False
-    allow_download: bool = False
-    decode_threads: int = 0
-    queue: int = 8
-
-    @classmethod
-    def from_kwargs(cls, **kwargs: object) -> "Options":
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(kwargs) - known)
-        if unknown:
-            raise TypeError(f"unknown option(s): {', '.join(unknown)}")
-        return cls(**kwargs)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -253,18 +214,6 @@ def make_plan(src: str | os.PathLike[str], opts: Options, *, scale: int, model: 
                 notices=list(filters.notes))
 
 
-def model_name(opts: Options) -> str:
-    """The model a run will use: the user's, else the device's default."""
-    if opts.model:
-        return opts.model
-    # Imported here so that the media layer and `vhsup probe` stay light.
-    import torch
-
-    from vhsup.registry import default_model
-
-    return default_model(torch.cuda.is_available() and opts.device != "cpu")
-
-
 def _load(opts: Options, notice: Notice | None = None):
     from vhsup.registry import load_model
 
@@ -438,6 +387,9 @@ class Run:
         if self.stats.errors:
             self.notice(f"{self.src}: {plural(self.stats.errors, 'decode error')}; "
                         f"{plural(self.stats.frames, 'frame')} decoded and upscaled")
+        if self.stats.no_picture:
+            self.notice(f"{self.src}: {plural(self.stats.no_picture, 'AVI video chunk')} gave no picture "
+                        "(not-coded drop frames or damage); the picture before each stays on screen for its slot")
         seconds = time.perf_counter() - t0
         dev = self.engine.describe()
         return Result(

@@ -22,7 +22,6 @@ from rich.table import Table
 
 from vhsup import cli_params, signals
 from vhsup.cli_errors import ReportingGroup
-from vhsup.media import VIDEO_CODECS
 from vhsup.wording import plural
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -57,14 +56,6 @@ def batch() -> None:
     retries failed ones. Exit status: 0 all done, 3 some failed, 130 interrupted
     (143 by SIGTERM, 129 by SIGHUP).
     """
-
-
-def _tile(value: str) -> int | str:
-    return cli_params.tile(value)
-
-
-def _batch_size(value: str) -> int | str:
-    return cli_params.batch(value)
 
 
 def _jobs(value: str) -> int | None:
@@ -146,28 +137,7 @@ class _Live:
 @click.argument("src", type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Output folder; the source layout is mirrored under it.")
-@click.option("--model", default=None, help="Model name or weights file (default: esrgan-x4 on CUDA, compact-x4 on CPU).")
-@click.option("--height", type=int, default=None, help="Output height, aspect kept (e.g. 1080).")
-@click.option("--width", type=int, default=None, help="Output width, aspect kept.")
-@click.option("--codec", default="libx264", show_default=True,
-              type=click.Choice(VIDEO_CODECS))
-@click.option("--crf", type=int, default=None, help="Quality for x264/x265 (default 18).")
-@click.option("--preset", default=None, help="Encoder preset (x264/x265 default: medium).")
-@click.option("--pix-fmt", default="yuv420p", show_default=True, type=click.Choice(["yuv420p", "yuv420p10le"]))
-@click.option("--deinterlace", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True)
-@click.option("--field-rate", type=click.Choice(["single", "double"]), default="single", show_default=True)
-@click.option("--field-order", type=click.Choice(["auto", "tff", "bff"]), default="auto", show_default=True,
-              help="auto: the flags, or the pictures' order where they clearly contradict the flags.")
-@click.option("--ivtc", is_flag=True, help="Undo 3:2 telecine (film on NTSC video) to 23.976p.")
-@click.option("--force-ivtc", is_flag=True,
-              help="With --ivtc: run it even where the picture does not look telecined (drops one frame in five).")
-@click.option("--crop", default=None, help="auto, or L,T,R,B pixels to remove before upscaling.")
-@click.option("--tile", default="auto", show_default=True, callback=lambda c, p, v: _tile(v))
-@click.option("--batch", "batch_size", default="auto", show_default=True, callback=lambda c, p, v: _batch_size(v))
-@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--backend", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True)
-@click.option("--download", "allow_download", is_flag=True, help="Allow fetching weights from the release URL.")
+@cli_params.upscale_options("batch")
 @click.option("--ext", type=click.Choice(["mkv", "mp4", "mov"]), default="mkv", show_default=True,
               help="Output container.")
 @click.option("--jobs", "-j", default="auto", show_default=True, callback=lambda c, p, v: _jobs(v),
@@ -186,9 +156,9 @@ class _Live:
 @click.option("--overwrite", is_flag=True, help="Replace existing files in OUT that this batch did not write.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary at the end.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress; only the summary.")
-@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@cli_params.debug_option
 def run_cmd(src: Path, out_dir: Path, ext, jobs, retries, include, exclude, engine, address, gpus_per_task,
-            cpus_per_task, chunk_minutes, overwrite, as_json, quiet, debug, batch_size, **options) -> None:
+            cpus_per_task, chunk_minutes, overwrite, as_json, quiet, debug, **options) -> None:
     """Upscale every video under SRC into OUT."""
     from vhsup.batch.runner import BatchConfig, run_batch
 
@@ -197,7 +167,6 @@ def run_cmd(src: Path, out_dir: Path, ext, jobs, retries, include, exclude, engi
 
         if importlib.util.find_spec("vhsup.chunked") is None:
             raise click.BadParameter("chunked upscaling is not available in this vhsup", param_hint="--chunk-minutes")
-    options["batch"] = batch_size
     config = BatchConfig(src=src, out=out_dir, options=options, ext=ext, jobs=jobs, retries=retries,
                          include=include, exclude=exclude, engine=engine, address=address,
                          gpus_per_task=gpus_per_task, cpus_per_task=cpus_per_task, chunk_minutes=chunk_minutes,
@@ -260,7 +229,7 @@ def status_rows(out_dir: Path) -> tuple[list[dict], bool]:
 @batch.command("status")
 @click.argument("out_dir", metavar="OUT", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@cli_params.debug_option
 def status_cmd(out_dir: Path, as_json: bool, debug: bool) -> None:
     """What the batch writing into OUT has done: per file state, reason, time and speed."""
     rows, live = status_rows(out_dir)

@@ -31,19 +31,10 @@ from vhsup import signals
 from vhsup.batch.discover import Found, discover, output_paths
 from vhsup.batch.manifest import Job, Manifest, fingerprint, run_lock, settings_hash
 from vhsup.errors import VhsupError
+from vhsup.options import BATCH, Options, declared, output_settings
 
-# Options of vhsup.pipeline.Options a batch passes through to every job.
-UPSCALE_OPTIONS = ("model", "height", "width", "codec", "crf", "preset", "pix_fmt", "deinterlace", "field_rate",
-                   "field_order", "ivtc", "force_ivtc", "crop", "tile", "batch", "precision", "device", "backend",
-                   "allow_download")
-# The subset that decides what an output looks like. Device, backend, tile,
-# batch and precision change how fast a job runs, not what it produces (up to
-# rounding), so changing them does not redo a finished library.
-OUTPUT_OPTIONS = ("height", "width", "codec", "crf", "preset", "pix_fmt", "deinterlace", "field_rate", "ivtc", "crop")
-# Output-changing options added later: they join the settings only when set
-# (force_ivtc turns a refusal into an output), so that libraries finished
-# before they existed keep their settings hash and are not redone.
-LATER_OUTPUT_OPTIONS = ("field_order", "force_ivtc")
+# Options of vhsup.options.Options a batch passes through to every job (those `vhsup batch` offers).
+UPSCALE_OPTIONS = tuple(d.name for d in declared(BATCH))
 EXTENSIONS = ("mkv", "mp4", "mov")
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 3, 130
@@ -325,38 +316,14 @@ def _cores() -> int:
 # --- planning -----------------------------------------------------------------
 
 
-def _weights_id(model: str) -> str:
-    """What identifies the weights, so replacing a weights file redoes the library."""
-    import re
-
-    from vhsup import registry
-
-    if model in registry.model_names():
-        w = registry.card(model).get("weights") or {}
-        return str(w.get("tensors_sha256") or w.get("file_sha256") or w.get("id") or "builtin")
-    if re.match(r"^(bicubic|lanczos)-x\d+$", model):
-        return "classical"
-    path = Path(model).expanduser()
-    if path.is_file():
-        return "file:" + fingerprint(path)
-    known = ", ".join(registry.model_names())
-    raise VhsupError(f"unknown model {model!r}; known: {known}, bicubic-xN, lanczos-xN, or a weights file path")
-
-
 def resolve_settings(config: BatchConfig) -> tuple[str, dict]:
-    """The concrete model name and the settings that decide an output's look."""
-    from vhsup.pipeline import Options, model_name
-
+    """The concrete model name and the settings that decide an output's look (``output_settings``'s rule)."""
     fields = Options.__dataclass_fields__
     # Through Options, so that an option left out and one given at its default hash the same.
     opts = Options.from_kwargs(**{k: v for k, v in config.options.items() if k in fields and v is not None})
-    name = model_name(opts)
-    if Path(name).expanduser().is_file():
-        name = str(Path(name).expanduser().resolve())  # workers (and Ray nodes) run elsewhere
-    settings = {"model": name, "weights": _weights_id(name), "ext": config.ext.lstrip(".").lower()}
-    settings.update({k: getattr(opts, k) for k in OUTPUT_OPTIONS})
-    settings.update({k: getattr(opts, k) for k in LATER_OUTPUT_OPTIONS if getattr(opts, k) != fields[k].default})
-    return name, settings
+    settings = output_settings(opts)
+    settings["ext"] = config.ext.lstrip(".").lower()
+    return settings["model"], settings
 
 
 @dataclass

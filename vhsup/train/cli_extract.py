@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from vhsup import cli_params
 from vhsup.cli_errors import ReportingCommand
 from vhsup.wording import plural
 
@@ -28,21 +29,15 @@ out = Console(highlight=False, soft_wrap=True)
 @click.option("--every", type=float, default=None, help="Instead of --count: one frame per this many seconds.")
 @click.option("--min-gap", type=float, default=0.5, show_default=True,
               help="Never two frames from one file closer than this many seconds.")
-@click.option("--deinterlace", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True)
-@click.option("--field-order", type=click.Choice(["auto", "tff", "bff"]), default="auto", show_default=True,
-              help="auto: the flags, or the pictures' order where they clearly contradict the flags.")
-@click.option("--ivtc", is_flag=True, help="Undo 3:2 telecine (film on NTSC video) first.")
-@click.option("--force-ivtc", is_flag=True,
-              help="With --ivtc: run it even where the picture does not look telecined (drops one frame in five).")
-@click.option("--crop", default=None, help="auto, or L,T,R,B pixels to remove (as for upscale).")
+@cli_params.upscale_options("extract")
 @click.option("--keep-sar", is_flag=True, help="Keep the source's pixel shape (default: resample the width to square pixels).")
 @click.option("--append", is_flag=True, help="The folder has frames: add more, numbered after them, skipping near-duplicates.")
 @click.option("--overwrite", is_flag=True, help="The folder has frames: delete them and start again.")
 @click.option("--quiet", is_flag=True, help="No progress bar or summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary at the end.")
-@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
-def extract(files, out_dir, count, every, min_gap, deinterlace, field_order, ivtc, force_ivtc, crop, keep_sar, append,
-            overwrite, quiet, as_json, debug) -> None:
+@cli_params.debug_option
+def extract(files, out_dir, count, every, min_gap, keep_sar, append, overwrite, quiet, as_json, debug,
+            **media_options) -> None:
     """Pick diverse frames from FILES for training: deinterlaced, cropped, square pixels, 8-bit PNG.
 
     Frames are spread over each file, favour new scenes, and skip black or
@@ -56,8 +51,7 @@ def extract(files, out_dir, count, every, min_gap, deinterlace, field_order, ivt
             err.print(f"vhsup: {msg}", markup=False)
 
     kwargs = dict(count=count, every=every, min_gap=min_gap, keep_sar=keep_sar, append=append,
-                  overwrite=overwrite, deinterlace=deinterlace, field_order=field_order, ivtc=ivtc,
-                  force_ivtc=force_ivtc, crop=crop)
+                  overwrite=overwrite, **media_options)
     show = not quiet and not as_json and err.is_terminal
     if show:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
