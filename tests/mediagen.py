@@ -492,6 +492,9 @@ def make_clip(
     metadata: dict[str, str] | None = None,
     languages: Sequence[str] = ("eng", "fra", "deu", "spa"),
     picture: Callable[[int], np.ndarray] | None = None,
+    time_base: Fraction | None = None,
+    video_options: dict[str, str] | None = None,
+    codec_tag: str | None = None,
 ) -> ClipInfo:
     """Write a clip and return what it holds.
 
@@ -526,6 +529,13 @@ def make_clip(
             by default yes except for DV, which is untagged in real life.
         picture: frame index -> the whole (woven) RGB frame, instead of the
             standard test picture (then read_index and flashes do not apply).
+        time_base: the video codec clock instead of the default below; AVI
+            clips as real tools write them use ``1 / rate`` (one tick per
+            frame slot).
+        video_options: encoder options added to (or replacing) the tuned
+            ones, e.g. ``{"bf": "2"}`` for B-frames.
+        codec_tag: the stream's fourcc, e.g. 'XVID' or 'DIVX' for MPEG-4
+            Part 2 in AVI.
     """
     path = Path(path)
     rate = Fraction(rate)
@@ -568,6 +578,8 @@ def make_clip(
         tb = Fraction(1, 1000)
     else:
         tb = Fraction(1, 90000)
+    if time_base is not None:
+        tb = Fraction(time_base)
     start_time = round(start_time / tb) * tb
 
     # Frame timing, relative to the first frame.
@@ -587,7 +599,10 @@ def make_clip(
     try:
         fmt_name = out.format.name
         opts, attrs = _video_options(vcodec, width, height, rate, interlaced is not None)
+        opts = {**opts, **(video_options or {})}
         vs = out.add_stream(vcodec, rate=rate, options=opts)
+        if codec_tag is not None:
+            vs.codec_tag = codec_tag
         vs.width, vs.height, vs.pix_fmt = width, height, pix_fmt
         cc = vs.codec_context
         for k, v in attrs.items():
@@ -1049,3 +1064,100 @@ def make_bordered_clip(path: str | Path, borders: Borders, *, fade: int = 0, see
     order = "bff" if vcodec == "dvvideo" else clip.get("interlaced")
     picture = bordered_picture(width, height, borders, field_order=order, fade=fade, seed=seed)
     return make_clip(path, picture=picture, **clip)
+
+
+# --------------------------------------------------------------------------
+# MPEG-4 Part 2 in AVI as DivX and Xvid (Video for Windows) write it.
+
+DIVX_USER_DATA = b"\x00\x00\x01\xb2DivX503b1393p"  # the trailing 'p' announces packed B-frames
+
+
+def vop_type(data: bytes) -> str | None:
+    """'I', 'P', 'B' or 'S' of the first MPEG-4 VOP in a chunk."""
+    i = data.find(b"\x00\x00\x01\xb6")
+    return None if i < 0 or i + 4 >= len(data) else "IPBS"[data[i + 4] >> 6]
+
+
+def not_coded_vop(time_bits: int) -> bytes:
+    """An N-VOP: a P-VOP header with vop_coded = 0, "show the previous
+    picture again". DivX writes them for dropped frames, and packed AVIs
+    use them as placeholders."""
+    bits = "01" + "0" + "1" + "0" * time_bits + "1" + "0"  # type, modulo, marker, increment, marker, coded
+    bits += "0" + "1" * ((-len(bits) - 1) % 8)  # stuffing to the byte boundary
+    return b"\x00\x00\x01\xb6" + int(bits, 2).to_bytes(len(bits) // 8, "big")
+
+
+def _rewrite_mpeg4_avi(src: Path, dst: Path, rewrite: Callable[[list[bytes], bytes], list[bytes]], fourcc: str) -> Path:
+    """Copy an MPEG-4 Part 2 AVI with its video chunks replaced by
+    ``rewrite(chunks, n_vop)``, one chunk per frame slot, and its audio
+    copied. The stream headers stay in the first chunk only (no extradata),
+    as in DivX/Xvid files: FFmpeg then reads them from that chunk."""
+    with av.open(str(src)) as inp:
+        vin = inp.streams.video[0]
+        tb = Fraction(vin.time_base)
+        chunks = rewrite([bytes(p) for p in inp.demux(vin) if p.size],
+                         not_coded_vop(max(1, (tb.denominator - 1).bit_length())))
+        inp.seek(0)
+        audio = sorted(((p.pts or 0) * Fraction(p.time_base), n, p)
+                       for n, p in enumerate(inp.demux(audio=0) if inp.streams.audio else ()) if p.size)
+        with av.open(str(dst), "w", format="avi") as out:
+            vout = out.add_stream_from_template(vin)
+            vout.codec_tag = fourcc
+            vout.codec_context.extradata = None
+            aouts = {s.index: out.add_stream_from_template(s) for s in inp.streams.audio}
+            q = 0
+            for slot, data in enumerate(chunks):
+                while q < len(audio) and audio[q][0] <= slot * tb:
+                    pkt = audio[q][2]
+                    pkt.stream = aouts[pkt.stream.index]
+                    out.mux(pkt)
+                    q += 1
+                pkt = av.Packet(data)
+                pkt.stream, pkt.time_base = vout, tb
+                pkt.pts = pkt.dts = slot
+                pkt.is_keyframe = vop_type(data) == "I"
+                out.mux(pkt)
+            for _, _, pkt in audio[q:]:
+                pkt.stream = aouts[pkt.stream.index]
+                out.mux(pkt)
+    return dst
+
+
+def pack_bframes(src: str | Path, dst: str | Path, fourcc: str = "DX50") -> Path:
+    """Rewrite an MPEG-4 Part 2 AVI with B-frames (``make_clip(vcodec='mpeg4',
+    video_options={'bf': '2'}, time_base=1/rate)``) in "packed bitstream".
+
+    Video for Windows turns one chunk into one picture, in display order,
+    so DivX 5 and Xvid put each anchor together with the first B-frame shown
+    before it, keep the other B-frames, and add an N-VOP chunk where the
+    anchor is due: I0 | P3 B1 | B2 | N-VOP. There are as many chunks as
+    frames.
+    """
+
+    def pack(video: list[bytes], nvop: bytes) -> list[bytes]:
+        first = video[0]
+        at = min(i for i in (first.find(b"\x00\x00\x01\xb3"), first.find(b"\x00\x00\x01\xb6")) if i >= 0)
+        video = [first[:at] + DIVX_USER_DATA + first[at:], *video[1:]]
+        chunks: list[bytes] = []
+        k = 0
+        while k < len(video):
+            anchor, k = video[k], k + 1
+            bs = []
+            while k < len(video) and vop_type(video[k]) == "B":
+                bs.append(video[k])
+                k += 1
+            chunks += [anchor + bs[0], *bs[1:], nvop] if bs else [anchor]
+        return chunks
+
+    return _rewrite_mpeg4_avi(Path(src), Path(dst), pack, fourcc)
+
+
+def drop_to_not_coded(src: str | Path, dst: str | Path, slots: Sequence[int], fourcc: str = "DIVX") -> Path:
+    """Replace the chunks at ``slots`` of an MPEG-4 Part 2 AVI without
+    B-frames by N-VOPs, as DivX does for frames it drops. Pick slots just
+    before a keyframe so that no later picture refers to a replaced one;
+    each replaced slot then shows the picture before it."""
+    def drop(video: list[bytes], nvop: bytes) -> list[bytes]:
+        return [nvop if n in slots else data for n, data in enumerate(video)]
+
+    return _rewrite_mpeg4_avi(Path(src), Path(dst), drop, fourcc)
