@@ -390,9 +390,6 @@ class Run:
         if self.stats.no_picture:
             self.notice(f"{self.src}: {plural(self.stats.no_picture, 'AVI video chunk')} gave no picture "
                         "(not-coded drop frames or damage); the picture before each stays on screen for its slot")
-        if self.stats.no_picture:
-            self.notice(f"{self.src}: {plural(self.stats.no_picture, 'AVI video chunk')} gave no picture "
-                        "(not-coded drop frames or damage); the picture before each stays on screen for its slot")
         seconds = time.perf_counter() - t0
         dev = self.engine.describe()
         return Result(
