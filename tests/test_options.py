@@ -135,3 +135,23 @@ def test_batch_settings_hashes_of_finished_libraries_still_match():
     # tile, batch, device and downloads never counted, and still do not; default precision and backend neither.
     assert _batch_hash({"model": "bicubic-x2", "tile": 128, "batch": 2, "device": "cpu", "precision": "auto",
                         "backend": "torch", "allow_download": True}) == "614a5f0270916112"
+
+
+def test_train_help_states_the_default_a_run_gets():
+    """Each train flag's help shows the value a run without it uses (the config's declared default)."""
+    from vhsup.train.cli import train
+    from vhsup.train.config import FIELDS, resolve
+
+    cfg = resolve()  # no config file, no flags
+    ctx = train.make_context("train", [])
+    checked = []
+    for param in train.params:
+        if param.name not in FIELDS or isinstance(getattr(cfg, param.name), bool | list):
+            continue
+        value = getattr(cfg, param.name)
+        if value == "":
+            continue  # unset: the help says what that means, e.g. --model's device default
+        help_text = param.get_help_record(ctx)[1]
+        assert f"[default: {value:g}]" in help_text if isinstance(value, float) else f"[default: {value}]" in help_text
+        checked.append(param.name)
+    assert {"steps", "batch", "patch", "learning_rate", "ema", "switched_breadth", "d_feat", "val_split"} <= set(checked)

@@ -6,8 +6,10 @@
     vhsup train --frames frames/ --model compact-x4 --switched --out runs/sw
     torchrun --nproc-per-node 8 -m vhsup train --config x.toml --out runs/big
 
-Every flag has a key in the TOML config (``vhsup.train.config.FIELDS``); a
-flag that is given wins over the config file, which wins over the defaults.
+The settings' flags are built from their declarations in
+``vhsup.train.config.FIELDS`` (type, default, help, choices): each has a key
+in the TOML config. A flag that is given wins over the config file, which
+wins over the defaults.
 Register with ``main.add_command(train)`` in ``vhsup.cli``; it also works on
 its own and turns user errors into one line (exit 2) itself, which matters
 under torchrun, where every process prints its own error.
@@ -15,13 +17,19 @@ under torchrun, where every process prints its own error.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 from rich.console import Console
 
 from vhsup.cli_errors import ReportingCommand
 from vhsup.errors import VhsupError
+from vhsup.train.config import FIELDS
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -37,64 +45,74 @@ def _milestones(ctx, param, value):
         raise click.BadParameter(f"expected comma-separated steps like 50000,80000, got {value!r}") from None
 
 
-def _options(f):
+_TYPES = {"int": int, "float": float, "path": _PATH}
+
+
+def _config_option(key: str, **override: Any) -> Callable[[F], F]:
+    """The flag of config key ``key``, built from its declaration in FIELDS.
+
+    Its default is None (not given), so that a config file's value, or else
+    the declared default, applies; the help shows the declared default.
+    ``override`` holds click arguments where the flag differs from the key:
+    its spelling (``flag``), a parser, fewer choices.
+    """
+    f = FIELDS[key]
+    flag = override.pop("flag", "--" + key.replace("_", "-"))
+    kwargs: dict[str, Any] = {"default": None}
+    shown = f"{f.default:g}" if isinstance(f.default, float) else str(f.default)
+    if f.kind == "bool":
+        if "/" in flag:  # --checkpointing/--no-checkpointing: the default is one of the two
+            shown = flag.split("/")[0 if f.default else 1].lstrip("-")
+        else:  # --quiet (True when given) or --no-gan (False when given)
+            kwargs.update(is_flag=True, flag_value=not flag.startswith("--no-"))
+            shown = ""
+    elif f.kind == "choice":
+        kwargs["type"] = click.Choice(f.choices)
+    elif f.kind in _TYPES:
+        kwargs["type"] = _TYPES[f.kind]
+    if f.default in ("", []):
+        shown = ""  # the help says what an unset value means
+    kwargs["help"] = _sentence(override.pop("help", f.help)) + (f"  [default: {shown}]" if shown else "")
+    kwargs.update(override)
+    return click.option(flag, key, **kwargs)
+
+
+def _sentence(text: str) -> str:
+    """A FIELDS help as a help line: capitalised, unless it opens with a value ('auto: ...'), and full-stopped."""
+    opens_with_value = re.match(r"[\w-]+( =|[:,])", text)
+    text = text if opens_with_value else text[:1].upper() + text[1:]
+    return text if text.endswith(".") else text + "."
+
+
+def _config_options(*keys: str) -> list[Callable[[F], F]]:
+    return [_config_option(k) for k in keys]
+
+
+def _options(f: F) -> F:
     opts = [
         click.option("--config", "config_path", type=_PATH, default=None, help="TOML file with any of the settings below."),
         click.option("--resume", "resume_dir", type=_PATH, default=None,
                      help="Continue the run in this folder from its newest checkpoint."),
-        click.option("--out", type=_PATH, default=None, help="Run folder to create."),
-        click.option("--frames", type=_PATH, default=None, help="Folder of HR frames (LR made on the fly)."),
-        click.option("--lr", type=_PATH, default=None, help="Folder of LR frames (paired mode, with --hr)."),
-        click.option("--hr", type=_PATH, default=None, help="Folder of HR frames with the LR frames' names."),
-        click.option("--mode", type=click.Choice(["auto", "synthetic", "paired", "self"]), default=None,
-                     help="self: your own low-quality frames are the targets, degraded further for inputs."),
-        click.option("--model", default=None, help="Model name or weights file to start from."),
-        click.option("--from-scratch", is_flag=True, default=None, help="Random initialisation, not pretrained weights."),
-        click.option("--switched", is_flag=True, default=None,
-                     help="Convert chosen convs of the starting model to switched convs, then train on."),
-        click.option("--switched-breadth", type=int, default=None, help="Kernels per converted conv (default 8)."),
-        click.option("--switched-layers", default=None, metavar="PATTERNS",
-                     help="Comma-separated patterns over conv names, e.g. 'body.*' (default: the trunk's 3x3 convs)."),
-        click.option("--steps", type=int, default=None, help="Optimiser steps in all (default 20000)."),
-        click.option("--pixel-steps", type=int, default=None,
-                     help="Pixel-loss steps before the GAN stage (default: 0 from pretrained weights, half from scratch)."),
-        click.option("--batch", type=int, default=None, help="Patches per micro-batch per process (default 4)."),
-        click.option("--accumulate", type=int, default=None, help="Micro-batches per optimiser step (default 1)."),
-        click.option("--patch", type=int, default=None, help="HR patch size in pixels (default 256)."),
-        click.option("--learning-rate", type=float, default=None, help="Adam learning rate (default 1e-4)."),
-        click.option("--milestones", default=None, callback=_milestones, help="Steps where the learning rate halves, e.g. 50000,80000."),
-        click.option("--ema", type=float, default=None, help="EMA decay of the generator (default 0.999)."),
-        click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default=None),
-        click.option("--checkpointing/--no-checkpointing", default=None,
-                     help="Recompute generator blocks in the backward pass (less memory, more compute)."),
-        click.option("--channels-last/--no-channels-last", default=None),
-        click.option("--clip-grad", type=float, default=None, help="Clip the generator's gradient norm (0 = off)."),
-        click.option("--pixel-loss", "pixel", type=click.Choice(["l1", "charbonnier"]), default=None),
-        click.option("--perceptual", type=click.Choice(["auto", "vgg19", "resnet18"]), default=None,
-                     help="Perceptual backbone (auto: resnet18 for unet-x4, else vgg19)."),
+        *_config_options("out", "frames", "lr", "hr", "mode", "model", "from_scratch", "switched", "switched_breadth"),
+        _config_option("switched_layers", metavar="PATTERNS"),
+        *_config_options("steps", "pixel_steps", "batch", "accumulate", "patch", "learning_rate"),
+        _config_option("milestones", callback=_milestones),
+        *_config_options("ema", "precision"),
+        _config_option("checkpointing", flag="--checkpointing/--no-checkpointing"),
+        _config_option("channels_last", flag="--channels-last/--no-channels-last"),
+        _config_option("clip_grad"),
+        _config_option("pixel", flag="--pixel-loss"),
+        _config_option("perceptual", type=click.Choice([c for c in FIELDS["perceptual"].choices if c != "none"])),
         click.option("--no-perceptual", is_flag=True, default=None, help="No perceptual loss."),
-        click.option("--perceptual-weights", type=_PATH, default=None, help="The backbone's torchvision weights file."),
-        click.option("--no-gan", "gan", flag_value=False, default=None, help="No discriminator, no adversarial loss."),
-        click.option("--discriminator", type=click.Choice(["auto", "unet", "srgan"]), default=None),
-        click.option("--d-feat", type=int, default=None, help="Discriminator width (default 64)."),
-        click.option("--tc-start", type=int, default=None, help="Step from which translational consistency is added (-1 = never)."),
-        click.option("--tc-weight", type=float, default=None),
-        click.option("--tc-shift", type=int, default=None, help="LR pixels between the two compared crops (default 8)."),
+        _config_option("perceptual_weights"),
+        _config_option("gan", flag="--no-gan", help="No discriminator, no adversarial loss."),
+        *_config_options("discriminator", "d_feat", "tc_start", "tc_weight", "tc_shift"),
         click.option("--degradation", "preset", default=None, help="Degradation preset: vhs, dvd, generic, none."),
-        click.option("--val-frames", type=_PATH, default=None, help="Held-out validation frames (default: 2% of --frames)."),
-        click.option("--val-split", type=float, default=None,
-                     help="Fraction of the frames held out for validation without --val-frames (default 0.02)."),
-        click.option("--val-every", type=int, default=None, help="Validate every N steps (default 1000)."),
-        click.option("--save-every", type=int, default=None, help="Checkpoint every N steps (default 1000)."),
-        click.option("--keep", type=int, default=None, help="Checkpoints kept besides the best (default 3)."),
-        click.option("--small", type=click.Choice(["error", "skip"]), default=None,
-                     help="Frames smaller than the patch: stop with an error, or skip them."),
-        click.option("--seed", type=int, default=None),
-        click.option("--device", default=None, help="auto, cpu, cuda or cuda:N."),
+        *_config_options("val_frames", "val_split", "val_every", "save_every", "keep", "small", "seed", "device"),
         click.option("--show-degradations", type=int, default=None, metavar="N",
                      help="Write a PNG of N degraded/HR patch pairs and exit."),
         click.option("--download", "allow_download", is_flag=True, help="Allow fetching pretrained or backbone weights."),
-        click.option("--quiet", is_flag=True, default=None, help="No progress display."),
+        _config_option("quiet"),
         click.option("--debug", is_flag=True, help="Show tracebacks for errors."),
     ]
     for opt in reversed(opts):
@@ -106,7 +124,7 @@ def _options(f):
 @_options
 def train(config_path, resume_dir, show_degradations, allow_download, debug, no_perceptual, **flags) -> None:
     """Fine-tune a super-resolution model on your own frames."""
-    from vhsup.train.config import load_config, resolve
+    from vhsup.train.config import check_flags, load_config, resolve
     from vhsup.train.trainer import resume_config
     from vhsup.train.trainer import train as run_training
 
@@ -117,20 +135,7 @@ def train(config_path, resume_dir, show_degradations, allow_download, debug, no_
             raise VhsupError("--resume continues a run with its own config; --config starts a new one: give one of them")
         if flags.get("out") is not None and Path(flags["out"]).resolve() != resume_dir.resolve():
             raise VhsupError("--resume writes into the run folder it continues; leave out --out")
-        from vhsup.train.config import _check
-
-        checked = {}
-        for key, value in flags.items():
-            if value is None:
-                continue
-            if key == "preset":
-                checked[key] = value
-                continue
-            value = _check(key, value, "--" + key.replace("_", "-"), None)
-            if key in ("frames", "lr", "hr", "val_frames", "perceptual_weights") and value:
-                value = str(Path(value).expanduser().resolve())
-            checked[key] = value
-        cfg, checkpoint = resume_config(resume_dir, checked)
+        cfg, checkpoint = resume_config(resume_dir, check_flags(flags))
         run_training(cfg, resume=checkpoint, allow_download=allow_download)
         return
     file_values = load_config(config_path) if config_path is not None else None

@@ -39,7 +39,8 @@ from typing import Any
 
 from vhsup.errors import VhsupError
 
-__all__ = ["FIELDS", "SECTIONS", "TrainConfig", "load_config", "resolve", "config_dict", "config_toml", "Field"]
+__all__ = ["FIELDS", "SECTIONS", "TrainConfig", "load_config", "check_flags", "resolve", "config_dict", "config_toml",
+           "Field"]
 
 
 @dataclass(frozen=True)
@@ -63,28 +64,31 @@ class Field:
 _F = Field
 FIELDS: dict[str, Field] = {
     # [run]
-    "model": _F("run", "", "str", "model name or weights file to start from ('' = esrgan-x4 on CUDA, compact-x4 on CPU)"),
+    "model": _F("run", "", "str", "model name or weights file to start from (default: esrgan-x4 on CUDA, "
+                "compact-x4 on CPU)"),
     "from_scratch": _F("run", False, "bool", "random initialisation even when the model has pretrained weights"),
     "switched": _F("run", False, "bool", "convert chosen convs of the starting model to switched convs (each "
                    "kernel copied across the breadth: same output at first), then train on"),
     "switched_breadth": _F("run", 8, "int", "kernels per converted switched conv", 2, 64),
     "switched_layers": _F("run", "", "str", "comma-separated fnmatch patterns over conv names choosing which "
-                          "convs --switched converts ('' = the trunk's 3x3 convs)"),
+                          "convs the switched conversion takes, e.g. 'body.*' (default: the trunk's 3x3 convs)"),
     "out": _F("run", "", "path", "run folder (checkpoints, metrics, best.safetensors)"),
     "seed": _F("run", 0, "int", "seed of every random choice (init, data order, crops, degradations)", 0, 2**62),
     "device": _F("run", "auto", "str", "auto, cpu, cuda or cuda:N (under torchrun: the local rank's GPU)"),
     "steps": _F("run", 20000, "int", "optimiser steps in all (pixel stage + GAN stage)", 1, 10**9),
     "quiet": _F("run", False, "bool", "no progress display"),
     # [data]
-    "mode": _F("data", "auto", "choice", "synthetic: HR frames degraded on the fly; paired: --lr/--hr folders; "
-               "self: your own low-quality frames are the targets; auto: paired when lr/hr are set",
+    "mode": _F("data", "auto", "choice", "synthetic: HR frames degraded on the fly; paired: lr/hr folders; "
+               "self: your own low-quality frames are the targets, degraded further for inputs; "
+               "auto: paired when lr/hr are set",
                choices=("auto", "synthetic", "paired", "self")),
-    "frames": _F("data", "", "path", "folder of HR frames (synthetic and self modes)"),
+    "frames": _F("data", "", "path", "folder of HR frames (synthetic and self modes: LR made on the fly)"),
     "lr": _F("data", "", "path", "folder of LR frames (paired mode)"),
     "hr": _F("data", "", "path", "folder of HR frames with the same names (paired mode)"),
     "patch": _F("data", 256, "int", "HR patch side in pixels (a multiple of the scale)", 8, 4096),
     "batch": _F("data", 4, "int", "patches per micro-batch per process", 1, 4096),
-    "val_frames": _F("data", "", "path", "held-out validation frames ('' = hold out val_split of the training frames)"),
+    "val_frames": _F("data", "", "path", "held-out validation frames (default: hold out val_split of the "
+                     "training frames)"),
     "val_split": _F("data", 0.02, "float", "fraction of frames held out when val_frames is not set (at least 1)", 0.0, 0.5),
     "val_crop": _F("data", 512, "int", "validate on a centred crop this many HR pixels wide and high (0 = whole frames)",
                    0, 16384),
@@ -96,13 +100,15 @@ FIELDS: dict[str, Field] = {
                       "(-1 = 0 from pretrained weights, half the steps from scratch)", -1, 10**9),
     "learning_rate": _F("train", 1e-4, "float", "Adam learning rate of G and D", 0.0, 1.0),
     "betas": _F("train", [0.9, 0.99], "floats", "Adam betas", 0.0, 1.0, length=2),
-    "milestones": _F("train", [], "ints", "steps at which the learning rate is multiplied by gamma", 1, 10**9),
+    "milestones": _F("train", [], "ints", "steps at which the learning rate is multiplied by gamma (halved by "
+                     "default), e.g. 50000,80000 on the command line", 1, 10**9),
     "gamma": _F("train", 0.5, "float", "learning-rate factor at each milestone", 0.0, 1.0),
     "ema": _F("train", 0.999, "float", "decay of the generator's exponential moving average (0 = no averaging)", 0.0, 1.0),
     "accumulate": _F("train", 1, "int", "micro-batches per optimiser step (gradient accumulation)", 1, 4096),
     "precision": _F("train", "auto", "choice", "auto = bf16 on CUDA with bf16 support, fp32 otherwise",
                     choices=("auto", "fp32", "bf16", "fp16")),
-    "checkpointing": _F("train", False, "bool", "recompute generator blocks in the backward pass to save memory"),
+    "checkpointing": _F("train", False, "bool", "recompute generator blocks in the backward pass (less memory, "
+                        "more compute)"),
     "channels_last": _F("train", True, "bool", "channels-last memory format for the networks and batches"),
     "clip_grad": _F("train", 0.0, "float", "clip the generator's gradient norm to this (0 = off)", 0.0, 1e9),
     # [loss]
@@ -111,7 +117,8 @@ FIELDS: dict[str, Field] = {
     "perceptual": _F("loss", "auto", "choice", "perceptual backbone in the GAN stage (auto: resnet18 for unet-x4, else vgg19)",
                      choices=("auto", "vgg19", "resnet18", "none")),
     "perceptual_weight": _F("loss", 1.0, "float", "weight of the perceptual loss", 0.0, 1e6),
-    "perceptual_weights": _F("loss", "", "path", "backbone weights file ('' = find or download them)"),
+    "perceptual_weights": _F("loss", "", "path", "the perceptual backbone's torchvision weights file (default: "
+                             "find or download them)"),
     "gan": _F("loss", True, "bool", "adversarial loss in the second stage"),
     "gan_weight": _F("loss", 0.1, "float", "weight of the adversarial loss", 0.0, 1e6),
     "discriminator": _F("loss", "auto", "choice", "auto: srgan for srgan-x4, else the U-Net with spectral norm",
@@ -194,6 +201,7 @@ class TrainConfig:
 
 
 assert {f.name for f in dataclasses.fields(TrainConfig)} == set(FIELDS) | {"degradation"}
+assert all(getattr(TrainConfig(), k) == f.default for k, f in FIELDS.items()), "TrainConfig's defaults are FIELDS'"
 
 
 def _suggest(key: str, known) -> str:
@@ -288,6 +296,25 @@ def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     return flat
 
 
+def check_flags(flags: dict[str, Any]) -> dict[str, Any]:
+    """The flags that were given (not None), each checked as its field's kind.
+
+    A bad one is reported as ``--flag-name``; paths become absolute against
+    the current directory. ``preset`` (``--degradation``) passes through
+    unchecked: ``load_spec`` checks it.
+    """
+    checked: dict[str, Any] = {}
+    for key, value in flags.items():
+        if value is None:
+            continue
+        if key != "preset":
+            value = _check(key, value, "--" + key.replace("_", "-"), None)
+            if FIELDS[key].kind == "path" and value:
+                value = os.fspath(Path(value).expanduser().resolve())
+        checked[key] = value
+    return checked
+
+
 def resolve(file_values: dict[str, Any] | None = None, flags: dict[str, Any] | None = None, *,
             config_path: str | os.PathLike[str] | None = None) -> TrainConfig:
     """Defaults, overridden by a config file's values, overridden by flags.
@@ -304,17 +331,10 @@ def resolve(file_values: dict[str, Any] | None = None, flags: dict[str, Any] | N
         if key != "degradation" and key not in FIELDS:
             raise VhsupError(f"{key}: unknown key", config_path)
         values[key] = value
-    for key, value in (flags or {}).items():
-        if value is None:
-            continue
-        if key == "preset":
-            values["degradation"] = {**values.get("degradation", {}), "preset": value}
-            continue
-        flag = "--" + key.replace("_", "-")
-        value = _check(key, value, flag, None)
-        if FIELDS[key].kind == "path" and value:
-            value = os.fspath(Path(value).expanduser().resolve())
-        values[key] = value
+    given = check_flags(flags or {})
+    if "preset" in given:
+        values["degradation"] = {**values.get("degradation", {}), "preset": given.pop("preset")}
+    values.update(given)
     from vhsup.train.degrade import load_spec
 
     degradation = dict(values.get("degradation") or {})
