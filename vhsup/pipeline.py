@@ -408,10 +408,12 @@ def check_outputs(src: Path, dst: Path, opts: Options) -> None:
     """Every file the run will write, checked before any work starts."""
     from vhsup.media.encode import check_container
 
+    # Where first (nothing lost or clobbered), then what (formats the names call for).
     check_output(dst, inputs=[src], overwrite=opts.overwrite)
-    check_container(dst, opts.codec)
     if opts.compare is not None:
         check_output(opts.compare, what="--compare picture", inputs=[src], others=[dst], overwrite=opts.overwrite)
+    check_container(dst, opts.codec)
+    if opts.compare is not None:
         check_still_name(Path(opts.compare))
 
 
