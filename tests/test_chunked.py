@@ -267,3 +267,15 @@ def test_file_cut_mid_gop_starts_and_syncs_like_one_run(long_clip, tmp_path):
     assert a.frames_out == b.frames_out < long_clip.frames
     assert mediagen.read_indices(chunked) == mediagen.read_indices(whole)
     assert mediagen.audio_span(chunked) == pytest.approx(mediagen.audio_span(whole), abs=1e-3)
+
+
+def test_a_finished_parallel_run_prints_no_traceback(long_clip, tmp_path):
+    # The workers leave on their own once every chunk is in; stopping them
+    # while they flush their queues once printed a SIGTERM traceback.
+    dst = tmp_path / "cli.mkv"
+    r = subprocess.run([sys.executable, "-m", "vhsup", "upscale", str(long_clip.path), "-o", str(dst), "--workers", "2",
+                        "--model", "bicubic", "--preset", "ultrafast", "--quiet"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr and "Signalled" not in r.stderr, r.stderr
+    assert len(mediagen.read_indices(dst)) == long_clip.frames

@@ -418,6 +418,11 @@ def _worker(tasks, results, env: dict[str, str], threads: int, parent: int) -> N
             results.put(("done", index, meta))
     except KeyboardInterrupt:
         return  # stopped between chunks: nothing to clean up, no traceback on the user's terminal
+    finally:
+        # Done with chunks: a SIGTERM from now on (the parent tidying up while
+        # this process flushes its queues on exit) has nothing to abort, and
+        # must not print a traceback from multiprocessing's exit handlers.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _gpu_slots(opts: Options) -> list[str]:
@@ -515,6 +520,8 @@ class _Runner:
                     raise RuntimeError(f"chunk {index} failed: {name}: {text}")
                 else:
                     self._message(msg)
+            for p in procs:  # every chunk is in: the workers are leaving on their own
+                p.join(timeout=10)
         finally:
             for p in procs:
                 if p.is_alive():
