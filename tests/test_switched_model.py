@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from safetensors.torch import save_file
 
 from vhsup import registry, upscale_video
-from vhsup.arch import SwitchedSR, build
+from vhsup.arch import SwitchedSR, build, conv_macs_per_px
 from vhsup.arch.switched import (
     SwitchNormBufferWarning,
     convert_to_switched,
@@ -175,9 +175,9 @@ def test_card_matches_the_network_and_costs_one_kernel_per_switched_conv():
     f, c_io = 64, 3
     switched = 10 * (9 * f * f + f * 8)
     plain = 9 * (c_io * f + f * f + 4 * f * f + 16 * (2 * f * f + f * c_io))
-    assert c["macs_per_px"] == switched + plain == registry.conv_macs_per_px(c["arch"], c["hyper"])
+    assert c["macs_per_px"] == switched + plain == conv_macs_per_px(c["arch"], c["hyper"])
     # The breadth multiplies the parameters, not the cost.
-    wide = registry.conv_macs_per_px("switchedsr", {**c["hyper"], "breadth": 16})
+    wide = conv_macs_per_px("switchedsr", {**c["hyper"], "breadth": 16})
     assert wide - c["macs_per_px"] == 10 * f * 8
 
 

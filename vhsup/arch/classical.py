@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .spec import Activation, ArchSpec, read_int
+
 MAX_SCALE = 8
 LANCZOS_LOBES = 3
 
@@ -29,6 +31,8 @@ class Bicubic(nn.Module):
     Args:
         scale: integer factor 1..8.
     """
+
+    kind = "bicubic"
 
     def __init__(self, scale: int = 4):
         super().__init__()
@@ -68,6 +72,8 @@ class Lanczos(nn.Module):
     Args:
         scale: integer factor 1..8.
     """
+
+    kind = "lanczos"
 
     def __init__(self, scale: int = 4):
         super().__init__()
@@ -135,4 +141,29 @@ def resample_macs_per_px(kind: str, scale: int, channels: int = 3) -> float:
     raise ValueError(f"unknown resampler {kind!r}")
 
 
-__all__ = ["Bicubic", "Lanczos", "Rescaled", "resample_macs_per_px", "MAX_SCALE"]
+RESAMPLERS: dict[str, type[Bicubic | Lanczos]] = {"bicubic": Bicubic, "lanczos": Lanczos}
+# Input pixels each side an output pixel reads: half of bicubic's 4 taps,
+# Lanczos' lobes. Tiles with this context equal the whole picture exactly.
+_REACH = {"bicubic": 2, "lanczos": LANCZOS_LOBES}
+
+
+def _build(kind: str, scale: int) -> nn.Module:
+    return RESAMPLERS[kind](int(scale))
+
+
+SPEC = ArchSpec(
+    name="classical",
+    title="classical resampler",
+    modules=(Bicubic, Lanczos),
+    build=_build,
+    scale=read_int("scale"),
+    context=lambda h: _REACH[str(h["kind"])],
+    hyper_of=lambda m: {"kind": m.kind, "scale": int(m.scale)},
+    macs_per_px=lambda h: resample_macs_per_px(str(h["kind"]), int(h["scale"])),
+    # A resampling filter has no feature maps, only the upscaled picture.
+    activation=Activation(features=0, upsampled=3 * 2),
+    weightless=True,
+)
+
+
+__all__ = ["MAX_SCALE", "RESAMPLERS", "SPEC", "Bicubic", "Lanczos", "Rescaled", "resample_macs_per_px"]

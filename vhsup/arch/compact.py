@@ -9,9 +9,14 @@ Real-ESRGAN's checkpoints.
 
 from __future__ import annotations
 
+import math
+import re
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .spec import Activation, ArchSpec, Blocks, PathArg, StateDict, read_int, unknown
 
 ACTIVATIONS = ("prelu", "relu", "leakyrelu")
 
@@ -70,3 +75,69 @@ class SRVGGNetCompact(nn.Module):
         # The network only learns the residual over a nearest upscale, so a
         # flat colour passes through unchanged.
         return out + F.interpolate(x, scale_factor=float(self.upscale), mode="nearest")
+
+
+_BODY = re.compile(r"^body\.(\d+)\.(weight|bias)$")
+
+
+def _read_hyper(sd: StateDict, path: PathArg) -> dict:
+    index = {}
+    for key, value in sd.items():
+        m = _BODY.match(key)
+        if not m:
+            raise unknown(path, f"unexpected key {key!r} beside body.N layers")
+        if m.group(2) == "weight":
+            index[int(m.group(1))] = value
+    convs = sorted(i for i, w in index.items() if w.ndim == 4)
+    slopes = sorted(i for i, w in index.items() if w.ndim == 1)
+    n = len(convs)
+    if n < 2 or convs != list(range(0, 2 * n, 2)):
+        raise unknown(path, "body.N convs are not at body.0, body.2, ...")
+    if not slopes:
+        # ReLU and LeakyReLU leave no weights, so they cannot be told apart.
+        raise unknown(path, "Compact model without PReLU weights (activation cannot be determined)")
+    if slopes != list(range(1, 2 * n - 2, 2)):
+        raise unknown(path, "PReLU weights are not at body.1, body.3, ...")
+    first, last = index[0], index[convs[-1]]
+    num_in_ch, num_feat = int(first.shape[1]), int(first.shape[0])
+    # The checkpoints do not record the output channels separately from the
+    # shuffle factor; like Real-ESRGAN, take the output to have as many
+    # channels as the input.
+    ratio = last.shape[0] / num_in_ch
+    upscale = math.isqrt(int(ratio)) if ratio == int(ratio) else 0
+    if upscale < 1 or upscale * upscale != ratio:
+        raise unknown(path, f"last conv has {last.shape[0]} outputs, not {num_in_ch} x a square")
+    return {
+        "num_in_ch": num_in_ch,
+        "num_out_ch": num_in_ch,
+        "num_feat": num_feat,
+        "num_conv": n - 2,
+        "upscale": upscale,
+        "act": "prelu",
+    }
+
+
+def _conv_act_pairs(net: nn.Module) -> Blocks:
+    """Each conv with the activation after it (the last conv has none)."""
+    layers = list(net.body)  # type: ignore[arg-type]
+    return [(layers[i], layers[i + 1]) for i in range(0, len(layers) - 1, 2)]
+
+
+SPEC = ArchSpec(
+    name="compact",
+    title="SRVGGNetCompact",
+    modules=(SRVGGNetCompact,),
+    build=SRVGGNetCompact,
+    scale=read_int("upscale"),
+    # One pixel per 3x3 conv: the receptive field, exactly.
+    context=lambda h: int(h["num_conv"]) + 2,
+    keys=("body.0.weight",),
+    claims=lambda sd: all(k.startswith("body.") for k in sd),
+    read_hyper=_read_hyper,
+    # A plain conv stack keeps about four 64-channel maps alive; the
+    # pixel-shuffle carries only 3 * scale**2 channels (four such tensors).
+    activation=Activation(features=64 * 4, upsampled=3 * 4),
+    recompute=_conv_act_pairs,
+)
+
+__all__ = ["ACTIVATIONS", "SPEC", "SRVGGNetCompact"]

@@ -27,7 +27,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .rrdbnet import RRDB, ResidualDenseBlock, RRDBNet
+from .rrdbnet import (
+    OUTER_KEYS,
+    RRDB,
+    ResidualDenseBlock,
+    RRDBNet,
+    outer_hyper,
+    trunk_blocks,
+    trunk_context,
+    trunk_multiple,
+)
+from .spec import ArchSpec, PathArg, StateDict, read_int, unknown
 
 
 class InvertedResidual(nn.Module):
@@ -121,4 +131,35 @@ class MESRGAN(RRDBNet):
         return MobileRRDB(num_feat, num_grow_ch, self.expand_ratio)
 
 
-__all__ = ["MESRGAN", "InvertedResidual", "MobileDenseBlock", "MobileRRDB"]
+def _read_hyper(sd: StateDict, path: PathArg) -> dict:
+    """RRDBNet's outer layout; the blocks hold bottlenecks."""
+    hyper = outer_hyper(sd, path)
+    expand = sd[_BLOCK_KEY]
+    project = sd.get("body.0.rdb1.conv1.project.weight")
+    if expand.ndim != 4 or project is None or project.ndim != 4:
+        raise unknown(path, "MESRGAN block without 1x1 expand/project conv weights")
+    in_ch, hidden = int(expand.shape[1]), int(expand.shape[0])
+    if hidden % in_ch:
+        raise unknown(path, f"MESRGAN expand conv widens {in_ch} to {hidden} channels, not a whole multiple")
+    return {**hyper, "num_grow_ch": int(project.shape[0]), "expand_ratio": hidden // in_ch}
+
+
+# MESRGAN has every RRDBNet key outside the blocks; this one tells them apart.
+_BLOCK_KEY = "body.0.rdb1.conv1.expand.weight"
+
+# The trunk is as deep as RRDBNet's, so it borrows RRDBNet's measured reach.
+SPEC = ArchSpec(
+    name="mesrgan",
+    title="MESRGAN",
+    modules=(MESRGAN,),
+    build=MESRGAN,
+    scale=read_int("scale"),
+    context=trunk_context,
+    size_multiple=trunk_multiple,
+    keys=(*OUTER_KEYS, _BLOCK_KEY),
+    read_hyper=_read_hyper,
+    recompute=trunk_blocks,
+    plain_convs=("conv_up*", "conv_hr"),
+)
+
+__all__ = ["MESRGAN", "SPEC", "InvertedResidual", "MobileDenseBlock", "MobileRRDB"]

@@ -26,6 +26,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .spec import (
+    ArchSpec,
+    Hyper,
+    PathArg,
+    StateDict,
+    contiguous,
+    numbered,
+    one_by_one,
+    read_int,
+    unknown,
+)
+
 
 class BasicBlock(nn.Module):
     """ResNet-18's block: conv3x3-BN-ReLU-conv3x3-BN plus a shortcut, ReLU.
@@ -206,4 +218,55 @@ def resunet_reach(upscale: int, stages: int, blocks_per_stage: int) -> int:
     return math.ceil(reach / upscale) + 1
 
 
-__all__ = ["BasicBlock", "DecoderBlock", "ResUNet", "resunet_reach", "resunet_size_multiple"]
+# The scale only sets the first bilinear upscale, so no weight shape shows
+# it; the module keeps it in this buffer.
+SCALE_KEY = "out_scale"
+
+
+def _read_hyper(sd: StateDict, path: PathArg) -> dict:
+    stem, tail = sd["stem.0.weight"], sd["tail.weight"]
+    if stem.ndim != 4 or tail.ndim != 4:
+        raise unknown(path, "stem/tail are not conv weights")
+    stages = numbered(sd, "encoder")
+    if not stages or not contiguous(stages):
+        raise unknown(path, "ResUNet keys without a contiguous encoder.N numbering")
+    channels = [int(stem.shape[0])]
+    for s in range(len(stages)):
+        w = sd.get(f"encoder.{s}.0.conv1.weight")
+        if w is None:
+            raise unknown(path, f"ResUNet stage encoder.{s} without a first block")
+        channels.append(int(w.shape[0]))
+    blocks = numbered(sd, "encoder.0", part=2)
+    # The scale is nowhere in the weights (the network runs after a
+    # bilinear upscale), so it is read from the file's metadata tensor.
+    scale = sd.get(SCALE_KEY)
+    if scale is None or scale.numel() != 1:
+        raise unknown(path, f"ResUNet weights without the {SCALE_KEY!r} entry that records its scale")
+    return {
+        "num_in_ch": int(stem.shape[1]),
+        "num_out_ch": int(tail.shape[0]),
+        "upscale": int(scale.item()),
+        "channels": channels,
+        "blocks_per_stage": len(blocks),
+    }
+
+
+def _stages(hyper: Hyper) -> int:
+    return len(hyper["channels"]) - 1
+
+
+SPEC = ArchSpec(
+    name="resunet",
+    title="ResUNet",
+    modules=(ResUNet,),
+    build=ResUNet,
+    scale=read_int("upscale"),
+    context=lambda h: resunet_reach(int(h["upscale"]), _stages(h), int(h["blocks_per_stage"])),
+    size_multiple=lambda h: resunet_size_multiple(int(h["upscale"]), _stages(h)),
+    keys=("stem.0.weight", "encoder.0.0.conv1.weight", "decoder.0.conv1.weight", "tail.weight"),
+    read_hyper=_read_hyper,
+    recompute=lambda net: one_by_one([m for m in net.modules() if isinstance(m, BasicBlock | DecoderBlock)]),
+    perceptual="resnet18",
+)
+
+__all__ = ["SPEC", "BasicBlock", "DecoderBlock", "ResUNet", "resunet_reach", "resunet_size_multiple"]

@@ -8,9 +8,25 @@ Parameter names follow Real-ESRGAN's published checkpoints exactly
 
 from __future__ import annotations
 
+import re
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..errors import UnknownArchitecture
+from .spec import (
+    ArchSpec,
+    Blocks,
+    Hyper,
+    PathArg,
+    StateDict,
+    contiguous,
+    in_groups,
+    numbered,
+    read_int,
+    unknown,
+)
 
 # The network always upsamples x4 internally (two nearest x2 steps). Scales 2
 # and 1 are reached, as in Real-ESRGAN, by first folding the input into
@@ -123,3 +139,132 @@ class RRDBNet(nn.Module):
         feat = self.lrelu(self.conv_up1(F.interpolate(feat, scale_factor=2.0, mode="nearest")))
         feat = self.lrelu(self.conv_up2(F.interpolate(feat, scale_factor=2.0, mode="nearest")))
         return self.conv_last(self.lrelu(self.conv_hr(feat)))
+
+
+# --- what the rest of vhsup knows about it ------------------------------------------
+
+OUTER_KEYS = ("conv_first.weight", "conv_body.weight", "conv_up1.weight", "conv_up2.weight", "conv_hr.weight",
+              "conv_last.weight")
+#: The convs a LeakyReLU(0.2) follows: conv1..conv4 of every dense block and
+#: the three upsampler convs (how ncnn's fused activations pin its convs down).
+LEAKY_CONVS = re.compile(r"(^|\.)(conv[1-4]|conv_up1|conv_up2|conv_hr)$")
+#: Tile context of an RRDB trunk (input px at x4). Its reach is hundreds of
+#: pixels but fades; this is what esrgan-x4, the deepest published one,
+#: needs to keep tiles within 1/255 (its card has the measurement).
+TRUNK_CONTEXT = 72
+
+_OLD_RDB = re.compile(r"^model\.1\.sub\.(\d+)\.RDB([123])\.conv([1-5])\.0\.(weight|bias)$")
+_OLD_BODY = re.compile(r"^model\.1\.sub\.(\d+)\.(weight|bias)$")
+_OLD_TOP = re.compile(r"^model\.(\d+)\.(weight|bias)$")
+
+
+def convert_old_esrgan(sd: StateDict, path: PathArg = None) -> dict[str, torch.Tensor] | None:
+    """The original ESRGAN layout renamed to these key names; None if ``sd`` is not in it.
+
+    In the old layout ``model`` is a Sequential: 0 conv_first, 1 a shortcut
+    block whose ``sub`` holds the RRDBs and then conv_body, then for x4
+    upsample/conv/lrelu twice (convs at 3 and 6), conv_hr at 8, conv_last at
+    10. Only x4 exists in RRDBNet's fixed layout, so other scales are refused.
+    """
+    if "model.0.weight" not in sd or not any(k.startswith("model.1.sub.") for k in sd):
+        return None
+    rdbs = {m.group(1) for k in sd if (m := _OLD_RDB.match(k))}
+    body_idx = [int(m.group(1)) for k in sd if (m := _OLD_BODY.match(k))]
+    tops = sorted({int(m.group(1)) for k in sd if (m := _OLD_TOP.match(k))} - {0})
+    if not rdbs or len(set(body_idx)) != 1:
+        raise unknown(path, "old ESRGAN layout without RRDB blocks and one trunk conv")
+    num_block = len(rdbs)
+    if set(map(int, rdbs)) != set(range(num_block)) or body_idx[0] != num_block:
+        raise unknown(path, "old ESRGAN layout with gaps in its RRDB numbering")
+    if len(tops) != 4:
+        n_up = max(len(tops) - 2, 0)
+        raise UnknownArchitecture(f"old-style ESRGAN model with {n_up} upsampling convs (scale {2**n_up}) is not "
+                                  "supported by vhsup's own loader; only x4", path)
+    names = dict(zip(tops, ("conv_up1", "conv_up2", "conv_hr", "conv_last")))
+    names[0] = "conv_first"
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        if m := _OLD_RDB.match(key):
+            out[f"body.{m.group(1)}.rdb{m.group(2)}.conv{m.group(3)}.{m.group(4)}"] = value
+        elif m := _OLD_BODY.match(key):
+            out[f"conv_body.{m.group(2)}"] = value
+        elif (m := _OLD_TOP.match(key)) and int(m.group(1)) in names:
+            out[f"{names[int(m.group(1))]}.{m.group(2)}"] = value
+        else:
+            raise unknown(path, f"unexpected key {key!r} in an old ESRGAN layout")
+    return out
+
+
+def outer_hyper(sd: StateDict, path: PathArg) -> dict:
+    """Channels, scale and trunk width from the convs RRDBNet and MESRGAN share."""
+    first = sd["conv_first.weight"]
+    last = sd["conv_last.weight"]
+    if first.ndim != 4 or last.ndim != 4:
+        raise unknown(path, "conv_first/conv_last are not conv weights")
+    num_feat, in_first = first.shape[0], first.shape[1]
+    num_out_ch = last.shape[0]
+    # Real-ESRGAN x2/x1 fold the picture into channels with pixel-unshuffle,
+    # so conv_first sees 4x or 16x the picture's channels; the output side
+    # tells how many channels the picture has.
+    if in_first == 16 * num_out_ch:
+        scale, num_in_ch = 1, in_first // 16
+    elif in_first == 4 * num_out_ch:
+        scale, num_in_ch = 2, in_first // 4
+    else:
+        scale, num_in_ch = 4, in_first
+    if any(k.startswith("conv_up3") for k in sd):
+        raise UnknownArchitecture("RRDBNet with a third upsampling conv (x8) is not supported by vhsup's own loader", path)
+    blocks = numbered(sd, "body")
+    if not blocks or not contiguous(blocks):
+        raise unknown(path, "RRDBNet keys without a contiguous body.N numbering")
+    return {
+        "num_in_ch": int(num_in_ch),
+        "num_out_ch": int(num_out_ch),
+        "scale": scale,
+        "num_feat": int(num_feat),
+        "num_block": len(blocks),
+    }
+
+
+def _read_hyper(sd: StateDict, path: PathArg) -> dict:
+    hyper = outer_hyper(sd, path)
+    grow = sd.get("body.0.rdb1.conv1.weight")
+    if grow is None:
+        raise unknown(path, "RRDBNet keys without body.0.rdb1.conv1")
+    return {**hyper, "num_grow_ch": int(grow.shape[0])}
+
+
+def trunk_multiple(hyper: Hyper) -> int:
+    """x2/x1 nets run their trunk on a 2x/4x coarser grid (pixel-unshuffle):
+    frames and tiles must be multiples of that."""
+    return _UNSHUFFLE[int(hyper["scale"])]
+
+
+def trunk_context(hyper: Hyper) -> int:
+    """The measured trunk reach, in input pixels: the same reach in trunk
+    pixels spans 2x/4x as many input pixels on the coarser grid of x2/x1."""
+    return TRUNK_CONTEXT * trunk_multiple(hyper)
+
+
+def trunk_blocks(net: nn.Module) -> Blocks:
+    """The RRDB trunk, three blocks a segment: one RRDB holds little
+    activation next to its recompute cost."""
+    return in_groups(net.body, 3)  # type: ignore[arg-type]
+
+
+SPEC = ArchSpec(
+    name="rrdbnet",
+    title="RRDBNet (ESRGAN/Real-ESRGAN)",
+    modules=(RRDBNet,),
+    build=RRDBNet,
+    scale=read_int("scale"),
+    context=trunk_context,
+    size_multiple=trunk_multiple,
+    keys=OUTER_KEYS,
+    read_hyper=_read_hyper,
+    legacy=convert_old_esrgan,
+    recompute=trunk_blocks,
+    plain_convs=("conv_up*", "conv_hr"),
+)
+
+__all__ = ["RRDB", "SPEC", "RRDBNet", "ResidualDenseBlock", "convert_old_esrgan", "outer_hyper"]

@@ -25,6 +25,18 @@ import math
 import torch
 from torch import nn
 
+from ..errors import VhsupError
+from .spec import (
+    ArchSpec,
+    PathArg,
+    StateDict,
+    contiguous,
+    numbered,
+    one_by_one,
+    read_int,
+    unknown,
+)
+
 SCALES = (2, 4, 8)
 
 
@@ -123,4 +135,39 @@ def srresnet_reach(num_block: int, upscale: int) -> int:
     return math.ceil(reach)
 
 
-__all__ = ["SCALES", "ResidualBlockBN", "SRResNet", "SubPixelUp", "srresnet_reach"]
+def _read_hyper(sd: StateDict, path: PathArg) -> dict:
+    first, last = sd["conv_first.weight"], sd["conv_last.weight"]
+    if first.ndim != 4 or last.ndim != 4:
+        raise unknown(path, "conv_first/conv_last are not conv weights")
+    blocks, ups = numbered(sd, "body"), numbered(sd, "upsample")
+    if not contiguous(blocks) or not contiguous(ups):
+        raise unknown(path, "SRResNet keys without contiguous body.N / upsample.N numbering")
+    if len(ups) not in (1, 2, 3):
+        raise VhsupError(f"SRResNet with {len(ups)} sub-pixel steps (x{2 ** len(ups)}) is not supported; only x2, x4, x8",
+                         path)
+    return {
+        "num_in_ch": int(first.shape[1]),
+        "num_out_ch": int(last.shape[0]),
+        "num_feat": int(first.shape[0]),
+        "num_block": len(blocks),
+        "upscale": 2 ** len(ups),
+    }
+
+
+SPEC = ArchSpec(
+    name="srresnet",
+    title="SRResNet/SRGAN",
+    modules=(SRResNet,),
+    build=SRResNet,
+    scale=read_int("upscale"),
+    context=lambda h: srresnet_reach(int(h["num_block"]), int(h["upscale"])),
+    keys=("conv_first.weight", "act_first.weight", "conv_body.weight", "bn_body.weight", "conv_last.weight"),
+    read_hyper=_read_hyper,
+    # tanh turns an fp16 overflow into plain white instead of the NaN the
+    # engine's guard looks for; bf16 has fp32's range.
+    supports_half=False,
+    recompute=lambda net: one_by_one(net.body),  # type: ignore[arg-type]
+    plain_convs=("upsample.*",),
+)
+
+__all__ = ["SCALES", "SPEC", "ResidualBlockBN", "SRResNet", "SubPixelUp", "srresnet_reach"]

@@ -31,13 +31,15 @@ convolutions (DLAS); this is an independent implementation.
 from __future__ import annotations
 
 import math
+import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vhsup.errors import VhsupError
 from vhsup.kernels import switched_conv2d
 
 
@@ -351,3 +353,50 @@ def convert_to_switched(model: nn.Module, *, breadth: int = 8,
         parent = model.get_submodule(parent_name)
         setattr(parent, attr, SwitchedConv2d.from_conv(getattr(parent, attr), breadth=breadth, **kw))
     return chosen
+
+
+#: The hyperparameter that records a conversion: ``{"breadth": B, "layers":
+#: [conv names]}`` (plus ``queue`` when the switch norm remembers other than
+#: 256 batches). :func:`vhsup.arch.build` converts those convs again.
+SWITCHED_HYPER = "switched"
+
+
+def unswitch_state_dict(sd: Mapping[str, torch.Tensor], path: str | os.PathLike[str] | None = None
+                        ) -> tuple[dict[str, torch.Tensor], dict] | None:
+    """The state dict of the plain network a converted one came from, and
+    what :func:`vhsup.arch.build` needs to convert it again; None if ``sd``
+    holds no switched convs (no 5-D weights).
+
+    The plain weights are kernel 0 of each switched conv; selectors and
+    switch norms are dropped. Only the default selector (one 1x1 conv) is
+    accepted: a deeper one would widen the model's reach beyond what the
+    plain network's tiling context covers.
+    """
+    layers = sorted(k[: -len(".weight")] for k, v in sd.items() if k.endswith(".weight") and v.ndim == 5)
+    if not layers:
+        return None
+    breadths = {int(sd[f"{name}.weight"].shape[0]) for name in layers}
+    if len(breadths) != 1:
+        raise VhsupError(f"switched convs of different breadths {sorted(breadths)} in one model are not supported", path)
+    breadth = breadths.pop()
+    queue = 256
+    for name in layers:
+        sel = sd.get(f"{name}.selector.weight")
+        if sel is None or tuple(sel.shape) != (breadth, sd[f"{name}.weight"].shape[2], 1, 1):
+            raise VhsupError(f"switched conv {name} has no plain 1x1 selector (only the default selector is supported "
+                             "outside switched-x4)", path)
+        history = sd.get(f"{name}.norm.history")
+        if history is not None:
+            queue = int(history.shape[0])
+    plain: dict[str, torch.Tensor] = {}
+    inside = tuple(f"{name}.{part}." for name in layers for part in ("selector", "norm"))
+    names = set(layers)
+    for key, value in sd.items():
+        if key.startswith(inside):
+            continue
+        layer = key.rpartition(".")[0]
+        plain[key] = value[0] if layer in names and key.endswith((".weight", ".bias")) else value
+    conversion: dict = {"breadth": breadth, "layers": layers}
+    if queue != 256:
+        conversion["queue"] = queue
+    return plain, conversion

@@ -7,7 +7,7 @@ of them gives a network that is wide in parameters but shallow and cheap in
 compute: five switched residual blocks at breadth 8 carry about as many
 weights as a mid-size RRDBNet while costing a tenth of esrgan-x4 per pixel.
 
-Layout (names are the state-dict keys; see :mod:`vhsup.weights.detect`)::
+Layout (names are the state-dict keys; see :data:`SPEC`)::
 
     conv_first              plain 3x3, picture -> num_feat
     body.N.conv1/.conv2     switched 3x3 + LeakyReLU between, plus a skip
@@ -26,11 +26,22 @@ smooth image instead of from grey.
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import VhsupError
+from .spec import (
+    ArchSpec,
+    PathArg,
+    StateDict,
+    contiguous,
+    one_by_one,
+    read_int,
+    unknown,
+)
 from .switched import SwitchedConv2d
 
 SCALES = (1, 2, 4, 8)
@@ -137,4 +148,55 @@ def switchedsr_reach(num_block: int, scale: int) -> int:
     return worst
 
 
-__all__ = ["SCALES", "SwitchedResBlock", "SwitchedSR", "switchedsr_reach"]
+_BLOCK = re.compile(r"^body\.(\d+)\.conv([12])\.weight$")
+_UP = re.compile(r"^conv_up\.(\d+)\.weight$")
+
+
+def _read_hyper(sd: StateDict, path: PathArg) -> dict:
+    first, last = sd["conv_first.weight"], sd["conv_last.weight"]
+    if first.ndim != 4 or last.ndim != 4:
+        raise unknown(path, "conv_first/conv_last are not conv weights")
+    convs = {(int(m.group(1)), m.group(2)): sd[k] for k in sd if (m := _BLOCK.match(k))}
+    blocks = {b for b, _ in convs}
+    if not contiguous(blocks) or len(convs) != 2 * len(blocks):
+        raise unknown(path, "SwitchedSR keys without contiguous body.N.conv1/conv2 numbering")
+    if any(w.ndim != 5 for w in convs.values()):
+        raise unknown(path, "SwitchedSR block convs are not all switched (5-D weights)")
+    breadths = {int(w.shape[0]) for w in convs.values()}
+    if len(breadths) != 1:
+        raise VhsupError(f"SwitchedSR with switched convs of different breadths {sorted(breadths)} is not supported",
+                         path)
+    ups = {int(m.group(1)) for k in sd if (m := _UP.match(k))}
+    if not contiguous(ups):
+        raise unknown(path, "SwitchedSR keys without contiguous conv_up.N numbering")
+    if len(ups) > 3:
+        raise VhsupError(f"SwitchedSR with {len(ups)} upsampling steps (x{2 ** len(ups)}) is not supported; only x1..x8",
+                         path)
+    return {
+        "num_in_ch": int(first.shape[1]),
+        "num_out_ch": int(last.shape[0]),
+        "num_feat": int(first.shape[0]),
+        "num_block": len(blocks),
+        "breadth": breadths.pop(),
+        "scale": 2 ** len(ups),
+    }
+
+
+# Plain outer convs around switched blocks. A switched conv's weight is 5-D
+# (breadth, out, in, kh, kw), which no other vhsup layer has.
+SPEC = ArchSpec(
+    name="switchedsr",
+    title="SwitchedSR",
+    modules=(SwitchedSR,),
+    build=SwitchedSR,
+    scale=read_int("scale"),
+    context=lambda h: switchedsr_reach(int(h["num_block"]), int(h["scale"])),
+    keys=("conv_first.weight", "body.0.conv1.weight", "conv_body.weight", "conv_hr.weight", "conv_last.weight"),
+    claims=lambda sd: sd["body.0.conv1.weight"].ndim == 5,
+    read_hyper=_read_hyper,
+    recompute=lambda net: one_by_one(net.body),  # type: ignore[arg-type]
+    plain_convs=("conv_up*", "conv_hr"),
+    switched_native=True,
+)
+
+__all__ = ["SCALES", "SPEC", "SwitchedResBlock", "SwitchedSR", "switchedsr_reach"]

@@ -62,16 +62,17 @@ def write_model_card(weights: Path, *, arch: str, hyper: dict, scale: int, base:
             else the config's step count).
     """
     from vhsup import registry
-    from vhsup.arch import build
+    from vhsup.arch import build, spec_named
 
     weights = Path(weights)
     hyper = _plain(dict(hyper))
-    net_scale = int(hyper.get("scale", hyper.get("upscale", 0)))
+    spec = spec_named(arch)
+    net_scale = spec.scale(hyper)
     if int(scale) != net_scale:
         raise ValueError(f"scale x{scale} does not match the network's x{net_scale} ({hyper})")
     with torch.device("meta"):
         params = sum(p.numel() for p in build(arch, dict(hyper)).parameters())
-    context, multiple, macs = registry._user_file_tiling(arch, hyper)
+    context, multiple, macs = spec.context(hyper), spec.size_multiple(hyper), spec.macs(hyper)
 
     base = os.fspath(base)
     base_card = _base_card(base)
@@ -109,9 +110,9 @@ def write_model_card(weights: Path, *, arch: str, hyper: dict, scale: int, base:
         "context": int(context),
         "size_multiple": int(multiple),
         # The base card's precision flags were measured on that network and
-        # hold for its fine-tunes; SRResNet's tanh hides fp16 overflow.
-        "supports_half": bool(base_card.get("supports_half", True)) if same_arch else arch != "srresnet",
-        "supports_bfloat16": bool(base_card.get("supports_bfloat16", True)) if same_arch else True,
+        # hold for its fine-tunes; otherwise the architecture's say.
+        "supports_half": bool(base_card.get("supports_half", True)) if same_arch else spec.supports_half,
+        "supports_bfloat16": bool(base_card.get("supports_bfloat16", True)) if same_arch else spec.supports_bfloat16,
         "licence": licence,
         "attribution": attribution,
         "notes": _notes(verb, base, frames, step, mode, preset, values),

@@ -52,6 +52,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from vhsup import registry, signals
+from vhsup.arch import spec_named
 from vhsup.errors import Interrupted, UnknownArchitecture, VhsupError
 from vhsup.train import checkpoint as ckpt
 from vhsup.train.config import RESUMABLE, TrainConfig, config_dict, config_toml
@@ -278,68 +279,31 @@ def enable_checkpointing(net: nn.Module) -> int:
 
     The module's structure and state-dict keys stay as they are (only
     ``forward`` of some submodules is replaced on the instance), so saved
-    weights load into a plain network. RRDB trunks are checkpointed three
-    blocks at a time (one RRDB holds little activation next to its
-    recompute cost), residual blocks one at a time, and the compact net's
-    conv + activation pairs one at a time. Apply it to the training network
-    only, after the EMA copy is made.
+    weights load into a plain network. The architecture's spec says which
+    blocks make a segment (:func:`vhsup.arch.recompute_blocks`): the first
+    module of a segment runs the whole segment, the others pass their input
+    on. Apply it to the training network only, after the EMA copy is made.
     """
-    from vhsup.arch.compact import SRVGGNetCompact
-    from vhsup.arch.resunet import BasicBlock, DecoderBlock, ResUNet
-    from vhsup.arch.rrdbnet import RRDBNet
+    from vhsup.arch import recompute_blocks
 
-    count = 0
-    if isinstance(net, RRDBNet):  # MESRGAN too
-        blocks = list(net.body)
-        groups = [blocks[i:i + 3] for i in range(0, len(blocks), 3)]
+    segments = recompute_blocks(net)
+    for segment in segments:
+        # The classes' forwards: the instance's is about to be replaced.
+        steps = [type(m).forward.__get__(m) for m in segment]
 
-        def seq(mods):
-            def f(x):
-                for m in mods:
-                    x = m(x)
-                return x
-            return f
-
-        runners = [_checkpointed(seq(g), g) for g in groups]
-
-        def body_forward(x):
-            for r in runners:
-                x = r(x)
+        def run(x, steps=steps):
+            for step in steps:
+                x = step(x)
             return x
 
-        net.body.forward = body_forward
-        return len(runners)
-    if isinstance(net, SRVGGNetCompact):
-        layers = list(net.body)
-        for i in range(0, len(layers) - 1, 2):
-            conv, act = layers[i], layers[i + 1]
-
-            def pair(x, conv_f=type(conv).forward, act_f=type(act).forward, conv=conv, act=act):
-                return act_f(act, conv_f(conv, x))
-
-            conv.forward = _checkpointed(pair, [conv, act])
-            act.forward = _identity
-            count += 1
-        return count
-    if isinstance(net, ResUNet):
-        targets = [m for m in net.modules() if isinstance(m, BasicBlock | DecoderBlock)]
-    else:  # SRResNet, and any net whose trunk is a sequence of residual blocks
-        body = getattr(net, "body", None)
-        targets = list(body) if isinstance(body, nn.Sequential | nn.ModuleList) else []
-    for m in targets:
-        m.forward = _checkpointed(type(m).forward.__get__(m), [m])
-        count += 1
-    return count
+        segment[0].forward = _checkpointed(run, list(segment))
+        for m in segment[1:]:
+            m.forward = _identity
+    return len(segments)
 
 
 def _identity(x):
     return x
-
-
-# Upsampler convs by the names the architectures give them: --switched leaves
-# them plain by default (they run at the larger sizes, where extra kernels
-# cost the most memory and buy the least).
-_UPSAMPLER_PATTERNS = ("conv_up*", "conv_hr", "upsample.*")
 
 
 def default_switched_layers(net: nn.Module) -> list[str]:
@@ -347,6 +311,7 @@ def default_switched_layers(net: nn.Module) -> list[str]:
     given: the trunk's spatial (k > 1) convs that can be converted, i.e.
     every such conv except the network's first and last and its
     upsampler's. 1x1 projections and grouped/depthwise convs stay plain."""
+    from vhsup.arch import keeps_plain
     from vhsup.arch.switched import SwitchedConv2d, switched_layers, unconvertible
 
     inside = tuple(name + "." for name, _ in switched_layers(net))
@@ -358,7 +323,7 @@ def default_switched_layers(net: nn.Module) -> list[str]:
     for n, m in order[1:-1]:
         if not isinstance(m, nn.Conv2d) or unconvertible(m) is not None or m.kernel_size[0] < 2:
             continue
-        if any(fnmatch.fnmatchcase(n, pat) for pat in _UPSAMPLER_PATTERNS):
+        if keeps_plain(net, n):  # the upsampler: large maps, where kernels cost most and buy least
             continue
         out.append(n)
     return out
@@ -452,9 +417,9 @@ class Trainer:
         seed = derive_seed(cfg.seed, "G")
         if spec in registry.model_names():
             c = registry.card(spec)
-            if c["arch"] == "classical":
+            if spec_named(c["arch"]).weightless:
                 raise VhsupError(f"{spec} is a fixed resampler with nothing to train; pick a network such as compact-x4")
-            net_scale = int(c["hyper"].get("upscale", c["hyper"].get("scale")))
+            net_scale = spec_named(c["arch"]).scale(c["hyper"])
             if int(c["scale"]) != net_scale:
                 raise VhsupError(
                     f"{spec} is the x{net_scale} network followed by a resize to x{c['scale']}; vhsup trains networks "
@@ -518,7 +483,7 @@ class Trainer:
         from vhsup.weights.detect import detect
 
         net, b = self.net, cfg.switched_breadth
-        if self.arch == "switchedsr":
+        if spec_named(self.arch).switched_native:
             raise VhsupError(f"{self.base} is built from switched convs already; --switched converts a plain "
                              "network such as compact-x4: train this one without --switched")
         existing = switched_layers(net)
@@ -579,7 +544,7 @@ class Trainer:
             changes["pixel_steps"] = 0 if self.pretrained else cfg.steps // 2
         perceptual = cfg.perceptual
         if perceptual == "auto":
-            perceptual = "resnet18" if (self.base == "unet-x4" or self.arch == "resunet") else "vgg19"
+            perceptual = spec_named(self.arch).perceptual
         changes["perceptual"] = perceptual
         if cfg.discriminator == "auto":
             changes["discriminator"] = "srgan" if self.base == "srgan-x4" else "unet"

@@ -168,33 +168,6 @@ def _unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def _descriptor_for(net: nn.Module, scale: int):
-    """A ModelDescriptor for a network in training, for the engine's tiler.
-
-    The architecture is read from the state dict the way a saved file would
-    be, so the tile context and size multiple are the ones ``vhsup upscale``
-    will use for the exported weights. Classical resamplers get their
-    measured context; anything unrecognised gets the longest reach vhsup
-    uses (RRDBNet's) and no size constraint.
-    """
-    from vhsup import registry
-    from vhsup.arch.classical import Bicubic, Lanczos
-    from vhsup.weights.detect import detect
-
-    if isinstance(net, Bicubic | Lanczos):
-        kind = "bicubic" if isinstance(net, Bicubic) else "lanczos"
-        arch, context, multiple = "classical", int(registry.card(kind)["context"]), 1
-    else:
-        try:
-            arch, hyper = detect(net.state_dict())
-            context, multiple, _macs = registry._user_file_tiling(arch, hyper)
-        except (VhsupError, KeyError, TypeError, ValueError):
-            arch, context, multiple = "unknown", registry._RRDB_USER_CONTEXT, 1
-    return registry.ModelDescriptor(
-        name=f"{arch} (in training)", arch=arch, scale=int(scale), context=int(context),
-        size_multiple=int(multiple), params=sum(p.numel() for p in net.parameters()))
-
-
 # --- the validator -------------------------------------------------------------
 
 
@@ -330,14 +303,14 @@ class Validator:
     def _iter_upscaled(self, model: nn.Module, indices):
         """Yield ``(index, output)`` in order, a few frames of one size at a time."""
         from vhsup.engine import SREngine
-        from vhsup.registry import LoadedModel
+        from vhsup.registry import LoadedModel, describe_network
 
         net = _unwrap(model)
         flags = [(m, m.training) for m in net.modules()]
         benchmark = torch.backends.cudnn.benchmark
         net.eval()
         try:
-            engine = SREngine(LoadedModel(_Guest(net), _descriptor_for(net, self.scale)), device=self.device,
+            engine = SREngine(LoadedModel(_Guest(net), describe_network(net, self.scale)), device=self.device,
                               precision="fp32", tile=self.tile, batch="auto")
             indices = list(indices)
             chunk = 4  # frames per engine call: bounds the outputs held at once

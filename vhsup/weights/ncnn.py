@@ -11,11 +11,12 @@ no names and no shapes: it is the weight blobs of the weighted layers, in
   ``0=`` raw float32 values with no tag.
 * PReLU: ``0=`` raw float32 slopes, no tag.
 
-The convolutions are then named by their position in the network
-(Real-ESRGAN's key names) and every tensor's shape is checked against a
-module built from the hyperparameters inferred from the .param. A .bin with a
-single byte missing or left over is refused: that means the pair does not
-belong together or the file was cut short.
+The blobs are then named by their position in the network (the n-th blob
+belongs to the n-th module with weights of the architecture's network, so
+the key names are the architecture's own) and every tensor's shape is
+checked against that network, built from the hyperparameters the .param
+shows. A .bin with a single byte missing or left over is refused: that
+means the pair does not belong together or the file was cut short.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..arch import build, compact, rrdbnet
+from ..arch.spec import ArchSpec
 from ..errors import VhsupError
 
 MAGIC = 7767517
@@ -176,9 +179,12 @@ class _Conv:
         return float(act[0]) if isinstance(act, list) and act else 0.0
 
 
-def _read_blobs(layers: list[Layer], reader: _BinReader, param_path) -> tuple[list[_Conv], list[np.ndarray]]:
-    convs: list[_Conv] = []
-    slopes: list[np.ndarray] = []
+_Blob = _Conv | np.ndarray  # a conv, or a PReLU's slopes
+
+
+def _read_blobs(layers: list[Layer], reader: _BinReader, param_path) -> list[_Blob]:
+    """The weights of every weighted layer, in layer order."""
+    blobs: list[_Blob] = []
     for layer in layers:
         what = f"layer {layer.name} ({layer.type})"
         if layer.type == "Convolution":
@@ -198,52 +204,88 @@ def _read_blobs(layers: list[Layer], reader: _BinReader, param_path) -> tuple[li
             in_ch = count // (out_ch * kernel * kernel)
             weight = reader.tagged(count, what + " weight").reshape(out_ch, in_ch, kernel, kernel)
             bias = reader.raw_f32(out_ch, what + " bias") if int(layer.get(5)) == 1 else None
-            convs.append(_Conv(layer, out_ch, in_ch, kernel, weight, bias))
+            blobs.append(_Conv(layer, out_ch, in_ch, kernel, weight, bias))
         elif layer.type == "PReLU":
-            slopes.append(reader.raw_f32(int(layer.get(0)), what + " slopes"))
+            blobs.append(reader.raw_f32(int(layer.get(0)), what + " slopes"))
         elif layer.type not in _WEIGHTLESS:
             raise VhsupError(f"{what}: layer type {layer.type} is not supported", param_path)
-    return convs, slopes
+    return blobs
 
 
 def _layout_error(path, detail: str) -> VhsupError:
     return VhsupError(f"ncnn model layout not recognised as RRDBNet or Compact: {detail}", path)
 
 
-def _map_rrdbnet(layers: list[Layer], convs: list[_Conv], path) -> tuple[dict, list[tuple[str, _Conv]]]:
-    """Name RRDBNet convs by position and infer its hyperparameters."""
+def _name_blobs(spec: ArchSpec, hyper: dict, blobs: list[_Blob], path) -> dict[str, torch.Tensor]:
+    """The blobs under the network's key names, checked against its shapes.
+
+    ncnn writes weighted layers in the order the network registers them, so
+    the n-th blob belongs to the n-th module of the spec's network that has
+    parameters of its own (built on the meta device: names and shapes only).
+    """
+    with torch.device("meta"):
+        module = build(spec.name, hyper)
+    slots = [[f"{name}.{p}" if name else p for p, _ in m.named_parameters(recurse=False)]
+             for name, m in module.named_modules()]
+    slots = [keys for keys in slots if keys]
+    if len(slots) != len(blobs):
+        raise _layout_error(path, f"{len(blobs)} weighted layers, a {spec.title} with {hyper} has {len(slots)}")
+    state: dict[str, torch.Tensor] = {}
+    for keys, blob in zip(slots, blobs):
+        arrays = [blob] if isinstance(blob, np.ndarray) else [blob.weight] + ([blob.bias] if blob.bias is not None else [])
+        for key, array in zip(keys, arrays):
+            state[key] = torch.from_numpy(array)
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    if set(expected) != set(state):
+        missing = sorted(set(expected) - set(state))[:3]
+        extra = sorted(set(state) - set(expected))[:3]
+        raise _layout_error(path, f"tensors missing {missing} / unexpected {extra}")
+    for key, shape in expected.items():
+        if tuple(state[key].shape) != shape:
+            raise _layout_error(path, f"{key} has shape {tuple(state[key].shape)}, the module needs {shape}")
+    return state
+
+
+def _convs(blobs: list[_Blob]) -> list[_Conv]:
+    return [b for b in blobs if isinstance(b, _Conv)]
+
+
+def _rrdbnet_layout(layers: list[Layer], blobs: list[_Blob], path) -> tuple[dict, dict[str, torch.Tensor], None]:
+    """An RRDBNet: 6 outer convs and 15 per block, LeakyReLU fused into some."""
+    convs = _convs(blobs)
     n = len(convs)
     if n < 21 or (n - 6) % 15:
         raise _layout_error(path, f"{n} convolutions is not 6 + 15 * num_block")
-    num_block = (n - 6) // 15
-    names = ["conv_first"]
-    names += [f"body.{b}.rdb{r}.conv{c}" for b in range(num_block) for r in (1, 2, 3) for c in range(1, 6)]
-    names += ["conv_body", "conv_up1", "conv_up2", "conv_hr", "conv_last"]
-    for name, conv in zip(names, convs):
-        # The fused activations pin down the mapping: LeakyReLU(0.2) after
-        # dense conv1..4 and after up1/up2/hr, and nowhere else.
-        wants_leaky = name.endswith(("conv1", "conv2", "conv3", "conv4")) or name in ("conv_up1", "conv_up2", "conv_hr")
-        slope = conv.leaky
-        if wants_leaky != (slope is not None) or (slope is not None and abs(slope - 0.2) > 1e-6):
-            raise _layout_error(path, f"layer {conv.layer.name} as {name} has the wrong activation")
     nearest = [ly for ly in layers if ly.type == "Interp" and ly.get(0) == _INTERP_NEAREST]
-    if len(nearest) != 2 or any(abs(float(ly.get(1)) - 2.0) > 1e-6 for ly in nearest):
-        raise _layout_error(path, "expected two nearest x2 upsamplings (only x4 RRDBNet is supported from ncnn)")
     hyper = {
         "num_in_ch": convs[0].in_ch,
         "num_out_ch": convs[-1].out_ch,
         "scale": 4,
         "num_feat": convs[0].out_ch,
-        "num_block": num_block,
+        "num_block": (n - 6) // 15,
         "num_grow_ch": convs[1].out_ch,
     }
-    return hyper, list(zip(names, convs))
+    state = _name_blobs(rrdbnet.SPEC, hyper, blobs, path)
+    names = [k.rpartition(".")[0] for k in state if k.endswith(".weight")]
+    for name, conv in zip(names, convs):
+        # The fused activations pin down the mapping: LeakyReLU(0.2) where
+        # the network has one, and nowhere else.
+        wants_leaky = bool(rrdbnet.LEAKY_CONVS.search(name))
+        slope = conv.leaky
+        if wants_leaky != (slope is not None) or (slope is not None and abs(slope - 0.2) > 1e-6):
+            raise _layout_error(path, f"layer {conv.layer.name} as {name} has the wrong activation")
+    if len(nearest) != 2 or any(abs(float(ly.get(1)) - 2.0) > 1e-6 for ly in nearest):
+        raise _layout_error(path, "expected two nearest x2 upsamplings (only x4 RRDBNet is supported from ncnn)")
+    return hyper, state, None
 
 
-def _map_compact(layers: list[Layer], convs: list[_Conv], slopes: list[np.ndarray], path):
+def _compact_layout(layers: list[Layer], blobs: list[_Blob], path) -> tuple[dict, dict[str, torch.Tensor], float | None]:
+    """A Compact: conv, PReLU, ..., conv, one PixelShuffle, a nearest
+    residual upscale and perhaps a bicubic resize after it."""
+    convs = _convs(blobs)
     n = len(convs)
-    if n < 2 or len(slopes) != n - 1:
-        raise _layout_error(path, f"{n} convolutions need {n - 1} PReLU layers, found {len(slopes)}")
+    if n < 2 or len(blobs) - n != n - 1:
+        raise _layout_error(path, f"{n} convolutions need {n - 1} PReLU layers, found {len(blobs) - n}")
     # Conv, PReLU, Conv, PReLU, ..., Conv: check the order in the layer list.
     order = [ly.type for ly in layers if ly.type in ("Convolution", "PReLU")]
     if order != ["Convolution", "PReLU"] * (n - 1) + ["Convolution"]:
@@ -269,21 +311,7 @@ def _map_compact(layers: list[Layer], convs: list[_Conv], slopes: list[np.ndarra
         "upscale": upscale,
         "act": "prelu",
     }
-    named: list[tuple[str, object]] = []
-    for i, conv in enumerate(convs):
-        named.append((f"body.{2 * i}", conv))
-        if i < len(slopes):
-            named.append((f"body.{2 * i + 1}", slopes[i]))
-    return hyper, named, post_scale
-
-
-def _expected_shapes(arch: str, hyper: dict) -> dict[str, tuple[int, ...]]:
-    # Built on the meta device: shapes only, no memory or init time.
-    from ..arch import build
-
-    with torch.device("meta"):
-        module = build(arch, hyper)
-    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    return hyper, _name_blobs(compact.SPEC, hyper, blobs, path), post_scale
 
 
 def read_ncnn(
@@ -296,7 +324,7 @@ def read_ncnn(
     """Convert an ncnn pair held in memory; the paths only name errors."""
     layers = parse_param(param_text, param_path)
     reader = _BinReader(bin_data, bin_path)
-    convs, slopes = _read_blobs(layers, reader, param_path)
+    blobs = _read_blobs(layers, reader, param_path)
     if reader.offset != len(bin_data):
         raise VhsupError(
             f"ncnn .bin has {len(bin_data) - reader.offset} bytes left over after the last layer "
@@ -304,33 +332,14 @@ def read_ncnn(
             bin_path,
         )
     types = {ly.type for ly in layers}
-    post_scale = None
     if "PReLU" in types or "PixelShuffle" in types:
-        arch = "compact"
-        hyper, named, post_scale = _map_compact(layers, convs, slopes, param_path)
-    elif "Concat" in types and not slopes:
-        arch = "rrdbnet"
-        hyper, named = _map_rrdbnet(layers, convs, param_path)
+        spec, layout = compact.SPEC, _compact_layout
+    elif "Concat" in types and not any(isinstance(b, np.ndarray) for b in blobs):
+        spec, layout = rrdbnet.SPEC, _rrdbnet_layout
     else:
         raise _layout_error(param_path, "neither dense blocks nor PReLU/PixelShuffle found")
-
-    state: dict[str, torch.Tensor] = {}
-    for name, blob in named:
-        if isinstance(blob, _Conv):
-            state[f"{name}.weight"] = torch.from_numpy(blob.weight)
-            if blob.bias is not None:
-                state[f"{name}.bias"] = torch.from_numpy(blob.bias)
-        else:
-            state[f"{name}.weight"] = torch.from_numpy(blob)
-    expected = _expected_shapes(arch, hyper)
-    if set(expected) != set(state):
-        missing = sorted(set(expected) - set(state))[:3]
-        extra = sorted(set(state) - set(expected))[:3]
-        raise _layout_error(param_path, f"tensors missing {missing} / unexpected {extra}")
-    for key, shape in expected.items():
-        if tuple(state[key].shape) != shape:
-            raise _layout_error(param_path, f"{key} has shape {tuple(state[key].shape)}, the module needs {shape}")
-    return NcnnModel(arch, hyper, state, len(convs), reader.offset, post_scale, layers)
+    hyper, state, post_scale = layout(layers, blobs, param_path)
+    return NcnnModel(spec.name, hyper, state, len(_convs(blobs)), reader.offset, post_scale, layers)
 
 
 def import_ncnn_model(param_path: str | os.PathLike[str], bin_path: str | os.PathLike[str] | None = None) -> NcnnModel:

