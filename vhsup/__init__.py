@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from vhsup.errors import VhsupError
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one version string; pyproject.toml reads it (hatch)
 __all__ = ["VhsupError", "upscale_video", "upscaled_frames", "probe", "__version__"]
 
 

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from vhsup import cli_params
+from vhsup import __version__, cli_params
 from vhsup.cli_errors import ReportingGroup
 from vhsup.errors import VhsupError
 from vhsup.wording import aspect_label, plural
@@ -25,7 +25,7 @@ out = Console(highlight=False, soft_wrap=True)
 
 
 @click.group(cls=ReportingGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="vhsup")
+@click.version_option(version=__version__, prog_name="vhsup")
 def main() -> None:
     """vhsup: upscale VHS captures and DVD rips with GAN super-resolution."""
 
