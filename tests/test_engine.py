@@ -19,7 +19,7 @@ from torch import nn
 import mediagen
 from vhsup.arch import RRDBNet, SRVGGNetCompact
 from vhsup.engine import MIN_TILE, NAN_STRIKES, SREngine, activation_bytes_per_px, plan_tile
-from vhsup.errors import VhsupError
+from vhsup.errors import OutOfMemory, VhsupError
 from vhsup.registry import LoadedModel, ModelDescriptor, load_model
 from vhsup.tiling import plan_tiles
 
@@ -205,6 +205,21 @@ def test_out_of_memory_backs_off_and_keeps_every_frame(error, message):
     before = stingy.refused
     assert max_err(eng.upscale(src[:1]), ref[:1]) <= 1
     assert stingy.refused == before
+
+
+def test_a_backend_out_of_memory_is_known_by_its_type_not_its_words():
+    """A backend that raises OutOfMemory, however it words it, gets the
+    same backoff as torch's own allocation failures."""
+    real = compact()
+    src = frames(2, 50, 70, seed=9)
+    ref = SREngine(real, tile=0).upscale(src)
+    stingy = Stingy(real.module, max_px=3000, error=OutOfMemory, message="the accelerator refused 3 GiB")
+    notices: list[str] = []
+    eng = SREngine(LoadedModel(stingy, real.descriptor), tile=0, batch=2, notice=notices.append)
+    out = eng.upscale(src)
+    assert stingy.refused > 0 and eng.stats["oom_backoffs"] == stingy.refused
+    assert len(out) == 2 and max_err(out, ref) <= 1
+    assert notices and all("out of memory" in n for n in notices)
 
 
 def test_out_of_memory_below_the_smallest_tile_is_a_user_error():

@@ -10,7 +10,9 @@ frame at a time.
 Two things go wrong on real hardware and are handled here rather than by
 the user:
 
-* **Out of memory.** The batch is halved first, then the tile, and the same
+* **Out of memory.** Recognised by type (:class:`~vhsup.errors.OutOfMemory`,
+  which backends raise and :func:`typed_out_of_memory` makes of torch's
+  failures). The batch is halved first, then the tile, and the same
   frames are run again; a frame is never dropped. Only when a tile of
   :data:`MIN_TILE` pixels at batch 1 still does not fit does it give up with
   a :class:`~vhsup.errors.VhsupError`.
@@ -25,9 +27,10 @@ Geometry (which pixels a tile sees, how tiles are blended) lives in
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -37,12 +40,12 @@ import torch.nn.functional as F
 from vhsup import tiling
 from vhsup.arch import find_spec
 from vhsup.arch.spec import DEEP
-from vhsup.errors import VhsupError
+from vhsup.errors import OutOfMemory, VhsupError
 
 if TYPE_CHECKING:  # only for annotations: the engine needs no registry code
     from vhsup.registry import LoadedModel, ModelDescriptor
 
-__all__ = ["SREngine", "plan_tile", "activation_bytes_per_px", "MIN_TILE", "MIN_CONTEXT"]
+__all__ = ["SREngine", "plan_tile", "activation_bytes_per_px", "typed_out_of_memory", "MIN_TILE", "MIN_CONTEXT"]
 
 #: Smallest tile edge (input px) the OOM backoff goes down to before giving up.
 MIN_TILE = 16
@@ -71,10 +74,22 @@ _OOM_WORDS = ("out of memory", "can't allocate memory", "not enough memory",
               "failed to allocate memory", "alloc_failed")
 
 
-def _is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, _OOM_TYPES):
-        return True
-    return isinstance(exc, RuntimeError) and any(w in str(exc).lower() for w in _OOM_WORDS)
+@contextlib.contextmanager
+def typed_out_of_memory() -> Iterator[None]:
+    """Let torch's allocation failures out as :class:`~vhsup.errors.OutOfMemory`.
+
+    torch raises ``OutOfMemoryError`` on CUDA, but a plain ``RuntimeError``
+    from the CPU allocator; this is the one place that tells them apart.
+    """
+    try:
+        yield
+    except OutOfMemory:
+        raise
+    except Exception as exc:
+        if isinstance(exc, _OOM_TYPES) or (
+                isinstance(exc, RuntimeError) and any(w in str(exc).lower() for w in _OOM_WORDS)):
+            raise OutOfMemory(" ".join(str(exc).split()) or type(exc).__name__) from exc
+        raise
 
 
 def _elem_bytes(precision: str) -> int:
@@ -261,11 +276,9 @@ class SREngine:
                 return done  # type: ignore[return-value]
             failure = None
             try:
-                with torch.inference_mode():
+                with torch.inference_mode(), typed_out_of_memory():
                     self._run(frames, pending, done)
-            except Exception as exc:  # noqa: BLE001 - only OOM is handled
-                if not _is_oom(exc):
-                    raise
+            except OutOfMemory as exc:
                 failure = " ".join(str(exc).split())[:120]
             # Backing off outside the handler lets the traceback, and the
             # tensors its frames hold, go before memory is asked for again.

@@ -2,6 +2,7 @@
 
 Its message is a single line that names the file (when there is one) and the
 reason. The CLI prints it without a traceback; ``--debug`` shows the chain.
+:class:`OutOfMemory` is not one of them: the engine catches it and backs off.
 """
 
 from __future__ import annotations
@@ -28,3 +29,14 @@ class UnknownArchitecture(VhsupError):
 class Interrupted(VhsupError):
     """Raised when the user presses Ctrl-C (or SIGTERM/SIGHUP stop a command,
     see vhsup.signals); nothing is left under the output name."""
+
+
+class OutOfMemory(RuntimeError):
+    """A device could not allocate what one forward pass needs.
+
+    Raised by the backends (and by :func:`vhsup.engine.typed_out_of_memory`
+    for torch's own allocation failures), so that the engine recognises an
+    out-of-memory error by its type, whatever the allocator's wording. The
+    engine retries with a smaller batch or tile, and only when it cannot
+    go smaller says so with a VhsupError.
+    """

@@ -263,7 +263,7 @@ class Run:
         self.progress = progress
         self.info = probe(self.src)
         self.model_name, loaded = _load(opts, self.notice)
-        self.backend = "onnx" if type(loaded.module).__name__ == "OnnxModule" else "torch"
+        self.backend = loaded.backend
         self.engine = _engine(loaded, opts, self.notice)
         self.plan = make_plan(self.src, opts, scale=self.engine.scale, model=self.model_name, info=self.info)
         for message in self.plan.notices:

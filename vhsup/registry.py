@@ -78,10 +78,12 @@ class ModelDescriptor:
 @dataclass
 class LoadedModel:
     """``module``: eval(), fp32, CPU; forward(x: float32 (N,3,H,W) RGB in [0,1])
-    -> (N,3,H*scale,W*scale), not clamped."""
+    -> (N,3,H*scale,W*scale), not clamped. ``backend``: what runs it,
+    "torch" or "onnx" (:func:`vhsup.backends.onnx.load_onnx_model`)."""
 
     module: torch.nn.Module
     descriptor: ModelDescriptor
+    backend: str = "torch"
 
 
 # --- cards ----------------------------------------------------------------

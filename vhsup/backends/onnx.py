@@ -25,8 +25,8 @@ has no parameters) and instead looks at the device of each input tensor.
   the user cache dir (``$VHSUP_CACHE_DIR/trt`` when set), so each is built
   once per GPU, model, precision and profile.
 * **Out of memory.** onnxruntime reports allocation failures as plain
-  ``Fail`` errors; they are re-raised as ``RuntimeError`` saying "failed to
-  allocate memory (out of memory)", which the engine's backoff recognises.
+  ``Fail`` errors; they are re-raised as :class:`vhsup.errors.OutOfMemory`,
+  which the engine's backoff catches.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vhsup.errors import VhsupError
+from vhsup.errors import OutOfMemory, VhsupError
 from vhsup.registry import LoadedModel, ModelDescriptor
 
 __all__ = [
@@ -396,9 +396,7 @@ class OnnxModule(nn.Module):
                 # gives it back before the engine retries with smaller input.
                 self._runners = {k: v for k, v in self._runners.items() if v is not runner}
                 del runner
-                # Worded so that the engine's _is_oom matches it and backs off.
-                raise RuntimeError(f"onnxruntime failed to allocate memory (out of memory): "
-                                   f"{_first_line(exc)}") from exc
+                raise OutOfMemory(f"onnxruntime failed to allocate memory: {_first_line(exc)}") from exc
             raise
 
     def _run_host(self, r: _Runner, x: torch.Tensor) -> torch.Tensor:
@@ -536,7 +534,7 @@ def _load_file(path: Path, *, threads: int | None, notice) -> LoadedModel:
     precision = meta.get("precision", "fp32")
     module = OnnxModule({precision: path}, desc.scale, name=desc.name, out_channels=desc.out_channels,
                         threads=threads, notice=notice)
-    return LoadedModel(module, desc)
+    return LoadedModel(module, desc, backend="onnx")
 
 
 def load_onnx_model(spec: LoadedModel | str | os.PathLike[str], *, precision: str = "fp32",
@@ -584,4 +582,4 @@ def load_onnx_model(spec: LoadedModel | str | os.PathLike[str], *, precision: st
     files[eager] = cached_export(spec, eager, folder, opset)
     module = OnnxModule(files, desc.scale, name=desc.name, out_channels=desc.out_channels,
                         threads=threads, notice=notice)
-    return LoadedModel(module, desc)
+    return LoadedModel(module, desc, backend="onnx")
