@@ -72,8 +72,8 @@ def main() -> None:
     for name in registry.model_names():
         card = registry.card(name)
         ms = _time(_module(name), args.size, args.repeat)
-        rows.append({"name": name, "arch": card.get("arch"), "params": card.get("params", 0),
-                     "mmac_per_px": round(card.get("macs_per_px", 0) / 1e6, 3),
+        rows.append({"name": name, "arch": card.arch, "params": card.params,
+                     "mmac_per_px": round(card.macs_per_px / 1e6, 3),
                      f"cpu_ms_per_{args.size}px_tile": round(ms, 1)})
     if args.community:
         with tempfile.TemporaryDirectory() as tmp:

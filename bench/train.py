@@ -43,7 +43,7 @@ def _bench(model: str, stage: str, args, frames: Path, out: Path) -> dict:
     lr_patch = 64
     from vhsup import registry
 
-    scale = int(registry.card(model)["scale"])
+    scale = registry.card(model).scale
     gan = stage == "gan"
     cfg = resolve(None, dict(
         frames=str(frames), model=model, from_scratch=True, out=str(out), patch=lr_patch * scale, batch=args.batch,

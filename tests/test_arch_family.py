@@ -263,20 +263,20 @@ def mesrgan_counts(f=64, g=32, nb=23, t=1, c_io=3) -> tuple[int, float]:
 def test_named_cards_agree_with_the_architecture():
     for name in UNTRAINED:
         c = registry.card(name)
-        assert c["weights"] == "none" and c["licence"] and c["attribution"] and c["notes"].strip()
+        assert c.untrained and c.weights is None and c.licence and c.attribution and c.notes.strip()
         with torch.device("meta"):
-            net = build(c["arch"], dict(c["hyper"]))
-        assert c["params"] == n_params(net), name
-        assert c["macs_per_px"] == conv_macs_per_px(c["arch"], c["hyper"]), name
+            net = build(c.arch, c.hyper)
+        assert c.params == n_params(net), name
+        assert c.macs_per_px == conv_macs_per_px(c.arch, c.hyper), name
         assert not registry.has_pretrained_weights(name)
     assert registry.has_pretrained_weights("esrgan-x4")
     # Independent counts: MESRGAN by hand, the U-Net and SRResNet on real
     # forward passes (not the meta device the registry uses).
-    assert (registry.card("mesrgan-x4")["params"], registry.card("mesrgan-x4")["macs_per_px"]) == mesrgan_counts()
-    assert registry.card("mesrgan-x4")["macs_per_px"] / registry.card("esrgan-x4")["macs_per_px"] == pytest.approx(0.557, abs=0.001)
+    assert (registry.card("mesrgan-x4").params, registry.card("mesrgan-x4").macs_per_px) == mesrgan_counts()
+    assert registry.card("mesrgan-x4").macs_per_px / registry.card("esrgan-x4").macs_per_px == pytest.approx(0.557, abs=0.001)
     for name in ("unet-x4", "srresnet-x4"):
         net = registry.build_model(name).module
-        assert registry.card(name)["macs_per_px"] == conv_macs(net, (8, 8))
+        assert registry.card(name).macs_per_px == conv_macs(net, (8, 8))
 
 
 def test_unet_x4_has_about_a_million_trainable_parameters():
@@ -332,9 +332,9 @@ def measured_reach(net, scale: int, size: int, positive: bool) -> int:
 ])
 def test_card_context_is_the_reach_and_makes_tiles_exact(name, hyper, positive):
     c = registry.card(name)
-    ctx, mult, scale = c["context"], c["size_multiple"], c["scale"]
+    ctx, mult, scale = c.context, c.size_multiple, c.scale
     torch.manual_seed(5)
-    net = build(c["arch"], {**c["hyper"], **hyper}).double().eval()
+    net = build(c.arch, {**c.hyper, **hyper}).double().eval()
     size = 2 * ctx + 8 + 4 * mult
     x = torch.rand(1, 3, size, size, dtype=torch.float64)
     origin = (ctx + mult, ctx + 2 * mult)  # crops start on the size multiple
@@ -343,7 +343,7 @@ def test_card_context_is_the_reach_and_makes_tiles_exact(name, hyper, positive):
         assert tile_error(net, x, scale, ctx, origin=(origin[0] + 1, origin[1] + 1)) > 1e-6
     # And no smaller context can be exact: some input pixel ctx (SRResNet,
     # exact) or ctx - 1 (the U-Net's bound) away still reaches the output.
-    reach = measured_reach(build(c["arch"], {**c["hyper"], **hyper}), scale, 2 * ctx + 9, positive)
+    reach = measured_reach(build(c.arch, {**c.hyper, **hyper}), scale, 2 * ctx + 9, positive)
     assert reach == ctx if name == "srresnet-x4" else ctx - 1 <= reach <= ctx
 
 

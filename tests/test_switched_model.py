@@ -163,22 +163,22 @@ def test_forward_shape_and_an_untrained_network_starts_near_bilinear(scale, hw):
 
 def test_card_matches_the_network_and_costs_one_kernel_per_switched_conv():
     c = registry.card("switched-x4")
-    assert c["weights"] == "none" and c["licence"] and c["notes"].strip()
-    assert any("Betker" in a for a in c["attribution"])
+    assert c.untrained and c.weights is None and c.licence and c.notes.strip()
+    assert any("Betker" in a for a in c.attribution)
     assert "switched-x4" in registry.model_names() and not registry.has_pretrained_weights("switched-x4")
     m = registry.build_model("switched-x4", seed=0)
-    assert m.descriptor.scale == 4 and m.descriptor.context == c["context"]
-    assert c["params"] == n_params(m.module)
+    assert m.descriptor.scale == 4 and m.descriptor.context == c.context
+    assert c.params == n_params(m.module)
     # By hand: 64 features, 5 blocks of two switched convs (one 3x3 kernel
     # applied + a 1x1 selector to 8 scores each), plain convs at 1x (first,
     # trunk), 4x (up1) and 16x (up2, hr, last) the input pixels.
     f, c_io = 64, 3
     switched = 10 * (9 * f * f + f * 8)
     plain = 9 * (c_io * f + f * f + 4 * f * f + 16 * (2 * f * f + f * c_io))
-    assert c["macs_per_px"] == switched + plain == conv_macs_per_px(c["arch"], c["hyper"])
+    assert c.macs_per_px == switched + plain == conv_macs_per_px(c.arch, c.hyper)
     # The breadth multiplies the parameters, not the cost.
-    wide = conv_macs_per_px("switchedsr", {**c["hyper"], "breadth": 16})
-    assert wide - c["macs_per_px"] == 10 * f * 8
+    wide = conv_macs_per_px("switchedsr", {**c.hyper, "breadth": 16})
+    assert wide - c.macs_per_px == 10 * f * 8
 
 
 def _reach(net: torch.nn.Module, scale: int, size: int) -> int:
@@ -201,9 +201,9 @@ def test_reach_formula_is_the_measured_reach(num_block, scale):
 
 def test_tiles_with_the_card_context_equal_the_whole_picture():
     c = registry.card("switched-x4")
-    ctx, core = c["context"], 6
+    ctx, core = c.context, 6
     torch.manual_seed(7)
-    net = randomise(build("switchedsr", {**c["hyper"], "num_feat": 4}), seed=7).double()
+    net = randomise(build("switchedsr", {**c.hyper, "num_feat": 4}), seed=7).double()
     size = 2 * ctx + core + 4
     x = torch.rand(1, 3, size, size, dtype=torch.float64)
     y0 = x0 = ctx + 2

@@ -151,7 +151,7 @@ def test_best_weights_load_by_path_and_upscale_a_clip(learned_run, clips, tmp_pa
     loaded = registry.load_model(str(best))
     assert loaded.descriptor.scale == 4 and loaded.descriptor.arch == "compact"
     card = registry.read_sidecar_card(best)
-    assert card is not None and card[0]["training"]["steps"] == 30
+    assert card is not None and card[0].training["steps"] == 30
     clip = clips.make("train_tiny.mkv", vcodec="ffv1", size=(64, 48), frames=3)
     r = upscale_video(clip.path, tmp_path / "up.mkv", model=str(best), preset="ultrafast", overwrite=True)
     assert r.frames_out == clip.frames

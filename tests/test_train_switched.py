@@ -192,7 +192,7 @@ def test_switched_run_diverges_the_copies_and_resumes_bit_for_bit(data, clips, t
 
     best = whole / "best.safetensors"
     card = registry.read_sidecar_card(best)
-    assert card is not None and card[0]["hyper"]["switched"] == {"breadth": 4, "layers": TRUNK}
+    assert card is not None and card[0].hyper["switched"] == {"breadth": 4, "layers": TRUNK}
     with warnings.catch_warnings():
         warnings.simplefilter("error", SwitchNormBufferWarning)
         loaded = registry.load_model(str(best))

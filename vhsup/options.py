@@ -185,8 +185,8 @@ def weights_id(model: str) -> str:
     from vhsup import registry
 
     if model in registry.model_names():
-        w = registry.card(model).get("weights") or {}
-        return str(w.get("tensors_sha256") or w.get("file_sha256") or w.get("id") or "builtin")
+        w = registry.card(model).weights
+        return w.tensors_sha256 if w else "builtin"
     if re.match(r"^(bicubic|lanczos)-x\d+$", model):
         return "classical"
     path = Path(model).expanduser()

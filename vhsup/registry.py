@@ -29,10 +29,11 @@ from pathlib import Path
 
 import torch
 
-from .arch import build, spec_named, spec_of
+from .arch import build, find_spec, spec_named, spec_of
 from .arch.classical import MAX_SCALE, Rescaled
 from .arch.rrdbnet import TRUNK_CONTEXT
 from .errors import UnknownArchitecture, VhsupError
+from .model_card import ModelCard, parse_card
 from .weights import community
 from .weights.detect import canonical, detect
 from .weights.safeload import SUFFIXES, load_state_dict_file
@@ -98,9 +99,9 @@ def cards_dir() -> Path:
 
 
 @lru_cache(maxsize=1)
-def _cards() -> dict[str, dict]:
+def _cards() -> dict[str, ModelCard]:
     folder = cards_dir()
-    cards: dict[str, dict] = {}
+    cards: dict[str, ModelCard] = {}
     for path in sorted(folder.glob("*.toml")):
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -108,7 +109,10 @@ def _cards() -> dict[str, dict]:
             raise VhsupError(f"model card is not valid TOML: {exc}", path) from None
         if data.get("name") != path.stem:
             raise VhsupError(f"model card name {data.get('name')!r} differs from its file name", path)
-        cards[path.stem] = data
+        c = parse_card(data, path)
+        if find_spec(c.arch) is None:
+            raise VhsupError(f"model card names an architecture vhsup does not build: {c.arch!r}", path)
+        cards[path.stem] = c
     if not cards:
         raise VhsupError("no model cards found (broken installation?)", folder)
     return cards
@@ -119,15 +123,16 @@ def model_names() -> list[str]:
     return sorted(_cards())
 
 
-def card(name: str) -> dict:
-    """The parsed TOML card of a named model."""
+def card(name: str) -> ModelCard:
+    """The card of a named model."""
     try:
         return copy.deepcopy(_cards()[name])
     except KeyError:
-        raise _unknown_name(name) from None
+        raise unknown_model(name) from None
 
 
-def _unknown_name(name: str) -> VhsupError:
+def unknown_model(name: str) -> VhsupError:
+    """The error for a model name that is neither a card, a classical resampler nor a file."""
     known = ", ".join(model_names())
     return VhsupError(
         f"unknown model {name!r}; known: {known} (also bicubic-xN and lanczos-xN for N in 1..{MAX_SCALE}), "
@@ -151,54 +156,54 @@ def _count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def _descriptor_from_card(c: dict, scale: int, name: str, params: int, source: str) -> ModelDescriptor:
+def _descriptor_from_card(c: ModelCard, scale: int, name: str, params: int, source: str) -> ModelDescriptor:
     return ModelDescriptor(
         name=name,
-        arch=c["arch"],
+        arch=c.arch,
         scale=scale,
-        in_channels=int(c.get("in_channels", 3)),
-        out_channels=int(c.get("out_channels", 3)),
-        supports_half=bool(c.get("supports_half", True)),
-        supports_bfloat16=bool(c.get("supports_bfloat16", True)),
-        size_multiple=int(c.get("size_multiple", 1)),
-        tiling=bool(c.get("tiling", True)),
-        context=int(c["context"]),
+        in_channels=c.in_channels,
+        out_channels=c.out_channels,
+        supports_half=c.supports_half,
+        supports_bfloat16=c.supports_bfloat16,
+        size_multiple=c.size_multiple,
+        tiling=c.tiling,
+        context=int(c.context or 0),  # a named model's card always has one
         params=params,
-        macs_per_px=float(c.get("macs_per_px", 0.0)),
-        licence=c.get("licence", ""),
+        macs_per_px=float(c.macs_per_px),
+        licence=c.licence,
         source=source,
     )
 
 
-def _load_builtin(c: dict, scale: int, name: str) -> LoadedModel:
+def _load_builtin(c: ModelCard, scale: int, name: str) -> LoadedModel:
     """A network with no weights (a classical resampler) at any scale."""
-    hyper = {**c["hyper"], "scale": scale}
-    module = _finish(build(c["arch"], hyper))
+    hyper = {**c.hyper, "scale": scale}
+    module = _finish(build(c.arch, hyper))
     desc = _descriptor_from_card(c, scale, name, 0, "built in (no weights)")
     # The card describes the default x4; cost depends on the scale asked for.
-    return LoadedModel(module, dataclasses.replace(desc, macs_per_px=spec_named(c["arch"]).macs(hyper)))
+    return LoadedModel(module, dataclasses.replace(desc, macs_per_px=spec_named(c.arch).macs(hyper)))
 
 
 def has_pretrained_weights(name: str) -> bool:
     """False for cards that say ``weights = "none"`` (nothing to load yet)."""
-    return card(name).get("weights") != "none"
+    return not card(name).untrained
 
 
-def _wrap_named(c: dict, name: str, net: torch.nn.Module, origin: str) -> LoadedModel:
-    net_scale = spec_named(c["arch"]).scale(c["hyper"])
-    scale = int(c["scale"])
+def _wrap_named(c: ModelCard, name: str, net: torch.nn.Module, origin: str) -> LoadedModel:
+    net_scale = spec_named(c.arch).scale(c.hyper)
+    scale = c.scale
     module = net if scale == net_scale else Rescaled(net, net_scale, scale)
     return LoadedModel(_finish(module), _descriptor_from_card(c, scale, name, _count(net), origin))
 
 
 def _load_named(name: str, allow_download: bool) -> LoadedModel:
     c = card(name)
-    if spec_named(c["arch"]).weightless:
-        return _load_builtin(c, int(c["scale"]), name)
-    if c.get("weights") == "none":
+    if spec_named(c.arch).weightless:
+        return _load_builtin(c, c.scale, name)
+    if c.untrained:
         raise VhsupError(f"{name} has no pretrained weights yet: train one with `vhsup train` or pass a weights file")
     state, origin = load_weights(c, allow_download=allow_download)
-    net = build(c["arch"], dict(c["hyper"]))
+    net = build(c.arch, c.hyper)
     net.load_state_dict(state, strict=True)
     return _wrap_named(c, name, net, origin)
 
@@ -212,14 +217,14 @@ def build_model(name: str, *, seed: int | None = None) -> LoadedModel:
     training. ``seed`` makes the random initialisation repeatable.
     """
     c = card(name)
-    if spec_named(c["arch"]).weightless:
-        return _load_builtin(c, int(c["scale"]), name)
+    if spec_named(c.arch).weightless:
+        return _load_builtin(c, c.scale, name)
     if seed is None:
-        net = build(c["arch"], dict(c["hyper"]))
+        net = build(c.arch, c.hyper)
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            net = build(c["arch"], dict(c["hyper"]))
+            net = build(c.arch, c.hyper)
     return _wrap_named(c, name, net, "untrained (random initialisation)")
 
 
@@ -321,18 +326,19 @@ def sidecar_card_path(weights: str | os.PathLike[str]) -> Path:
     return Path(weights).with_suffix(".toml")
 
 
-def read_sidecar_card(weights: str | os.PathLike[str]) -> tuple[dict, Path] | None:
-    """The parsed card beside a weights file and its path, or None without one."""
+def read_sidecar_card(weights: str | os.PathLike[str]) -> tuple[ModelCard, Path] | None:
+    """The card beside a weights file and its path, or None without one."""
     card_path = sidecar_card_path(weights)
     if not card_path.is_file():
         return None
     try:
-        return tomllib.loads(card_path.read_text(encoding="utf-8")), card_path
+        data = tomllib.loads(card_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise VhsupError(f"model card is not valid TOML: {exc}", card_path) from None
+    return parse_card(data, card_path, needs_context=False), card_path
 
 
-def _apply_sidecar(desc: ModelDescriptor, hyper: dict, c: dict, card_path: Path) -> ModelDescriptor:
+def _apply_sidecar(desc: ModelDescriptor, hyper: dict, c: ModelCard, card_path: Path) -> ModelDescriptor:
     """The descriptor of a weights file as its card describes it.
 
     The weights stay the authority on what the network is: the card may
@@ -347,42 +353,37 @@ def _apply_sidecar(desc: ModelDescriptor, hyper: dict, c: dict, card_path: Path)
     def disagree(what: str) -> VhsupError:
         return VhsupError(f"model card disagrees with the weights {weights}: {what}", card_path)
 
-    for key in ("name", "arch", "scale"):
-        if key not in c:
-            raise VhsupError(f"model card has no {key!r}", card_path)
-    try:
-        if c["arch"] != desc.arch:
-            raise disagree(f"card says arch {c['arch']!r}, the weights are a {desc.arch}")
-        if int(c["scale"]) != desc.scale:
-            raise disagree(f"card says scale {c['scale']}, the weights are x{desc.scale}")
-        card_hyper = c.get("hyper") or {}
-        for key in sorted(set(card_hyper) & set(hyper)):
-            if card_hyper[key] != hyper[key]:
-                raise disagree(f"card says hyper.{key} = {card_hyper[key]!r}, the weights have {hyper[key]!r}")
-        multiple = int(c.get("size_multiple", desc.size_multiple))
-        if multiple < 1 or multiple % desc.size_multiple:
-            raise disagree(f"size_multiple {multiple} is not a multiple of the {desc.size_multiple} a {desc.arch} needs")
-        context = int(c.get("context", desc.context))
-        if context < 0:
-            raise VhsupError(f"model card has a negative context ({context})", card_path)
-        return dataclasses.replace(
-            desc,
-            name=str(c["name"]),
-            context=context,
-            size_multiple=multiple,
-            supports_half=bool(c.get("supports_half", desc.supports_half)),
-            supports_bfloat16=bool(c.get("supports_bfloat16", desc.supports_bfloat16)),
-            tiling=bool(c.get("tiling", desc.tiling)),
-            licence=str(c.get("licence", desc.licence)),
-        )
-    except (TypeError, ValueError) as exc:
-        raise VhsupError(f"model card has a value of the wrong type: {exc}", card_path) from None
+    if c.arch != desc.arch:
+        raise disagree(f"card says arch {c.arch!r}, the weights are a {desc.arch}")
+    if c.scale != desc.scale:
+        raise disagree(f"card says scale {c.scale}, the weights are x{desc.scale}")
+    for key in sorted(set(c.hyper) & set(hyper)):
+        if c.hyper[key] != hyper[key]:
+            raise disagree(f"card says hyper.{key} = {c.hyper[key]!r}, the weights have {hyper[key]!r}")
+    multiple = c.size_multiple if c.says("size_multiple") else desc.size_multiple
+    if multiple < 1 or multiple % desc.size_multiple:
+        raise disagree(f"size_multiple {multiple} is not a multiple of the {desc.size_multiple} a {desc.arch} needs")
+
+    def said(key: str, default: object) -> object:
+        return getattr(c, key) if c.says(key) else default
+
+    return dataclasses.replace(
+        desc,
+        name=c.name,
+        context=said("context", desc.context),
+        size_multiple=multiple,
+        supports_half=said("supports_half", desc.supports_half),
+        supports_bfloat16=said("supports_bfloat16", desc.supports_bfloat16),
+        tiling=said("tiling", desc.tiling),
+        licence=said("licence", desc.licence),
+    )
 
 
 _CLASSICAL = re.compile(r"^(bicubic|lanczos)-x(\d+)$")
 
 
-def _looks_like_path(spec: str) -> bool:
+def looks_like_path(spec: str) -> bool:
+    """Whether a --model value is meant as a file (a weights suffix, a folder, or an existing file)."""
     return spec.lower().endswith(SUFFIXES) or os.sep in spec or "/" in spec or Path(spec).is_file()
 
 
@@ -400,6 +401,6 @@ def load_model(spec: str, *, allow_download: bool = False) -> LoadedModel:
         if not 1 <= scale <= MAX_SCALE:
             raise VhsupError(f"scale x{scale} is outside 1..{MAX_SCALE} for {m.group(1)}")
         return _load_builtin(card(m.group(1)), scale, spec)
-    if _looks_like_path(spec):
+    if looks_like_path(spec):
         return _load_file(Path(spec).expanduser())
-    raise _unknown_name(spec)
+    raise unknown_model(spec)

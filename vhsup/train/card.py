@@ -28,6 +28,7 @@ import torch
 
 from vhsup import __version__
 from vhsup.atomic import replacing
+from vhsup.model_card import ModelCard
 
 __all__ = ["card_name", "dump_toml", "write_model_card"]
 
@@ -76,8 +77,8 @@ def write_model_card(weights: Path, *, arch: str, hyper: dict, scale: int, base:
 
     base = os.fspath(base)
     base_card = _base_card(base)
-    same_arch = base_card is not None and base_card.get("arch") == arch
-    from_scratch = bool(_pick(config, "from_scratch")) or (base_card is not None and base_card.get("weights") == "none")
+    same_arch = base_card is not None and base_card.arch == arch
+    from_scratch = bool(_pick(config, "from_scratch")) or (base_card is not None and base_card.untrained)
     frames = _pick(config, "frames", "hr", "frames_dir", "hr_dir")
     frames = os.fspath(frames) if isinstance(frames, str | os.PathLike) else "unrecorded frames"
     mode = _pick(config, "mode", "data_mode")
@@ -90,11 +91,11 @@ def write_model_card(weights: Path, *, arch: str, hyper: dict, scale: int, base:
     if from_scratch:
         licence = (f"unspecified (trained from scratch with vhsup train: the weights are their owner's; "
                    f"vhsup's {arch} implementation is BSD-3-Clause)")
-    elif base_card is not None and base_card.get("licence"):
-        licence = f"{str(base_card['licence']).split(' (')[0]} (derived from {base})"
+    elif base_card is not None and base_card.licence:
+        licence = f"{base_card.licence.split(' (')[0]} (derived from {base})"
     else:
         licence = f"unknown (derived from {base}, a weights file without a model card)"
-    attribution = [str(a) for a in (base_card or {}).get("attribution", [])]
+    attribution = list(base_card.attribution) if base_card is not None else []
     if base_card is None:
         attribution.append(f"base weights: {base}")
     attribution.append(f"{verb} with vhsup train on {frames}")
@@ -111,8 +112,9 @@ def write_model_card(weights: Path, *, arch: str, hyper: dict, scale: int, base:
         "size_multiple": int(multiple),
         # The base card's precision flags were measured on that network and
         # hold for its fine-tunes; otherwise the architecture's say.
-        "supports_half": bool(base_card.get("supports_half", True)) if same_arch else spec.supports_half,
-        "supports_bfloat16": bool(base_card.get("supports_bfloat16", True)) if same_arch else spec.supports_bfloat16,
+        "supports_half": base_card.supports_half if base_card is not None and same_arch else spec.supports_half,
+        "supports_bfloat16": (base_card.supports_bfloat16 if base_card is not None and same_arch
+                              else spec.supports_bfloat16),
         "licence": licence,
         "attribution": attribution,
         "notes": _notes(verb, base, frames, step, mode, preset, values),
@@ -157,7 +159,7 @@ def _notes(verb, base, frames, step, mode, preset, m: dict) -> str:
     return "".join(parts)
 
 
-def _base_card(base: str) -> dict | None:
+def _base_card(base: str) -> ModelCard | None:
     from vhsup import registry
 
     if base in registry.model_names():

@@ -156,7 +156,7 @@ def _show(cfg, n: int) -> None:
         raise VhsupError("--show-degradations needs --frames DIR (the HR frames the degradations start from)")
     spec_name = cfg.model or registry.default_model(False)
     if spec_name in registry.model_names():
-        scale = int(registry.card(spec_name)["scale"])
+        scale = registry.card(spec_name).scale
     else:
         scale = registry.load_model(spec_name).descriptor.scale
     files = list_images(cfg.frames)

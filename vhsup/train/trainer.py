@@ -417,12 +417,12 @@ class Trainer:
         seed = derive_seed(cfg.seed, "G")
         if spec in registry.model_names():
             c = registry.card(spec)
-            if spec_named(c["arch"]).weightless:
+            if spec_named(c.arch).weightless:
                 raise VhsupError(f"{spec} is a fixed resampler with nothing to train; pick a network such as compact-x4")
-            net_scale = spec_named(c["arch"]).scale(c["hyper"])
-            if int(c["scale"]) != net_scale:
+            net_scale = spec_named(c.arch).scale(c.hyper)
+            if c.scale != net_scale:
                 raise VhsupError(
-                    f"{spec} is the x{net_scale} network followed by a resize to x{c['scale']}; vhsup trains networks "
+                    f"{spec} is the x{net_scale} network followed by a resize to x{c.scale}; vhsup trains networks "
                     f"at their own scale: train the x{net_scale} model (e.g. compact-x{net_scale}) instead")
             self.pretrained = registry.has_pretrained_weights(spec) and not cfg.from_scratch
             if self.pretrained:
@@ -433,12 +433,12 @@ class Trainer:
                 self._start_note = (f"{spec} has no pretrained weights: training from random initialisation"
                                     if not registry.has_pretrained_weights(spec)
                                     else f"training {spec} from random initialisation (--from-scratch)")
-            self.arch = c["arch"]
-            self.hyper = dict(c["hyper"])
+            self.arch = c.arch
+            self.hyper = dict(c.hyper)
         else:
             path = Path(spec).expanduser()
             if not path.is_file():
-                raise registry._unknown_name(spec) if not registry._looks_like_path(spec) else \
+                raise registry.unknown_model(spec) if not registry.looks_like_path(spec) else \
                     VhsupError("model file not found", path)
             try:
                 state = canonical(load_state_dict_file(path), path)

