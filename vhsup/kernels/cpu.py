@@ -140,22 +140,23 @@ def backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, inde
     grad_b = torch.zeros(breadth, cout, dtype=torch.float32, device=x.device) if needs_b else None
     for plan in _plans(x, weight, index, stride, padding):
         g = g_all.index_select(0, plan.order)  # (M, Cout), sorted by expert
-        rows = xpc.index_select(0, plan.taps).view(g.shape[0], -1) if needs_w else None
+        # Each buffer below exists exactly when its needs_* flag is set.
+        rows = xpc.index_select(0, plan.taps).view(g.shape[0], -1) if xpc is not None else None
         grows = x.new_empty(g.shape[0], k_cols) if needs_x else None
         for e, (s, t) in enumerate(plan.bounds):
             if s == t:
                 continue
             ge = g[s:t]
-            if needs_b:
+            if grad_b is not None:
                 grad_b[e] += ge.sum(0, dtype=torch.float32)
-            if needs_w:
+            if grad_w is not None and rows is not None:
                 grad_w[e] += (ge.t() @ rows[s:t]).float()
-            if needs_x:
+            if grows is not None:
                 torch.mm(ge, w2[e], out=grows[s:t])
-        if needs_x:
+        if gxp is not None and grows is not None:
             gxp.index_add_(0, plan.taps, grows.view(-1, cin).to(acc))
     grad_x = None
-    if needs_x:
+    if gxp is not None:
         gxp = gxp.view(n, h + 2 * padding, w + 2 * padding, cin)[:, padding:padding + h, padding:padding + w]
         grad_x = gxp.permute(0, 3, 1, 2).to(x.dtype).contiguous()
     if grad_w is not None:

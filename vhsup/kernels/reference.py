@@ -26,6 +26,7 @@ def switched_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
         if out is None:
             out = torch.zeros_like(y)
         out = torch.where((index == e).unsqueeze(1), y, out)
+    assert out is not None  # a switched conv has at least one expert
     return out
 
 

@@ -34,10 +34,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import Literal
 
 import av
 import av.container
 import numpy as np
+from av.video.stream import VideoStream
 
 from vhsup.atomic import check_output
 from vhsup.errors import VhsupError
@@ -339,7 +341,7 @@ class VideoEncoder:
         reformat_threads: int = 1,
         video_stream: int | None = None,
         stage_for: str | None = None,
-        template: av.stream.Stream | None = None,
+        template: VideoStream | None = None,
     ):
         self.dst = Path(dst)
         self.src = Path(src)
@@ -477,6 +479,7 @@ class VideoEncoder:
             options = {"avoid_negative_ts": "disabled"}
         self._out = out = av.open(str(self._tmp), "w", format="nut" if self._stage else self._fmt, options=options)
         s = self._settings
+        vs: av.stream.Stream
         try:
             if self._template is not None:
                 vs = out.add_stream_from_template(self._template)
@@ -485,6 +488,7 @@ class VideoEncoder:
         except (ValueError, av.FFmpegError) as e:
             better = ".mov or .mkv" if s.codec == "prores_ks" else ".mkv"
             raise VhsupError(f"{self._fmt} cannot hold {s.codec} video ({e}); use {better}", self.dst) from e
+        assert isinstance(vs, VideoStream)  # s.codec is one of CODECS, all video encoders
         cc = vs.codec_context
         if self._template is None:
             vs.width, vs.height = self._width, self._height
@@ -548,6 +552,7 @@ class VideoEncoder:
         self._start(s)
 
     def _start(self, s: EncodeSettings) -> None:
+        assert self._out is not None  # opened by _open
         try:
             self._out.start_encoding()
         except (OSError, av.FFmpegError, ValueError) as e:
@@ -563,7 +568,7 @@ class VideoEncoder:
     def __enter__(self) -> VideoEncoder:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type, exc, tb) -> Literal[False]:
         if exc_type is not None:
             self.abort()
         elif self._state == "open":
@@ -598,6 +603,7 @@ class VideoEncoder:
             if self._frames == 0 and self._aux is not None:
                 self._aux.begin(self._range_start if self._range_start is not None else t)
             packet.stream = self._video
+            assert self._out is not None  # open
             self._out.mux(packet)
             pts = round((t - self._origin) / self._tb)
             if self._last_time is None or t > self._last_time:
@@ -632,6 +638,7 @@ class VideoEncoder:
         # the last frame's comes from here. A picture carries no duration,
         # so that one is the nominal frame length.
         frame.duration = self._frame_ticks
+        assert self._out is not None  # open
         self._out.mux(self._video.encode(frame))
         self._last_time = t
         if self._first_pts is None:
@@ -651,6 +658,9 @@ class VideoEncoder:
     def _close(self) -> EncodeReport:
         if self._frames == 0:
             raise VhsupError("no pictures were written; nothing to encode", self.dst)
+        # Set while open, and by the first picture or packet.
+        assert self._out is not None and self._tmp is not None
+        assert self._last_time is not None and self._first_pts is not None and self._last_pts is not None
         if self._template is None:
             self._out.mux(self._video.encode(None))
         video_end = self._last_time + self._frame_ticks * self._tb

@@ -178,6 +178,7 @@ class FieldFilter:
                 chain.append((plan.method, "mode=send_frame:parity=auto:deint=interlaced"))
             chain.append(("decimate", "cycle=5"))
         elif plan.deinterlace:
+            assert plan.method is not None  # plan_filters names one whenever it deinterlaces
             mode = "send_field" if plan.double_rate else "send_frame"
             deint = "interlaced" if plan.only_flagged else "all"
             chain.append((plan.method, f"mode={mode}:parity={plan.parity}:deint={deint}"))

@@ -79,7 +79,7 @@ class Geometry:
         return (self.out_w, self.out_h) != (self.sr_w, self.sr_h)
 
 
-def _even(x: float) -> int:
+def _even(x: Fraction | float) -> int:
     return max(2, int(round(x / 2)) * 2)
 
 
@@ -123,6 +123,7 @@ def plan_geometry(
             out_h = _even(height)
             out_w = _even(out_h * dar)
         else:
+            assert width is not None  # one of the two is given here
             out_w = _even(width)
             out_h = _even(out_w / dar)
         out_sar = Fraction(1)

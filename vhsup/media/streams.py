@@ -39,12 +39,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import av
 import av.container
-import numpy as np
+from av.audio.stream import AudioStream
+from av.stream import AttachmentStream
+from av.subtitles.stream import SubtitleStream
 
 from vhsup.errors import VhsupError
+
+if TYPE_CHECKING:
+    from av.container.core import Chapter
 
 # Subtitle codecs a program/transport stream can really carry. FFmpeg's
 # muxers accept others without complaint and write data a player cannot use
@@ -207,8 +213,8 @@ class _Copy:
 class _Subtitles:
     """One source text subtitle stream converted cue by cue."""
 
-    src: av.stream.Stream
-    out: av.stream.Stream
+    src: SubtitleStream
+    out: SubtitleStream
     origin_ticks: int
 
 
@@ -216,8 +222,8 @@ class _Subtitles:
 class _Transcode:
     """One source audio stream decoded and re-encoded."""
 
-    src: av.stream.Stream
-    out: av.stream.Stream
+    src: AudioStream
+    out: AudioStream
     resampler: av.AudioResampler
     rate: int
     next_pts: int | None = None  # output pts (1/rate) of the next sample
@@ -296,7 +302,7 @@ class AuxStreams:
             if stream.index in skip:
                 continue
             label = describe(stream)
-            if stream.type == "audio":
+            if isinstance(stream, AudioStream):
                 reason = muxer_accepts(fmt, src, stream.index)
                 if reason is None:
                     self._add_copy(stream)
@@ -306,24 +312,28 @@ class AuxStreams:
                     self.summary.transcoded.append(f"{label} -> {target}")
                     self._notice(msg)
                 self.summary.audio_streams += 1
-            elif stream.type == "subtitle":
+            elif isinstance(stream, SubtitleStream):
                 reason = muxer_accepts(fmt, src, stream.index)
-                target = None if reason is None else self._add_subtitle_conversion(stream, fmt)
+                text_target = None if reason is None else self._add_subtitle_conversion(stream, fmt)
                 if reason is None:
                     self._add_copy(stream)
-                elif target is not None:
-                    self.summary.transcoded.append(f"{label} -> {target}")
-                    self._notice(f"{label} converted to {target}: {reason}")
+                elif text_target is not None:
+                    self.summary.transcoded.append(f"{label} -> {text_target}")
+                    self._notice(f"{label} converted to {text_target}: {reason}")
                 else:
                     bitmap = stream.codec_context.codec.bitmap_sub
                     self._drop(label, f"{reason}; bitmap subtitles cannot be converted to text" if bitmap else reason)
                     continue
                 self.summary.subtitle_streams += 1
-            elif stream.type == "attachment" and fmt in ("matroska", "webm"):
+            elif isinstance(stream, AttachmentStream) and fmt in ("matroska", "webm"):
                 # Fonts for ASS subtitles live here; without them the
                 # subtitles render in a fallback font.
+                name, mimetype = stream.name, stream.mimetype
+                if name is None or mimetype is None:
+                    self._drop(label, "cannot copy attachment: it has no file name or MIME type")
+                    continue
                 try:
-                    self._output.add_attachment(stream.name, stream.mimetype, stream.data)
+                    self._output.add_attachment(name, mimetype, stream.data)
                 except (ValueError, OSError, av.FFmpegError, AttributeError) as e:
                     self._drop(label, f"cannot copy attachment: {e}")
             else:
@@ -342,9 +352,10 @@ class AuxStreams:
         except (AttributeError, ValueError, TypeError):
             pass
         tb = stream.time_base
+        assert tb is not None  # demuxed streams always have one
         self._copies[stream.index] = _Copy(stream, out, round(self._origin / tb))
 
-    def _add_subtitle_conversion(self, stream: av.stream.Stream, fmt: str) -> str | None:
+    def _add_subtitle_conversion(self, stream: SubtitleStream, fmt: str) -> str | None:
         """A text subtitle stream re-encoded in the container's text format;
         None for bitmap subtitles and containers with no text format."""
         target = _SUBTITLE_TARGET.get(fmt)
@@ -356,6 +367,7 @@ class AuxStreams:
             out = self._output.add_stream(target)
         except (ValueError, OSError, av.FFmpegError):
             return None
+        assert isinstance(out, SubtitleStream)  # target is a subtitle encoder
         if dec.subtitle_header:  # the source's styles, as far as the target has them
             out.codec_context.subtitle_header = dec.subtitle_header
         copy_metadata(stream.metadata, out.metadata)
@@ -363,10 +375,11 @@ class AuxStreams:
             out.disposition = stream.disposition
         except (AttributeError, ValueError, TypeError):
             pass
+        assert stream.time_base is not None  # demuxed streams always have one
         self._subtitles[stream.index] = _Subtitles(stream, out, round(self._origin / stream.time_base))
         return target
 
-    def _add_transcode(self, stream: av.stream.Stream, fmt: str, reason: str) -> str:
+    def _add_transcode(self, stream: AudioStream, fmt: str, reason: str) -> str:
         cc = stream.codec_context
         candidates = [_TRANSCODE_TARGET.get(fmt)] + [c for c in _FALLBACK_TARGETS if c != _TRANSCODE_TARGET.get(fmt)]
         for target in filter(None, candidates):
@@ -380,6 +393,7 @@ class AuxStreams:
             if not _encoder_fits(fmt, target, rate, layout):
                 continue
             out = self._output.add_stream(target, rate=rate)
+            assert isinstance(out, AudioStream)  # target is an audio encoder
             out.layout = layout
             enc = out.codec_context
             if target in ("aac", "ac3", "mp2", "libopus"):
@@ -444,9 +458,9 @@ class AuxStreams:
             except (av.FFmpegError, ValueError):
                 tail = []
             for fr in tail:
-                fr = self._trim(fr, hi)
-                if fr is not None:
-                    self._encode_frames(tr, tr.resampler.resample(fr), first_time=self._frame_time(fr))
+                trimmed = self._trim(fr, hi)
+                if trimmed is not None:
+                    self._encode_frames(tr, tr.resampler.resample(trimmed), first_time=self._frame_time(trimmed))
             self._encode_frames(tr, tr.resampler.resample(None))
             self._output.mux(tr.out.encode(None))
         self._done = True
@@ -465,8 +479,9 @@ class AuxStreams:
                 )
 
     def _declared_end(self, stream: av.stream.Stream) -> Fraction | None:
-        if stream.duration is not None and stream.start_time is not None:
-            return (stream.start_time + stream.duration) * stream.time_base
+        tb = stream.time_base
+        if stream.duration is not None and stream.start_time is not None and tb is not None:
+            return (stream.start_time + stream.duration) * tb
         c = self._input
         if c.duration is not None:
             return Fraction(c.duration + (c.start_time or 0), av.time_base)
@@ -570,9 +585,9 @@ class AuxStreams:
             return
         kept = []
         for fr in frames:
-            fr = self._trim(fr, hi)
-            if fr is not None:
-                kept.append(fr)
+            trimmed = self._trim(fr, hi)
+            if trimmed is not None:
+                kept.append(trimmed)
         for fr in kept:
             self._encode_frames(tr, tr.resampler.resample(fr), first_time=self._frame_time(fr))
 
@@ -598,7 +613,8 @@ class AuxStreams:
             return None
         arr = fr.to_ndarray()
         arr = arr[:, a:b] if fr.format.is_planar else arr[:, a * len(fr.layout.channels) : b * len(fr.layout.channels)]
-        out = av.AudioFrame.from_ndarray(np.ascontiguousarray(arr), format=fr.format.name, layout=fr.layout.name)
+        # from_ndarray needs C-contiguous samples; copy() (order "C") gives them.
+        out = av.AudioFrame.from_ndarray(arr.copy(), format=fr.format.name, layout=fr.layout.name)
         out.sample_rate = rate
         out.time_base = Fraction(1, rate)
         out.pts = round((t0 + Fraction(a, rate)) * rate)
@@ -642,6 +658,7 @@ def _encoder_fits(fmt: str, codec: str, rate: int, layout: str) -> bool:
     out = av.open(io.BytesIO(), "w", format=fmt)
     try:
         s = out.add_stream(codec, rate=rate)
+        assert isinstance(s, AudioStream)  # codec is an audio encoder
         s.layout = layout
         out.start_encoding()
         out.close()
@@ -655,10 +672,12 @@ def _encoder_fits(fmt: str, codec: str, rate: int, layout: str) -> bool:
             pass
 
 
-def rebase_chapters(chapters: list[dict], origin: Fraction, lo: Fraction | None, hi: Fraction | None) -> list[dict]:
+def rebase_chapters(
+    chapters: list[Chapter], origin: Fraction, lo: Fraction | None, hi: Fraction | None
+) -> list[Chapter]:
     """Chapters moved to the output clock and clipped to the kept span;
     chapters wholly outside it are left out."""
-    out = []
+    out: list[Chapter] = []
     for ch in chapters:
         tb = ch.get("time_base") or Fraction(1, 1_000_000_000)
         a = ch["start"] * tb
