@@ -363,19 +363,15 @@ def _apply_sidecar(desc: ModelDescriptor, hyper: dict, c: ModelCard, card_path: 
     multiple = c.size_multiple if c.says("size_multiple") else desc.size_multiple
     if multiple < 1 or multiple % desc.size_multiple:
         raise disagree(f"size_multiple {multiple} is not a multiple of the {desc.size_multiple} a {desc.arch} needs")
-
-    def said(key: str, default: object) -> object:
-        return getattr(c, key) if c.says(key) else default
-
     return dataclasses.replace(
         desc,
         name=c.name,
-        context=said("context", desc.context),
+        context=desc.context if c.context is None else c.context,
         size_multiple=multiple,
-        supports_half=said("supports_half", desc.supports_half),
-        supports_bfloat16=said("supports_bfloat16", desc.supports_bfloat16),
-        tiling=said("tiling", desc.tiling),
-        licence=said("licence", desc.licence),
+        supports_half=c.supports_half if c.says("supports_half") else desc.supports_half,
+        supports_bfloat16=c.supports_bfloat16 if c.says("supports_bfloat16") else desc.supports_bfloat16,
+        tiling=c.tiling if c.says("tiling") else desc.tiling,
+        licence=c.licence if c.says("licence") else desc.licence,
     )
 
 

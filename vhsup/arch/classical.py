@@ -151,6 +151,12 @@ def _build(kind: str, scale: int) -> nn.Module:
     return RESAMPLERS[kind](int(scale))
 
 
+def _hyper_of(net: nn.Module) -> dict:
+    if not isinstance(net, Bicubic | Lanczos):
+        raise TypeError(f"not a classical resampler: {type(net).__name__}")
+    return {"kind": net.kind, "scale": net.scale}
+
+
 SPEC = ArchSpec(
     name="classical",
     title="classical resampler",
@@ -158,7 +164,7 @@ SPEC = ArchSpec(
     build=_build,
     scale=read_int("scale"),
     context=lambda h: _REACH[str(h["kind"])],
-    hyper_of=lambda m: {"kind": m.kind, "scale": int(m.scale)},
+    hyper_of=_hyper_of,
     macs_per_px=lambda h: resample_macs_per_px(str(h["kind"]), int(h["scale"])),
     # A resampling filter has no feature maps, only the upscaled picture.
     activation=Activation(features=0, upsampled=3 * 2),

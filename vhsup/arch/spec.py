@@ -13,7 +13,7 @@ architecture by name.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,12 +65,12 @@ def contiguous(indices: set[int]) -> bool:
     return indices == set(range(len(indices)))
 
 
-def one_by_one(modules: Sequence[nn.Module]) -> Blocks:
+def one_by_one(modules: Iterable[nn.Module]) -> Blocks:
     """Every module its own recompute segment."""
     return [(m,) for m in modules]
 
 
-def in_groups(modules: Sequence[nn.Module], size: int) -> Blocks:
+def in_groups(modules: Iterable[nn.Module], size: int) -> Blocks:
     """Consecutive modules in segments of ``size`` (the last may be shorter)."""
     mods = list(modules)
     return [tuple(mods[i:i + size]) for i in range(0, len(mods), size)]
