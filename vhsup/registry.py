@@ -39,9 +39,9 @@ from .weights.detect import canonical, detect
 from .weights.safeload import SUFFIXES, load_state_dict_file
 from .weights.sources import load_weights
 
-# Tile context for models from user files comes from their architecture's
-# spec (vhsup.arch), since the trained weights cannot be measured in advance.
-# Tile context for architectures spandrel builds: unknown in general, so a
+# A user file of vhsup's own architectures gets its tile context from the
+# architecture's spec (vhsup.arch), since trained weights cannot be measured
+# in advance. For architectures spandrel builds it is unknown in general, so a
 # margin that covers the CNNs among them (SPAN, OmniSR, RealCUGAN's reach is
 # below it) and twice that where spandrel says tiling is discouraged (window
 # attention: SwinIR, HAT, DAT). A card beside the file can set its own.
