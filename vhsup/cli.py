@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -64,7 +65,7 @@ def probe(file: Path, as_json, debug, **options) -> None:
         out.print_json(json.dumps(data, default=str))
         return
     v = info.interlace
-    telecined = {True: "yes", False: "no"}.get(info.telecine.telecined, "cannot tell")
+    telecined = {True: "yes", False: "no", None: "cannot tell"}[info.telecine.telecined]
     t = Table(show_header=False, box=None, pad_edge=False)
     t.add_column(style="bold")
     t.add_column()
@@ -162,7 +163,7 @@ def upscale(file: Path, output, quiet, as_json, debug, workers, **options) -> No
                    TextColumn("{task.fields[fps]} fps"), TimeRemainingColumn())
         with Progress(*columns, console=err, transient=True) as bar:
             task = bar.add_task("upscale", total=None, fps="-")
-            clock = {"t0": None}
+            clock: dict[str, float | None] = {"t0": None}
 
             def progress(done: int, total: int) -> None:
                 import time
@@ -349,7 +350,7 @@ def models_selector_map(picture: Path, model_spec: str, output: Path, untrained:
         if exc.path is None:
             raise VhsupError(f"{loaded.descriptor.name}: {exc.reason}", model_spec if not untrained else None) from None
         raise
-    rows = [{"layer": m.name, "breadth": m.breadth, "height": int(m.index.shape[0]), "width": int(m.index.shape[1]),
+    rows: list[dict[str, Any]] = [{"layer": m.name, "breadth": m.breadth, "height": int(m.index.shape[0]), "width": int(m.index.shape[1]),
              "kernels_used": m.used, "usage": [round(float(u), 4) for u in m.usage]} for m in result.layers]
     if as_json:
         out.print_json(json.dumps({"output": str(output), "model": loaded.descriptor.name, "layers": rows}))

@@ -33,7 +33,7 @@ def auto_or_count(value: str, what: str, least: int = 1) -> int | str:
 
 def tile(value: str) -> int | str:
     n = auto_or_count(value, "0 (no tiling) or a tile size in pixels", least=0)
-    if n != "auto" and 0 < n < 16:
+    if isinstance(n, int) and 0 < n < 16:
         raise click.BadParameter("a tile must be at least 16 px (or 0 for none)")
     return n
 

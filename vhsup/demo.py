@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from vhsup.errors import VhsupError
 from vhsup.wording import plural
@@ -31,7 +32,7 @@ def run_demo(out_dir: Path, *, model: str | None = None, echo: Callable[[str], N
     sample = make_vhs_sample(out_dir / "vhs-sample.avi", seconds=2.0)
     echo(f"built {sample.path}: {plural(sample.frames, 'frame')} of interlaced NTSC DV with stereo PCM "
          f"({time.perf_counter() - t0:.1f} s)")
-    window = {} if cuda else {"start": 0.8, "frames": 8}
+    window: dict[str, Any] = {} if cuda else {"start": 0.8, "frames": 8}
     dst = out_dir / f"vhs-sample.{model or ('esrgan-x4' if cuda else 'compact-x4')}.mkv"
     still = out_dir / "compare.png"
     what = "the whole clip" if cuda else f"{plural(window['frames'], 'frame')} from {window['start']} s"

@@ -36,6 +36,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -211,7 +212,7 @@ def cache_key(model: LoadedModel, precision: str, opset: int | None = None) -> s
 
 # torch >= 2.5 has two exporters and wants to be told; older ones have only
 # the TorchScript one and no such argument.
-_LEGACY = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+_LEGACY: dict[str, Any] = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
 
 
 def _export(net: nn.Module, example: torch.Tensor, path: Path, opset: int, name: str, final: Path) -> None:

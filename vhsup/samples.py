@@ -452,7 +452,7 @@ class _VhsChain:
         shift = np.zeros(h, np.float32)
         if look.jitter_px > 0:
             # Mostly slow wander down the picture plus a little line-to-line.
-            wander = cv2.GaussianBlur(rng.standard_normal((h, 1)).astype(np.float32), (1, 0), 4.0).ravel()
+            wander: np.ndarray = cv2.GaussianBlur(rng.standard_normal((h, 1)).astype(np.float32), (1, 0), 4.0).ravel()
             wander *= 1.0 / max(float(wander.std()), 1e-6)
             shift += look.jitter_px * self.px * (0.85 * wander + 0.5 * rng.standard_normal(h).astype(np.float32))
         if self.hs_lines > 0:
@@ -468,7 +468,7 @@ class _VhsChain:
         look, rng, h, w = self.look, self.rng, self.h, self.w
         ycc = cv2.transform(rgb, _RGB_TO_YCC)
         y, cb, cr = cv2.split(ycc)
-        c = cv2.merge([cb, cr])
+        c: np.ndarray = cv2.merge([cb, cr])  # float32, as ycc
         oy, ox = int(rng.integers(0, h)), int(rng.integers(0, w))
         noise = self.bank[oy : oy + h, ox : ox + w]
         e = self.edge

@@ -55,7 +55,8 @@ def palette(breadth: int) -> np.ndarray:
     while len(colours) < breadth:
         hue = (i * 0.618033988749895) % 1.0
         light = (0.45, 0.65, 0.3)[(i // 7) % 3]
-        rgb = tuple(round(c * 255) for c in colorsys.hls_to_rgb(hue, light, 0.85))
+        red, green, blue = colorsys.hls_to_rgb(hue, light, 0.85)
+        rgb = (round(red * 255), round(green * 255), round(blue * 255))
         i += 1
         if rgb not in seen:
             seen.add(rgb)

@@ -54,11 +54,11 @@ def extract(files, out_dir, count, every, min_gap, keep_sar, append, overwrite, 
                   overwrite=overwrite, **media_options)
     show = not quiet and not as_json and err.is_terminal
     if show:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeRemainingColumn(), console=err, transient=True) as bar:
-            tasks: dict[str, int] = {}
+            tasks: dict[str, TaskID] = {}
 
             def progress(phase: str, done: int, total: int) -> None:
                 if phase not in tasks:

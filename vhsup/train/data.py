@@ -340,8 +340,8 @@ class PatchSampler:
                 lr = self.lr_frames.get(i)
                 y, x = self._randint((h - size) // s) * s, self._randint((w - size) // s) * s
                 crops = [hr[y:y + size, x:x + size], lr[y // s:(y + size) // s, x // s:(x + size) // s]]
-            flips = tuple(bool(v) for v in torch.randint(0, 2, (3,), generator=self.crop_gen).tolist())
-            crops = _augment(crops, flips)
+            hflip, vflip, transpose = (bool(v) for v in torch.randint(0, 2, (3,), generator=self.crop_gen).tolist())
+            crops = _augment(crops, (hflip, vflip, transpose))
             hrs.append(crops[0])
             if self.lr_frames is not None:
                 lrs.append(crops[1])

@@ -148,6 +148,9 @@ def _normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.
 class _Frozen(nn.Module):
     """A backbone that stays in eval mode with no trainable parameters."""
 
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
+
     def __init__(self):
         super().__init__()
         # Non-persistent: the state dict keeps exactly torchvision's key names.
@@ -175,12 +178,14 @@ def _vgg19_layout() -> list[tuple[str, int, int]]:
 
     Pools and ReLUs have ``in_ch == out_ch == 0``.
     """
-    layout, block, idx, ch = [], 1, 1, 3
+    layout: list[tuple[str, int, int]] = []
+    block, idx, ch = 1, 1, 3
     for item in _VGG19_CFG:
         if item == "M":
             layout.append((f"pool{block}", 0, 0))
             block, idx = block + 1, 1
         else:
+            assert isinstance(item, int)  # a conv's channel count
             layout.append((f"conv{block}_{idx}", ch, item))
             layout.append((f"relu{block}_{idx}", 0, 0))
             ch, idx = item, idx + 1
@@ -205,7 +210,7 @@ class VGG19Features(_Frozen):
         super().__init__()
         self.taps = check_taps("vgg19", taps)
         last = max(VGG19_LAYERS.index(t) for t in self.taps)
-        mods = []
+        mods: list[nn.Module] = []
         for name, cin, cout in _vgg19_layout()[: last + 1]:
             if name.startswith("conv"):
                 mods.append(nn.Conv2d(cin, cout, 3, padding=1))
@@ -344,6 +349,7 @@ class ResNet18Features(_Frozen):
         x = F.max_pool2d(F.relu(y), 3, 2, 1)
         k = 2
         for block in self.layer1:
+            assert isinstance(block, BasicBlock)
             y = block.bn1(block.conv1(x))
             if tap(f"conv{k}", y):
                 return out
@@ -353,6 +359,7 @@ class ResNet18Features(_Frozen):
             x = F.relu(y + x)
             k += 2
         block = self.layer2[0]
+        assert isinstance(block, BasicBlock)
         tap("conv6", block.bn1(block.conv1(x)))
         return out
 

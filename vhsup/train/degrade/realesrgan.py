@@ -76,6 +76,7 @@ def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
         if not ok:  # cannot happen for a valid 8-bit picture
             raise RuntimeError("OpenCV failed to encode a JPEG")
         bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+        assert bgr is not None  # the JPEG it encoded just above
         out.append(torch.from_numpy(np.ascontiguousarray(bgr[:, :, ::-1])).permute(2, 0, 1))
     return torch.stack(out).to(device=x.device, dtype=x.dtype) / 255.0
 

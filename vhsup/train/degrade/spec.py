@@ -298,6 +298,7 @@ def _build(cls, table: dict, where: str, path):
         dotted = f"{where}.{f.name}"
         value = table[f.name]
         if "kind" not in f.metadata:  # a nested section: its default names its class
+            assert callable(f.default_factory)  # nested sections always have one
             kwargs[f.name] = _build(type(f.default_factory()), value, dotted, path)
         else:
             kwargs[f.name] = _check(f.metadata, value, dotted, path)
