@@ -334,7 +334,7 @@ class VideoEncoder:
         sar: Fraction,
         colour: ColourSpec,
         settings: EncodeSettings,
-        time_range: tuple[Fraction, Fraction | None] | None = None,
+        time_range: tuple[Fraction | None, Fraction | None] | None = None,
         origin: Fraction = Fraction(0),
         overwrite: bool = False,
         notice: Callable[[str], None] | None = None,
