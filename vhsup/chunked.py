@@ -10,8 +10,8 @@ lost or doubled at the seams and the sound drifts. Here:
   (single or double rate) each output picture lands in exactly one chunk.
 * **Seams are decoded, not cut.** Each chunk decodes from a little before its
   start (the deinterlacer needs the previous fields; a seek that lands late
-  is retried further back, see ``Run._decoded``) and past its end (it needs
-  the next ones), then trims exactly. A chunk's pictures are the same pixels
+  is retried further back, see :func:`vhsup.media.decode.decode_from`) and
+  past its end (it needs the next ones), then trims exactly. A chunk's pictures are the same pixels
   the unchunked run would make.
 * **The video is joined losslessly.** Every chunk is encoded with the final
   codec and settings into its own video-only NUT file (NUT keeps the
@@ -54,20 +54,13 @@ import av
 
 from vhsup import signals
 from vhsup.errors import Interrupted, VhsupError
-from vhsup.media.decode import open_input, slot_timed
+from vhsup.media.autocrop import auto_crop
+from vhsup.media.decode import decode_from, open_input, slot_timed
 from vhsup.media.filters import frame_time, progressive_frames
 from vhsup.media.geometry import Crop, parse_crop
 from vhsup.media.probe import VideoInfo, probe
 from vhsup.options import Options, model_name, output_settings
-from vhsup.pipeline import (
-    Result,
-    _auto_crop,
-    _range,
-    check_outputs,
-    decode_from,
-    default_output,
-    field_plan,
-)
+from vhsup.pipeline import Result, check_outputs, default_output, field_plan, source_range
 
 Notice = Callable[[str], None]
 Progress = Callable[[int, int], None]
@@ -237,7 +230,7 @@ def plan_chunks(
     or into chunks of about ``chunk_seconds`` when that is given."""
     say = notice or (lambda _m: None)
     filters = field_plan(info, opts)
-    start, end, limit = _range(info, opts)
+    start, end, limit = source_range(info, opts)
     scan = scan_video(src)
     origin = first_picture_time(src, filters, start, end)
     if origin is None:
@@ -689,7 +682,7 @@ def upscale_chunked(
     crop = opts.crop if isinstance(opts.crop, Crop) else parse_crop(opts.crop)
     if crop == "auto":
         # Decided once for the whole video, not once per chunk.
-        crop = _auto_crop(src_path, info)
+        crop = auto_crop(src_path, info)
     opts = replace(opts, crop=crop or None)
     key = _settings_key(src_path, replace(opts, crop=str(crop) if crop else None), fmt)
 
@@ -751,20 +744,12 @@ def upscale_chunked(
     shutil.rmtree(work, ignore_errors=True)
 
     results = [metas[c.index]["result"] for c in plan.chunks]
-    head = results[0]
     for r in results:
         for text in r.get("notices", []):
             say(text)
-    frames_out = sum(metas[c.index]["frames"] for c in plan.chunks)
-    seconds = time.perf_counter() - t0
-    compare = next((r["compare"] for r in results if r.get("compare")), None)
-    return Result(
-        input=str(src_path), output=str(dst_path), model=head["model"], device=head["device"],
-        precision=head["precision"], tile=head["tile"], frames_in=plan.frames_in, frames_out=frames_out,
-        fps_out=round(frames_out / seconds, 3) if seconds else 0.0, width=head["width"], height=head["height"],
-        display_aspect=head["display_aspect"], audio_streams=report.audio_streams,
-        subtitle_streams=report.subtitle_streams, decode_errors=sum(r["decode_errors"] for r in results),
-        seconds=round(seconds, 3), output_rate=head["output_rate"], deinterlace=head["deinterlace"],
-        crop=head["crop"], transcoded=list(report.transcoded), notices=list(notices), compare=compare,
-        backend=head["backend"],
+    return Result.written(
+        results[0], input=str(src_path), output=str(dst_path), frames_in=plan.frames_in,
+        frames_out=sum(metas[c.index]["frames"] for c in plan.chunks),
+        decode_errors=sum(r["decode_errors"] for r in results), seconds=time.perf_counter() - t0, report=report,
+        notices=notices, compare=next((r["compare"] for r in results if r.get("compare")), None),
     )

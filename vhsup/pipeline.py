@@ -15,19 +15,24 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
 from vhsup.atomic import check_output
 from vhsup.errors import Interrupted, VhsupError
+from vhsup.media.autocrop import auto_crop
 from vhsup.media.colour import output_colour, source_colour
-from vhsup.media.decode import DecodeStats, open_input, video_frames
+from vhsup.media.decode import DecodeStats, decode_from, open_input
 from vhsup.media.filters import FilterPlan, pictures, plan_filters, progressive_frames
-from vhsup.media.geometry import Crop, Geometry, detect_crop, fit, parse_crop, plan_geometry
+from vhsup.media.geometry import Crop, Geometry, fit, parse_crop, plan_geometry
 from vhsup.media.picture import Picture
 from vhsup.media.probe import VideoInfo, probe
 from vhsup.options import Options, model_name
 from vhsup.preview import check_still_name
 from vhsup.stages import Background, Worker
 from vhsup.wording import aspect_label, plural
+
+if TYPE_CHECKING:
+    from vhsup.media.encode import EncodeReport
 
 Notice = Callable[[str], None]
 
@@ -95,6 +100,23 @@ class Result:
     compare: str | None = None
     backend: str = "torch"
 
+    #: The fields that say how a run was set up, the same for every chunk of a chunked run.
+    SETUP: ClassVar[tuple[str, ...]] = ("model", "device", "precision", "tile", "width", "height", "display_aspect",
+                                        "output_rate", "deinterlace", "crop", "backend")
+
+    @classmethod
+    def written(cls, setup: dict, *, input: str, output: str, frames_in: int, frames_out: int, decode_errors: int,
+                seconds: float, report: EncodeReport, notices: list[str], compare: str | None) -> Result:
+        """The summary of a run that wrote ``output``: ``setup`` gives the :attr:`SETUP` fields,
+        ``report`` (the encoder's) the streams, ``seconds`` the speed."""
+        return cls(
+            input=input, output=output, frames_in=frames_in, frames_out=frames_out,
+            fps_out=round(frames_out / seconds, 3) if seconds else 0.0, audio_streams=report.audio_streams,
+            subtitle_streams=report.subtitle_streams, decode_errors=decode_errors, seconds=round(seconds, 3),
+            transcoded=list(report.transcoded), notices=list(notices), compare=compare,
+            **{name: setup[name] for name in cls.SETUP},
+        )
+
     def to_json(self) -> dict:
         return asdict(self)
 
@@ -105,7 +127,8 @@ def default_output(src: Path, model: str) -> Path:
     return src.with_name(f"{src.stem}.{label}.mkv")
 
 
-def _range(info: VideoInfo, opts: Options) -> tuple[Fraction | None, Fraction | None, int | None]:
+def source_range(info: VideoInfo, opts: Options) -> tuple[Fraction | None, Fraction | None, int | None]:
+    """(start, end, frame limit) on the source clock from --start, --duration and --frames, checked."""
     for name in ("start", "duration"):
         value = getattr(opts, name)
         if value is not None and value < 0:
@@ -125,63 +148,6 @@ def _range(info: VideoInfo, opts: Options) -> tuple[Fraction | None, Fraction | 
     return start, end, opts.frames
 
 
-def decode_from(container, start: Fraction | None, *, threads: int = 0,
-                stats: DecodeStats | None = None) -> Iterator:
-    """Decoded frames from a little before ``start`` (all of them if None).
-
-    A seek can land after its target (imprecise indexes in program streams
-    and AVI); the deinterlacer and the exact trim need frames from before
-    the start, so when the first frame is already past it, seek again
-    further back, and in the end decode from the beginning. ``stats`` counts
-    the attempt that is used.
-    """
-    stats = stats if stats is not None else DecodeStats()
-    preroll = 1.0
-    while True:
-        stats.__init__()  # count only the attempt that is kept
-        at = float(start) if start is not None else None
-        frames = video_frames(container, start=at, threads=threads, stats=stats, preroll=preroll)
-        first = next(frames, None)
-        from_top = at is None or at - preroll <= 0
-        if first is None or from_top or first.pts * Fraction(first.time_base) < start:
-            if first is not None:
-                yield first
-            yield from frames
-            return
-        frames.close()
-        preroll *= 8
-
-
-def _auto_crop(path: Path, info: VideoInfo) -> Crop:
-    """Sample frames across the file and measure borders.
-
-    The frames are measured as decoded, not deinterlaced: a deinterlacer
-    fills every other line by interpolation, which smears a border line
-    into its picture neighbour, and the crop's lines are the same either way.
-    """
-    colour = source_colour(info.height, info.colorspace, info.color_range)
-    samples = []
-    span = info.duration or 0
-    points = [info.start_time + span * k / 8 for k in range(1, 8)] if span > 8 else [None]
-    container = open_input(path)
-    try:
-        for point in points:
-            frames = video_frames(container, start=point, preroll=0.0)
-            got = 0
-            for pic in pictures(frames, colour, Crop()):
-                if got % 4 == 0:
-                    samples.append(pic.rgb)
-                got += 1
-                if got >= (4 if len(points) > 1 else 24):
-                    break
-            frames.close()
-    finally:
-        container.close()
-    # Head-switching noise is a VHS (analogue capture) trait; DVDs and digital files don't have it.
-    vhs_like = info.codec not in ("mpeg2video", "h264", "hevc", "vc1") or info.container == "avi"
-    return detect_crop(samples, vhs_bottom=vhs_like)
-
-
 def field_plan(info: VideoInfo, opts: Options) -> FilterPlan:
     """The field handling (deinterlace, field order, inverse telecine) ``opts`` asks for on ``info``."""
     return plan_filters(info, deinterlace=opts.deinterlace, field_rate=opts.field_rate, ivtc=opts.ivtc,
@@ -196,12 +162,12 @@ def make_plan(src: str | os.PathLike[str], opts: Options, *, scale: int, model: 
     crop = opts.crop if isinstance(opts.crop, Crop) else parse_crop(opts.crop)
     crop_source = "none" if not crop else "user"
     if crop == "auto":
-        crop = _auto_crop(path, info)
+        crop = auto_crop(path, info)
         crop_source = "auto"
     geometry = plan_geometry(
         info.width, info.height, info.sar, scale, crop=crop or None, width=opts.width, height=opts.height
     )
-    start, end, limit = _range(info, opts)
+    start, end, limit = source_range(info, opts)
     ratio = filters.rate / info.fps if info.fps else Fraction(1)
     estimate = int(round(info.frames * ratio))
     if start is not None or end is not None:
@@ -297,7 +263,7 @@ class Run:
         finally:
             container.close()
 
-    # infer -> stitch, in the calling thread
+    # infer, in the calling thread (stitch, the resize to the output size, runs in the encode thread: see write)
     def _upscaled(self, want_compare: bool) -> Iterator[tuple[Picture, Picture]]:
         self.stats, self.frames_out, self.origin, self.compare_pair = DecodeStats(), 0, None, None
         target = max(0, self.plan.frames_estimate // 2)
@@ -390,18 +356,15 @@ class Run:
         if self.stats.no_picture:
             self.notice(f"{self.src}: {plural(self.stats.no_picture, 'AVI video chunk')} gave no picture "
                         "(not-coded drop frames or damage); the picture before each stays on screen for its slot")
-        seconds = time.perf_counter() - t0
         dev = self.engine.describe()
-        return Result(
-            input=str(self.src), output=str(dst), model=self.model_name, device=str(dev.get("device")),
-            precision=str(dev.get("precision")), tile=int(dev.get("tile", 0)), frames_in=self.stats.frames,
-            frames_out=self.frames_out, fps_out=round(self.frames_out / seconds, 3) if seconds else 0.0,
-            width=g.out_w, height=g.out_h, display_aspect=aspect_label(g.dar),
-            audio_streams=report.audio_streams, subtitle_streams=report.subtitle_streams,
-            decode_errors=self.stats.errors, seconds=round(seconds, 3), output_rate=str(plan.filters.rate),
-            deinterlace=plan.filters.describe(), crop=str(g.crop), transcoded=list(report.transcoded),
-            notices=list(self.notices), compare=compare_path, backend=self.backend,
-        )
+        setup = {"model": self.model_name, "device": str(dev.get("device")), "precision": str(dev.get("precision")),
+                 "tile": int(dev.get("tile", 0)), "width": g.out_w, "height": g.out_h,
+                 "display_aspect": aspect_label(g.dar), "output_rate": str(plan.filters.rate),
+                 "deinterlace": plan.filters.describe(), "crop": str(g.crop), "backend": self.backend}
+        return Result.written(setup, input=str(self.src), output=str(dst), frames_in=self.stats.frames,
+                              frames_out=self.frames_out, decode_errors=self.stats.errors,
+                              seconds=time.perf_counter() - t0, report=report, notices=self.notices,
+                              compare=compare_path)
 
 
 def check_outputs(src: Path, dst: Path, opts: Options) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -203,7 +203,7 @@ def video_frames(
     threads: int = 0,
     stats: DecodeStats | None = None,
     preroll: float = 1.0,
-) -> Iterator[av.VideoFrame]:
+) -> Generator[av.VideoFrame, None, None]:
     """Decode the first video stream in presentation order.
 
     Args:
@@ -312,3 +312,30 @@ def video_frames(
         if lost:
             stats.no_picture += lost
             stats.note(f"{lost} AVI chunks gave no picture; the picture before each stays on screen")
+
+
+def decode_from(container: av.container.InputContainer, start: Fraction | None, *, threads: int = 0,
+                stats: DecodeStats | None = None) -> Generator[av.VideoFrame, None, None]:
+    """Decoded frames from a little before ``start`` (all of them if None).
+
+    A seek can land after its target (imprecise indexes in program streams
+    and AVI); the deinterlacer and the exact trim need frames from before
+    the start, so when the first frame is already past it, seek again
+    further back, and in the end decode from the beginning. ``stats`` counts
+    the attempt that is used.
+    """
+    stats = stats if stats is not None else DecodeStats()
+    preroll = 1.0
+    while True:
+        stats.__init__()  # count only the attempt that is kept
+        at = float(start) if start is not None else None
+        frames = video_frames(container, start=at, threads=threads, stats=stats, preroll=preroll)
+        first = next(frames, None)
+        from_top = at is None or at - preroll <= 0
+        if first is None or from_top or first.pts * Fraction(first.time_base) < start:
+            if first is not None:
+                yield first
+            yield from frames
+            return
+        frames.close()
+        preroll *= 8

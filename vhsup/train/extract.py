@@ -62,11 +62,12 @@ import numpy as np
 from vhsup.atomic import replacing
 from vhsup.errors import Interrupted, VhsupError
 from vhsup.media.colour import source_colour
-from vhsup.media.decode import DecodeStats, open_input, video_frames
+from vhsup.media.decode import DecodeStats, decode_from, open_input, video_frames
 from vhsup.media.filters import frame_time, progressive_frames, to_rgb
 from vhsup.media.geometry import Crop, fit
 from vhsup.media.probe import VideoInfo, probe
-from vhsup.pipeline import Options, Plan, decode_from, make_plan
+from vhsup.options import Options
+from vhsup.pipeline import Plan, make_plan
 from vhsup.stages import Worker
 from vhsup.wording import plural
 
