@@ -16,7 +16,7 @@ COMMUNITY_TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 CPY := $(COMMUNITY_VENV)/bin/python
 COMMUNITY_STAMP := $(COMMUNITY_VENV)/.vhsup-installed
 
-.PHONY: demo test bench install clean
+.PHONY: demo test test-fast lint format bench install clean
 
 install: $(STAMP)
 
@@ -39,6 +39,20 @@ $(COMMUNITY_STAMP): pyproject.toml
 test: $(STAMP) $(COMMUNITY_STAMP)
 	$(PY) -m pytest -q --ignore=tests/test_community.py
 	VHSUP_REQUIRE_SPANDREL=1 $(CPY) -m pytest -q tests/test_community.py
+
+# The tests marked slow (over ~20 s each on 2 cores) are left out: for the edit-test loop.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" --ignore=tests/test_community.py
+
+# Lint, format and types; CI runs this before the tests.
+lint: $(STAMP)
+	$(PY) -m ruff check vhsup tests bench
+	$(PY) -m ruff format --check vhsup tests bench
+	$(PY) -m mypy
+
+format: $(STAMP)
+	$(PY) -m ruff check --fix vhsup tests bench
+	$(PY) -m ruff format vhsup tests bench
 
 demo: $(STAMP)
 	$(PY) -m vhsup demo
