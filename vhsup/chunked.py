@@ -21,6 +21,9 @@ lost or doubled at the seams and the sound drifts. Here:
 * **Audio and subtitles are muxed once**, from the source, over the whole
   span, by the same code and the same origin as the unchunked pipeline, so
   sync is exactly as good as ``upscale_video``'s.
+* **Chunks run side by side** in the worker processes of
+  :class:`vhsup.workers.Pool` (one GPU each where there are several; see
+  there for the rule), or in this process with one worker.
 * **Resume by chunk.** Chunks live in a work folder beside the output
   (``.NAME.vhsup-chunks/``). A chunk is finished when its file has been
   renamed into place and its JSON sidecar (frame count, time range, the
@@ -38,21 +41,17 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import multiprocessing as mp
 import os
-import queue as queue_mod
 import shutil
-import signal
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
 from pathlib import Path
+from typing import cast
 
 import av
 
-from vhsup import signals
 from vhsup.errors import Interrupted, VhsupError
 from vhsup.media.autocrop import auto_crop
 from vhsup.media.decode import decode_from, open_input, slot_timed
@@ -61,6 +60,7 @@ from vhsup.media.geometry import Crop, parse_crop
 from vhsup.media.probe import VideoInfo, probe
 from vhsup.options import Options, model_name, output_settings
 from vhsup.pipeline import Result, check_outputs, default_output, field_plan, source_range
+from vhsup.workers import Pool, throttled
 
 Notice = Callable[[str], None]
 Progress = Callable[[int, int], None]
@@ -336,14 +336,7 @@ def run_chunk(job: dict, report: Callable[[tuple], None]) -> dict:
     origin = Fraction(job["origin"])
     video, side = _chunk_paths(Path(job["work"]), chunk.index)
     opts = Options(**job["options"])
-    last = [0.0]
-
-    def progress(done: int, _total: int) -> None:
-        now = time.monotonic()
-        if now - last[0] >= 0.2:
-            last[0] = now
-            report(("progress", chunk.index, done))
-
+    progress = throttled(lambda done, _total: report(("progress", chunk.index, done)), 0.2)
     run = Run(Path(job["src"]), opts, notice=lambda m: report(("notice", chunk.index, m)), progress=progress,
               span=(chunk.start, chunk.end))
     result = run.write(video, stage_for=job["fmt"], origin=origin)
@@ -361,98 +354,21 @@ def run_chunk(job: dict, report: Callable[[tuple], None]) -> dict:
     return meta
 
 
-def _orphan_watch(parent: int) -> None:
-    """Stop when the parent run is gone (killed): an orphaned worker would
-    go on writing chunks beside a rerun that is making the same ones. The
-    chunk in hand is aborted as on SIGTERM (its partial file removed); if
-    that hangs, the worker exits anyway."""
-    while True:
-        time.sleep(0.5)
-        if os.getppid() != parent:
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(10)
-            os._exit(3)
-
-
-def _worker(tasks, results, env: dict[str, str], threads: int, parent: int) -> None:
-    """A spawned worker: takes jobs until it gets None.
-
-    Ctrl-C (it reaches the whole process group) and SIGTERM (the parent
-    stopping it, or ``timeout`` and systemd signalling the group) abort the
-    chunk in hand, which removes its partial file; the parent reports the
-    interruption. SIGHUP is left to the parent.
-    """
-    import threading
-
-    signals.worker_stops()
-    threading.Thread(target=_orphan_watch, args=(parent,), daemon=True, name="vhsup-orphan-watch").start()
-    try:
-        os.environ.update(env)
-        if threads:
-            import torch
-
-            torch.set_num_threads(threads)
-        while True:
-            job = tasks.get()
-            if job is None:
-                return
-            index = job["chunk"]["index"]
-            results.put(("start", index, os.getpid()))
-            try:
-                meta = run_chunk(job, results.put)
-            except (KeyboardInterrupt, Interrupted):
-                return
-            except VhsupError as exc:
-                results.put(("error", index, ("VhsupError", exc.reason, exc.path)))
-                return
-            except BaseException as exc:  # noqa: BLE001 - reported to the parent, which stops the run
-                results.put(("error", index, (type(exc).__name__, f"{exc}\n{traceback.format_exc()}", None)))
-                return
-            results.put(("done", index, meta))
-    except KeyboardInterrupt:
-        return  # stopped between chunks: nothing to clean up, no traceback on the user's terminal
-    finally:
-        # Done with chunks: a SIGTERM from now on (the parent tidying up while
-        # this process flushes its queues on exit) has nothing to abort, and
-        # must not print a traceback from multiprocessing's exit handlers.
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def _gpu_slots(opts: Options) -> list[str]:
-    """CUDA device ids to hand out, one per worker in turn (empty: CPU, or the user chose a device)."""
-    if opts.device not in ("auto", "cuda"):
-        return []
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return [d.strip() for d in visible.split(",") if d.strip()]
-    try:
-        import torch
-
-        return [str(i) for i in range(torch.cuda.device_count())]
-    except Exception:  # noqa: BLE001 - no usable CUDA means CPU workers
-        return []
-
-
 # -- the whole run ---------------------------------------------------------------
 
 
-class _Runner:
-    """Runs the unfinished chunks, in this process or in spawned workers."""
+class _Messages:
+    """What the chunks report, passed on to the caller: frames summed over the chunks, each notice once."""
 
-    def __init__(self, jobs: list[dict], workers: int, opts: Options, done_frames: int, total: int,
-                 notice: Notice, progress: Progress | None):
-        self.jobs = jobs
-        self.workers = max(1, min(workers, len(jobs)))
-        self.opts = opts
+    def __init__(self, done_frames: int, total: int, notice: Notice, progress: Progress | None):
         self.base = done_frames
         self.total = total
         self.running: dict[int, int] = {}
-        self.metas: dict[int, dict] = {}
         self.notice = notice
         self.progress = progress
         self._seen: set[str] = set()
 
-    def _message(self, msg: tuple) -> None:
+    def __call__(self, msg: tuple) -> None:
         kind, index, body = msg
         if kind == "progress":
             self.running[index] = int(body)
@@ -462,71 +378,36 @@ class _Runner:
             self._seen.add(body)
             self.notice(body)
 
-    def run(self) -> dict[int, dict]:
-        if self.workers == 1:
-            for job in self.jobs:
-                meta = run_chunk(job, self._message)
-                self.metas[job["chunk"]["index"]] = meta
-            return self.metas
-        return self._parallel()
 
-    def _parallel(self) -> dict[int, dict]:
-        ctx = mp.get_context("spawn")
-        signals.start_resource_tracker()
-        tasks, results = ctx.Queue(), ctx.Queue()
-        for job in self.jobs:
-            tasks.put(job)
-        for _ in range(self.workers):
-            tasks.put(None)
-        gpus = _gpu_slots(self.opts)
-        cores = os.cpu_count() or 1
-        procs = []
-        for w in range(self.workers):
-            env = {"CUDA_VISIBLE_DEVICES": gpus[w % len(gpus)]} if gpus else {}
-            # CPU inference: share the cores instead of every worker taking all.
-            threads = 0 if gpus else max(1, cores // self.workers)
-            p = ctx.Process(target=_worker, args=(tasks, results, env, threads, os.getpid()), name=f"vhsup-chunk-{w}",
-                            daemon=True)
-            p.start()
-            procs.append(p)
-        owner: dict[int, int] = {}
-        try:
-            while len(self.metas) < len(self.jobs):
-                try:
-                    msg = results.get(timeout=0.5)
-                except queue_mod.Empty:
-                    dead = [p for p in procs if not p.is_alive() and p.exitcode not in (0, None)]
-                    busy = [i for i in owner if i not in self.metas]
-                    if dead or not any(p.is_alive() for p in procs):
-                        codes = ", ".join(str(p.exitcode) for p in dead) or "0"
-                        raise RuntimeError(f"a chunk worker stopped (exit {codes}) while chunks {busy} were running")
-                    continue
-                kind, index, body = msg
-                if kind == "start":
-                    owner[index] = body
-                elif kind == "done":
-                    self.metas[index] = body
-                elif kind == "error":
-                    name, text, path = body
-                    if name == "VhsupError":
-                        raise VhsupError(text, path)
-                    raise RuntimeError(f"chunk {index} failed: {name}: {text}")
-                else:
-                    self._message(msg)
-            for p in procs:  # every chunk is in: the workers are leaving on their own
-                p.join(timeout=10)
-        finally:
-            for p in procs:
-                if p.is_alive():
-                    p.terminate()  # SIGTERM: the chunk in hand is aborted and its partial file removed
-            for p in procs:
-                p.join(timeout=10)
-                if p.is_alive():  # stuck: multiprocessing would wait for it forever at exit
-                    p.kill()
-                    p.join(timeout=5)
-            tasks.close()
-            results.close()
-        return self.metas
+def _run_chunks(jobs: list[dict], workers: int, device: str, messages: _Messages) -> dict[int, dict]:
+    """Run the unfinished chunks, in this process with one worker, else in a worker
+    pool; returns their sidecars by chunk index. A chunk that fails stops the run."""
+    metas: dict[int, dict] = {}
+    workers = min(workers, len(jobs))
+    if workers <= 1:
+        for job in jobs:
+            metas[job["chunk"]["index"]] = run_chunk(job, messages)
+        return metas
+    pool = Pool(run_chunk, workers, device=device, name="vhsup-chunk")
+    try:
+        for event in pool.run((job["chunk"]["index"], job) for job in jobs):
+            if event.kind == "message":
+                messages(event.body)
+            elif event.kind == "done":
+                metas[cast(int, event.key)] = event.body
+            elif event.kind == "failed":
+                failure = event.body
+                if failure.kind == "VhsupError":
+                    raise VhsupError(failure.text, failure.path)
+                raise RuntimeError(f"chunk {event.key} failed: {failure.kind}: {failure.text}\n{failure.trace}")
+            elif event.kind == "died":
+                where = f" while chunk {event.key} was running" if event.key is not None else ""
+                raise RuntimeError(f"a chunk worker stopped (exit {event.body}){where}")
+    finally:
+        pool.stop()  # on an interrupt or a failure: the chunks in hand are aborted, their partial files removed
+    if len(metas) != len(jobs):
+        raise RuntimeError(f"{len(jobs) - len(metas)} chunks were not run")
+    return metas
 
 
 def _check_accounting(plan: ChunkPlan, metas: dict[int, dict], notice: Notice) -> None:
@@ -728,10 +609,9 @@ def upscale_chunked(
             "chunk": chunk.to_json(), "options": {**asdict(chunk_opts), "crop": str(crop) if crop else None},
         })
 
-    done_frames = sum(m["frames"] for m in metas.values())
-    runner = _Runner(jobs, workers, opts, done_frames, plan.estimate, say, progress)
+    messages = _Messages(sum(m["frames"] for m in metas.values()), plan.estimate, say, progress)
     try:
-        metas.update(runner.run())
+        metas.update(_run_chunks(jobs, workers, opts.device, messages))
     except (KeyboardInterrupt, Interrupted):
         kept = sum(1 for c in plan.chunks if _read_sidecar(work, c, key) is not None)
         raise Interrupted(

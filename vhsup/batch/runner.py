@@ -6,23 +6,19 @@ Each job runs ``vhsup.pipeline.upscale_video`` in a worker process - a local
 process of our own (``engine='local'``) or a Ray task (``engine='ray'``) -
 so a file that crashes FFmpeg or exhausts memory fails alone.
 
-Local workers are long-lived spawned processes (one model load per job, but
-one interpreter and torch import per worker). Each has a pipe to the parent:
-jobs go down, progress and results come back, and a worker that dies is
-noticed by its process sentinel and replaced; its job is marked failed with
-the cause. Workers die with the parent (``PR_SET_PDEATHSIG`` on Linux, and a
-parent watch thread everywhere), removing their partial output on the way,
-so a SIGKILLed batch leaves no orphan writing files.
+Local workers are the long-lived spawned processes of
+:class:`vhsup.workers.Pool` (one model load per job, but one interpreter and
+torch import per worker; one GPU each where there are several): a worker
+that dies is replaced and its job marked failed with the cause, and workers
+die with the parent, removing their partial output on the way, so a
+SIGKILLed batch leaves no orphan writing files.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import socket
-import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +28,7 @@ from vhsup.batch.discover import Found, discover, output_paths
 from vhsup.batch.manifest import Job, Manifest, fingerprint, run_lock, settings_hash
 from vhsup.errors import VhsupError
 from vhsup.options import BATCH, Options, declared, output_settings
+from vhsup.workers import Event, Pool, Report, death_reason, throttled, visible_gpus
 
 # Options of vhsup.options.Options a batch passes through to every job (those `vhsup batch` offers).
 UPSCALE_OPTIONS = tuple(d.name for d in declared(BATCH))
@@ -203,114 +200,9 @@ def execute(spec: JobSpec, progress: Callable[[int, int], None] | None = None) -
             "fps": round(result.frames_out / seconds, 3) if seconds > 0 else None, "notices": notices}
 
 
-# --- local worker processes ---------------------------------------------------
-
-def _die_with_parent(parent: int) -> None:
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG: SIGTERM when the parent dies, however
-    except (OSError, AttributeError):
-        pass
-
-    def watch() -> None:  # also covers systems without prctl
-        while True:
-            if os.getppid() != parent:
-                if signals.received() is None:
-                    os.kill(os.getpid(), signal.SIGTERM)
-                return
-            time.sleep(1.0)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
-
-
-def _worker_main(conn, parent: int, threads: int, cuda_devices: str | None) -> None:
-    """A local worker: jobs in, progress and results out, until told to stop."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
-    # SIGTERM (from the parent, or the parent-death signal) aborts the job, which removes its partial
-    # file; a second one (parent-death signal + watch thread) does not cut that clean-up short.
-    signals.worker_stops()
-    _die_with_parent(parent)
-    if cuda_devices is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = cuda_devices  # before torch sees CUDA
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    try:
-        import torch
-
-        torch.set_num_threads(threads)
-    except KeyboardInterrupt:
-        return
-    while signals.received() is None:
-        try:
-            spec = conn.recv()
-        except (EOFError, OSError, KeyboardInterrupt):
-            return
-        if spec is None:
-            return
-        last = [0.0]
-
-        def progress(done: int, total: int, key=spec.key, last=last) -> None:
-            now = time.monotonic()
-            if now - last[0] >= 0.25 or done == total:
-                last[0] = now
-                conn.send(("progress", key, done, total))
-
-        try:
-            conn.send(("start", spec.key, f"{socket.gethostname()}:{os.getpid()}"))
-            outcome = execute(spec, progress)
-            conn.send(("result", spec.key, outcome))
-        except (BrokenPipeError, EOFError, OSError, KeyboardInterrupt):
-            return
-
-
-class _Worker:
-    def __init__(self, ctx, slot: int, threads: int, cuda_devices: str | None):
-        self.slot = slot
-        self.conn, child = ctx.Pipe()
-        # Not a daemon: a job may start processes of its own (chunked upscaling), which daemons may not.
-        # The parent stops and joins its workers itself, and they die with it (see _die_with_parent).
-        self.process = ctx.Process(target=_worker_main, args=(child, os.getpid(), threads, cuda_devices),
-                                   name=f"vhsup-batch-{slot}", daemon=False)
-        self.process.start()
-        child.close()
-        self.key: str | None = None
-        self.retired = False
-        self.name = f"{socket.gethostname()}:{self.process.pid}"
-
-
-def _death_reason(code: int | None) -> str:
-    if code is not None and code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        hint = " (out of memory?)" if -code == signal.SIGKILL else ""
-        return f"the worker process was killed by {name}{hint}"
-    return f"the worker process exited unexpectedly (status {code})"
-
-
-def _visible_gpus(device: str) -> list[str]:
-    if device == "cpu" or (device not in ("auto", "cuda")):
-        return []  # an explicit cuda:N is the user's choice for every worker
-    try:
-        import torch
-
-        count = torch.cuda.device_count()
-    except Exception:  # noqa: BLE001 - no usable CUDA: CPU workers
-        return []
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    ids = [d.strip() for d in env.split(",") if d.strip()] if env else [str(i) for i in range(count)]
-    return ids[:count]
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
+def _local_job(spec: JobSpec, report: Report) -> dict:
+    """A job in a local worker; progress goes to the parent as (done, total)."""
+    return execute(spec, throttled(lambda done, total: report((done, total)), 0.25))
 
 
 # --- planning -----------------------------------------------------------------
@@ -398,94 +290,38 @@ def plan_jobs(manifest: Manifest, found: Sequence[Found], out: Path, outputs: di
 def _run_local(specs: list[JobSpec], manifest: Manifest, run_id: str, jobs: int, device: str,
                reporter: Reporter, record: Callable[[str, dict], None]) -> bool:
     """Run specs over ``jobs`` local workers. Returns True if interrupted."""
-    import multiprocessing as mp
-    from multiprocessing.connection import wait
-
-    ctx = mp.get_context("spawn")
-    signals.start_resource_tracker()
-    gpus = _visible_gpus(device)
-    threads = max(1, _cores() // jobs)
-    queue = deque(specs)
     by_key = {s.key: s for s in specs}
-    workers: list[_Worker] = []
 
-    def spawn(slot: int) -> _Worker:
-        # Several GPUs: each worker sees exactly one, round-robin. One GPU: all share it.
-        cuda = gpus[slot % len(gpus)] if len(gpus) > 1 else None
-        return _Worker(ctx, slot, threads, cuda)
+    def handle(event: Event) -> None:
+        key = str(event.key)
+        if event.kind == "started":
+            manifest.update(key, state="running", run_id=run_id, worker=event.worker, pid=event.pid,
+                            started=time.time(), finished=None, seconds=None, frames=None, fps=None)
+            reporter.started(key, event.worker)
+        elif event.kind == "message":
+            reporter.progress(key, *event.body)
+        elif event.kind == "done":
+            record(key, event.body)
+        elif event.key is not None:  # the job raised, its worker died, or the pool stopped in the middle of it
+            if event.kind == "interrupted":
+                outcome = {"state": "interrupted", "error": "interrupted"}
+            elif event.kind == "died":
+                outcome = {"state": "failed", "error": death_reason(event.body)}
+            else:
+                outcome = {"state": "failed", "error": f"{event.body.kind}: {event.body.text}"}
+            record(key, {**outcome, "worker": event.worker, "pid": event.pid})
+            _remove_partials(by_key[key].output)
 
-    def handle(w: _Worker, msg: tuple) -> None:
-        if msg[0] == "progress":
-            reporter.progress(msg[1], msg[2], msg[3])
-        elif msg[0] == "result" and msg[1] == w.key:
-            record(msg[1], msg[2])
-            w.key = None
-
-    def drain(w: _Worker) -> None:
-        try:
-            while w.conn.poll():
-                handle(w, w.conn.recv())
-        except (EOFError, OSError):
-            pass
-
+    pool = Pool(_local_job, jobs, device=device, name="vhsup-batch")
     try:
-        workers = [spawn(i) for i in range(min(jobs, len(queue)))]
-        while workers:
-            for w in workers:
-                if w.key is None and not w.retired:
-                    if queue:
-                        spec = queue.popleft()
-                        try:
-                            w.conn.send(spec)
-                        except OSError:  # it died idle: the sentinel below replaces it
-                            queue.appendleft(spec)
-                            w.retired = True
-                            continue
-                        w.key = spec.key
-                        manifest.update(spec.key, state="running", run_id=run_id, worker=w.name,
-                                        pid=w.process.pid, started=time.time(), finished=None, seconds=None,
-                                        frames=None, fps=None)
-                        reporter.started(spec.key, w.name)
-                    else:
-                        try:
-                            w.conn.send(None)  # no more work: let it exit
-                        except OSError:
-                            pass
-                        w.retired = True
-            ready = wait([w.conn for w in workers] + [w.process.sentinel for w in workers], timeout=1.0)
-            for i, w in enumerate(workers):
-                if w.conn in ready:
-                    drain(w)
-                if w.process.sentinel in ready or not w.process.is_alive():
-                    w.process.join(1)
-                    drain(w)  # a result sent just before it died still counts
-                    if w.key is not None:
-                        record(w.key, {"state": "failed", "error": _death_reason(w.process.exitcode),
-                                       "worker": w.name, "pid": w.process.pid})
-                        _remove_partials(by_key[w.key].output)
-                        w.key = None
-                    w.conn.close()
-                    workers[i] = spawn(w.slot) if queue else None
-            workers = [w for w in workers if w is not None]
+        for event in pool.run((s.key, s) for s in specs):
+            handle(event)
         return False
     except KeyboardInterrupt:
         return True
     finally:
-        for w in workers:
-            if w.process.is_alive():
-                w.process.terminate()  # SIGTERM: the job aborts and removes its partial file
-        for w in workers:
-            w.process.join(15)
-            if w.process.is_alive():
-                w.process.kill()
-                w.process.join(5)
-            if not w.conn.closed:
-                drain(w)  # a job that finished as the interrupt came in is done, not interrupted
-                w.conn.close()
-            if w.key is not None:
-                record(w.key, {"state": "interrupted", "error": "interrupted", "worker": w.name,
-                               "pid": w.process.pid})
-                _remove_partials(by_key[w.key].output)
+        for event in pool.stop():  # a job that finished as the interrupt came in is done, not interrupted
+            handle(event)
 
 
 def _remove_partials(output: str) -> None:
@@ -497,16 +333,14 @@ def _remove_partials(output: str) -> None:
 
 def _ray_task(spec: JobSpec, events) -> dict:
     """A job as a Ray task; progress goes to the driver through a Ray queue."""
-    last = [0.0]
 
-    def progress(done: int, total: int) -> None:
-        now = time.monotonic()
-        if events is not None and (now - last[0] >= 0.5 or done == total):
-            last[0] = now
-            try:
-                events.put_nowait(("progress", spec.key, done, total))
-            except Exception:  # noqa: BLE001, S110 - progress is best effort
-                pass
+    def send(done: int, total: int) -> None:
+        try:
+            events.put_nowait(("progress", spec.key, done, total))
+        except Exception:  # noqa: BLE001, S110 - progress is best effort
+            pass
+
+    progress = throttled(send, 0.5) if events is not None else None
 
     if events is not None:
         try:
@@ -578,7 +412,7 @@ def _run_ray(specs: list[JobSpec], manifest: Manifest, run_id: str, config: Batc
                 record(spec.key, outcome)
         return False
     except KeyboardInterrupt:
-        for ref, spec in refs.items():
+        for ref in refs:
             ray.cancel(ref, force=True)
         time.sleep(1.0)
         for spec in refs.values():
@@ -662,7 +496,7 @@ def _run_locked(config: BatchConfig, reporter: Reporter, t0: float, src: Path, o
                                              p.why, j.error if j.state == "failed" else None,
                                              round(j.seconds, 3) if j.seconds is not None else None, j.frames,
                                              j.fps, j.attempts, j.source)
-            gpus = _visible_gpus(device) if config.engine == "local" else []
+            gpus = visible_gpus(device) if config.engine == "local" else []
             jobs = config.jobs or max(1, len(gpus))
             reporter.planned(len(planned), len(to_run))
             specs = [JobSpec(p.job.input, p.job.source, str(p.dst), options, p.overwrite,
