@@ -30,7 +30,7 @@ def run_bench(file: str | os.PathLike[str], *, model: str | None = None, frames:
                    preset=preset, frames=frames, overwrite=True)
     run = Run(Path(file), opts)
     engine = run.engine
-    source = list(run._source())
+    source = list(run.source_pictures())
     if not source:
         raise RuntimeError(f"{file}: no frames decoded")
     engine.upscale([source[0].rgb])  # warm-up: allocations, autotuning

@@ -251,7 +251,8 @@ class Run:
             self._user_notice(message)
 
     # probe -> decode -> filter, in the decode thread
-    def _source(self) -> Iterator[Picture]:
+    def source_pictures(self) -> Iterator[Picture]:
+        """The run's progressive, cropped source pictures, before the model (what the engine is fed)."""
         plan, info = self.plan, self.info
         container = open_input(self.src)
         try:
@@ -268,7 +269,7 @@ class Run:
         self.stats, self.frames_out, self.origin, self.compare_pair = DecodeStats(), 0, None, None
         target = max(0, self.plan.frames_estimate // 2)
         batch: list[Picture] = []
-        with Background(self._source(), maxsize=self.opts.queue, name="decode") as source:
+        with Background(self.source_pictures(), maxsize=self.opts.queue, name="decode") as source:
 
             def flush() -> Iterator[tuple[Picture, Picture]]:
                 outputs = self.engine.upscale([p.rgb for p in batch])

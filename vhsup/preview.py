@@ -143,7 +143,7 @@ def compose_compare(
         keys += ["bicubic-1:1", "model-1:1"]
 
     col_w = max(max(r[1].shape[1] for r in rows), 1)
-    cap_h = _caption_height(col_w)
+    cap_h = caption_height(col_w)
     height = sum(cap_h + r[1].shape[0] for r in rows) + GAP * (len(rows) - 1)
     canvas = np.empty((height, 2 * col_w + GAP, 3), np.uint8)
     canvas[:] = BACKGROUND
@@ -153,7 +153,7 @@ def compose_compare(
     for l_text, l_img, r_text, r_img in rows:
         for col, (text, img) in enumerate(((l_text, l_img), (r_text, r_img))):
             x = col * (col_w + GAP)
-            _caption(canvas, text, x, y, col_w, cap_h)
+            caption(canvas, text, x, y, col_w, cap_h)
             ih, iw = img.shape[:2]
             ix = x + (col_w - iw) // 2
             canvas[y + cap_h : y + cap_h + ih, ix : ix + iw] = img
@@ -196,11 +196,12 @@ def _resize_w(img: np.ndarray, width: int) -> np.ndarray:
     return cv2.resize(img, (width, img.shape[0]), interpolation=interp)
 
 
-def _caption_height(panel_width: int) -> int:
+def caption_height(panel_width: int) -> int:
+    """The height of a caption band over a panel this wide (shared by every picture vhsup composes)."""
     return int(np.clip(round(panel_width / 32), 14, 40))
 
 
-def _caption(canvas: np.ndarray, text: str, x: int, y: int, w: int, h: int) -> None:
+def caption(canvas: np.ndarray, text: str, x: int, y: int, w: int, h: int) -> None:
     """A grey band with ``text`` centred in it, shrunk to fit narrow panels."""
     canvas[y : y + h, x : x + w] = CAPTION_BG
     font = cv2.FONT_HERSHEY_SIMPLEX

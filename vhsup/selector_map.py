@@ -26,7 +26,7 @@ import torch
 
 from vhsup.arch.switched import switched_layers
 from vhsup.errors import VhsupError
-from vhsup.preview import BACKGROUND, GAP, _caption, _caption_height, write_png
+from vhsup.preview import BACKGROUND, GAP, caption, caption_height, write_png
 
 MAX_COLUMNS = 4
 MAX_SIDE = 512
@@ -166,7 +166,7 @@ def compose_selector_map(picture: np.ndarray, layers: list[LayerMap]) -> Selecto
 
     cols = min(len(panels), MAX_COLUMNS)
     rows = -(-len(panels) // cols)
-    cap_h = _caption_height(w)
+    cap_h = caption_height(w)
     breadth = max((layer.breadth for layer in layers), default=1)
     width = cols * w + (cols - 1) * GAP
     swatch = max(cap_h, 14)
@@ -178,7 +178,7 @@ def compose_selector_map(picture: np.ndarray, layers: list[LayerMap]) -> Selecto
     boxes: dict[str, tuple[int, int, int, int]] = {}
     for i, (key, text, img) in enumerate(panels):
         x, y = (i % cols) * (w + GAP), (i // cols) * (cap_h + h + GAP)
-        _caption(canvas, text, x, y, w, cap_h)
+        caption(canvas, text, x, y, w, cap_h)
         canvas[y + cap_h : y + cap_h + h, x : x + w] = img
         boxes[key] = (x, y + cap_h, w, h)
 
@@ -191,7 +191,7 @@ def compose_selector_map(picture: np.ndarray, layers: list[LayerMap]) -> Selecto
         y = y0 + (k // per_row) * (swatch + GAP)
         canvas[y : y + swatch, x : x + swatch] = colours[k]
         legend[k] = (x, y, swatch, swatch)
-        _caption(canvas, str(k), x + swatch, y, swatch, swatch)
+        caption(canvas, str(k), x + swatch, y, swatch, swatch)
     return SelectorMap(canvas, layers, boxes, legend)
 
 

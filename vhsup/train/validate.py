@@ -137,13 +137,15 @@ class _Guest(nn.Module):
     float32 on the engine's device.
     """
 
+    _net: nn.Module
+
     def __init__(self, net: nn.Module):
         super().__init__()
         object.__setattr__(self, "_net", net)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         net = self._net
-        ref = next(net.parameters(), None)
+        ref: torch.Tensor | None = next(net.parameters(), None)
         if ref is None:
             ref = next((b for b in net.buffers() if b.is_floating_point()), None)
         if ref is not None and (ref.device != x.device or ref.dtype != x.dtype):
@@ -250,23 +252,23 @@ class Validator:
     def compose_grid(self, model: nn.Module, *, count: int = 4) -> tuple[np.ndarray, list[dict[str, Box]]]:
         """The grid of :meth:`grid` in memory, and per row where each cell sits
         (keys ``lr``, ``start``, ``current``, ``hr``; (x, y, w, h))."""
-        from vhsup.preview import BACKGROUND, _caption, _caption_height
+        from vhsup.preview import BACKGROUND, caption, caption_height
 
         n = max(1, min(int(count), len(self.pairs), MAX_GRID_ROWS))
         current = self._upscale(model, range(n))
         s = self.scale
-        rows = []
+        rows: list[list[tuple[str, np.ndarray]]] = []
         for i in range(n):
             lr, hr = self.pairs[i]
             cells = [np.repeat(np.repeat(lr, s, axis=0), s, axis=1), self._reference[i], current[i], hr]
-            rows.append([_centre_crop(c, s) for c in cells])
+            crops = [_centre_crop(c, s) for c in cells]
             sr_p = psnr_y(current[i], hr, border=self.border)
             ref_p = psnr_y(self._reference[i], hr, border=self.border)
-            rows[-1] = list(zip(
+            rows.append(list(zip(
                 (f"LR (nearest x{s})", f"{self._reference_label} {ref_p:.2f} dB", f"current {sr_p:.2f} dB", "HR"),
-                rows[-1]))
+                crops)))
         col_w = max(c.shape[1] for row in rows for _t, c in row)
-        cap_h = _caption_height(col_w)
+        cap_h = caption_height(col_w)
         height = sum(cap_h + row[0][1].shape[0] for row in rows) + _GAP * (n - 1)
         canvas = np.empty((height, 4 * col_w + 3 * _GAP, 3), np.uint8)
         canvas[:] = BACKGROUND
@@ -276,7 +278,7 @@ class Validator:
             placed: dict[str, Box] = {}
             for col, (key, (text, img)) in enumerate(zip(("lr", "start", "current", "hr"), row)):
                 x = col * (col_w + _GAP)
-                _caption(canvas, text, x, y, col_w, cap_h)
+                caption(canvas, text, x, y, col_w, cap_h)
                 ih, iw = img.shape[:2]
                 canvas[y + cap_h:y + cap_h + ih, x:x + iw] = img
                 placed[key] = (x, y + cap_h, iw, ih)
@@ -409,8 +411,8 @@ class MetricsLog:
         return self._tb is not None
 
     def log(self, step: int, values: dict[str, float], *, kind: str = "train") -> None:
-        record = {"step": int(step), "kind": str(kind), "time": round(time.time(), 3),
-                  "values": {str(k): _jsonable(str(k), v) for k, v in values.items()}}
+        logged = {str(k): _jsonable(str(k), v) for k, v in values.items()}
+        record = {"step": int(step), "kind": str(kind), "time": round(time.time(), 3), "values": logged}
         line = json.dumps(record, allow_nan=False, ensure_ascii=False)
         try:
             self._file.write(line + "\n")
@@ -418,7 +420,7 @@ class MetricsLog:
         except OSError as exc:
             raise VhsupError(f"cannot write the metrics log: {exc.strerror or exc}", self.path) from exc
         if self._tb is not None:
-            for k, v in record["values"].items():
+            for k, v in logged.items():
                 if isinstance(v, int | float) and not isinstance(v, bool):
                     self._tb.add_scalar(f"{kind}/{k}", v, int(step))
 
