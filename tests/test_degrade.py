@@ -18,7 +18,7 @@ import torch
 from vhsup.errors import VhsupError
 from vhsup.train.degrade import PRESETS, Degrader, load_spec, show_degradations
 from vhsup.train.degrade import grid as grid_mod
-from vhsup.train.degrade.kernels import bivariate, circular_lowpass, filter2d
+from vhsup.train.degrade.blur import bivariate, circular_lowpass, filter2d
 from vhsup.train.degrade.mpeg2 import roundtrip
 from vhsup.train.degrade.realesrgan import POISSON_PEAK
 
