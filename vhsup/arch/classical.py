@@ -74,6 +74,7 @@ class Lanczos(nn.Module):
     """
 
     kind = "lanczos"
+    taps: torch.Tensor
 
     def __init__(self, scale: int = 4):
         super().__init__()

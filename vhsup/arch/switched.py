@@ -68,6 +68,9 @@ class SwitchNorm(nn.Module):
         queue: batches remembered (256).
     """
 
+    history: torch.Tensor
+    count: torch.Tensor
+
     def __init__(self, breadth: int, queue: int = 256):
         super().__init__()
         if queue < 1:
@@ -286,12 +289,14 @@ class SwitchedConv2d(nn.Module):
         why = unconvertible(conv)
         if why:
             raise ValueError(f"cannot convert {conv}: {why}")
+        assert not isinstance(conv.padding, str)  # unconvertible() refused padding given as a string
         new = cls(conv.in_channels, conv.out_channels, conv.kernel_size[0], stride=conv.stride[0],
                   padding=conv.padding[0], breadth=breadth, bias=conv.bias is not None, **kw)
         new = new.to(device=conv.weight.device, dtype=conv.weight.dtype)
         with torch.no_grad():
             new.weight.copy_(conv.weight.detach().unsqueeze(0).expand_as(new.weight))
             if conv.bias is not None:
+                assert new.bias is not None  # built with bias=True just above
                 new.bias.copy_(conv.bias.detach().unsqueeze(0).expand_as(new.bias))
         return new.train(conv.training)
 

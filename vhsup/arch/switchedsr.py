@@ -113,6 +113,7 @@ class SwitchedSR(nn.Module):
         # the bilinear upscale and early training does not fight a noisy base.
         with torch.no_grad():
             self.conv_last.weight.mul_(0.1)
+            assert self.conv_last.bias is not None  # nn.Conv2d's default bias=True
             self.conv_last.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ an error that says what to install.
 from __future__ import annotations
 
 import os
+import types
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
@@ -33,7 +34,7 @@ warnings.filterwarnings("ignore", message=r"torch\.meshgrid: in an upcoming rele
 
 
 @lru_cache(maxsize=1)
-def _import_spandrel() -> tuple[object | None, str]:
+def _import_spandrel() -> tuple[types.ModuleType | None, str]:
     """(the spandrel module or None, its version or why it is missing and what to do)."""
     try:
         import spandrel
