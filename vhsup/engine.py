@@ -233,7 +233,8 @@ class SREngine:
 
         module = model.module.eval()
         module.to(device=self.device)
-        module.to(memory_format=torch.channels_last)
+        # Module.to takes memory_format at runtime; torch's overloads omit it.
+        module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self._module = module
         if self.device.type == "cuda":
             # Frame sizes are fixed for a whole video, so the autotuner's
@@ -305,6 +306,7 @@ class SREngine:
         if self._tile_auto:
             self.tile = plan_tile(self.descriptor, (h, w), self.device, free, precision=self.precision)
         if self._batch_auto:
+            assert free is not None  # measured above whenever the batch is automatic
             ch, cw = self._crop(hp, wp)
             per_item = ch * cw * activation_bytes_per_px(self.descriptor, self.precision)
             frame_bytes = hp * wp * 12 * (1 + self.scale ** 2)

@@ -26,6 +26,7 @@ import tomllib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
@@ -148,7 +149,10 @@ def default_model(cuda: bool) -> str:
 # --- building ---------------------------------------------------------------
 
 
-def _finish(module: torch.nn.Module) -> torch.nn.Module:
+_M = TypeVar("_M", bound=torch.nn.Module)
+
+
+def _finish(module: _M) -> _M:
     return module.to("cpu", torch.float32).eval()
 
 

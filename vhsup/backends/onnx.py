@@ -39,6 +39,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,8 +71,8 @@ UNKNOWN_CONTEXT = 72
 _ORT_OOM_WORDS = ("failed to allocate memory", "out of memory", "available memory of",
                   "bfcarena", "bfc_arena", "cudaerrormemoryallocation", "cuda_error_out_of_memory",
                   "bad_alloc", "cudnn_status_alloc_failed", "cublas_status_alloc_failed")
-_NP_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
-_TORCH_DTYPES = {np.float32: torch.float32, np.float16: torch.float16}
+_NP_DTYPES: dict[str, type[np.floating[Any]]] = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+_TORCH_DTYPES: dict[type[np.floating[Any]], torch.dtype] = {np.float32: torch.float32, np.float16: torch.float16}
 
 
 def onnxruntime_available() -> bool:
@@ -212,8 +213,8 @@ class _Runner:
     device: torch.device
     in_name: str
     out_name: str
-    in_dtype: type
-    out_dtype: type
+    in_dtype: type[np.floating[Any]]
+    out_dtype: type[np.floating[Any]]
     bound: bool  # device memory bound directly (a GPU provider)
     stream: int | None
     profile: Profile | None
