@@ -28,7 +28,9 @@ from vhsup.train import checkpoint as ckpt
 from vhsup.train.cli import train as train_cmd
 from vhsup.train.config import config_toml, load_config, resolve
 from vhsup.train.data import read_rgb8
-from vhsup.train.trainer import Batch, Trainer, enable_checkpointing
+from vhsup.train.recompute import enable_checkpointing
+from vhsup.train.steps import Batch
+from vhsup.train.trainer import Trainer
 from vhsup.train.validate import MetricsLog
 
 TINY = dict(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=4, act="prelu")

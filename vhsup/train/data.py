@@ -19,6 +19,10 @@ resumed run draws exactly the batches the uninterrupted one would have.
 Under DDP every process draws the same global order and takes its own
 slice of each global batch (as torch's DistributedSampler does), while
 crops use a per-process generator.
+
+:func:`training_data` sets up one run's data from its config: the frames,
+the held-out validation pairs (centre crops, LR degraded once from fixed
+seeds), the sampler and the degradation's random stream.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 import cv2
 import numpy as np
@@ -35,17 +40,26 @@ import torch
 
 from vhsup.errors import VhsupError
 
+if TYPE_CHECKING:
+    from vhsup.train.config import TrainConfig
+    from vhsup.train.degrade import Degrader
+
 __all__ = [
     "IMAGE_SUFFIXES",
     "Conversions",
     "FrameSet",
     "PatchSampler",
+    "TrainData",
+    "centre_crop",
+    "centre_pair",
     "check_pair_sizes",
     "derive_seed",
     "list_images",
     "match_pairs",
     "read_rgb8",
     "split_validation",
+    "synthetic_val",
+    "training_data",
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp")
@@ -348,3 +362,146 @@ class PatchSampler:
         hr_t = torch.from_numpy(np.stack(hrs)).permute(0, 3, 1, 2).contiguous()
         lr_t = torch.from_numpy(np.stack(lrs)).permute(0, 3, 1, 2).contiguous() if lrs else None
         return hr_t, lr_t
+
+
+# --- one run's data ---------------------------------------------------------------
+
+ValPairs = list[tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class TrainData:
+    """A run's data, set up once: the training frames, the held-out (LR, HR)
+    validation pairs, the patch sampler and the on-device degradation with
+    its own random stream (checkpointed, like the sampler's)."""
+
+    frames: FrameSet  # HR targets
+    lr_frames: FrameSet | None  # their LR partners (paired mode)
+    val_pairs: ValPairs
+    sampler: PatchSampler
+    degrader: Degrader
+    degrade_gen: torch.Generator
+
+
+class _Sets(NamedTuple):
+    frames: FrameSet
+    lr_frames: FrameSet | None
+    val_pairs: ValPairs
+    files: int  # how many files were read, for the conversion notice
+
+
+def training_data(cfg: TrainConfig, scale: int, size_multiple: int, *, rank: int = 0, world: int = 1,
+                  notice: Notice | None = None) -> TrainData:
+    """Read and check the run's frames (``cfg.mode`` settled: "paired", or a
+    frames folder) and set up the sampling for process ``rank`` of ``world``."""
+    from vhsup.train.degrade import Degrader, load_spec
+
+    degrader = Degrader(load_spec("none", cfg.degradation), scale)
+    # Not "before the last step": a run extended with --steps must keep
+    # the frame set (and crop sizes) it started with.
+    extra = cfg.tc_shift * scale if cfg.tc_start >= 0 else 0
+    need = (cfg.patch + extra, cfg.patch + extra)
+    conv = Conversions()
+    quantum = scale * size_multiple
+    if cfg.mode == "paired":
+        sets = _paired_sets(cfg, need, conv, degrader, quantum, notice)
+    else:
+        sets = _frame_sets(cfg, need, conv, degrader, quantum, notice)
+    message = conv.message(sets.files)
+    if message and notice is not None:
+        notice(message)
+    sampler = PatchSampler(sets.frames, patch=cfg.patch, scale=scale, seed=cfg.seed, rank=rank, world=world,
+                           lr_frames=sets.lr_frames)
+    degrade_gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "degrade", rank))
+    return TrainData(sets.frames, sets.lr_frames, sets.val_pairs, sampler, degrader, degrade_gen)
+
+
+def _frame_sets(cfg: TrainConfig, need: tuple[int, int], conv: Conversions, degrader: Degrader, quantum: int,
+                notice: Notice | None) -> _Sets:
+    """Synthetic and self modes: one folder of targets, the validation LR made from them."""
+    files = list_images(cfg.frames, "frames")
+    if cfg.val_frames:
+        train_files = files
+        val_files = list_images(cfg.val_frames, "validation frames")
+    else:
+        train_idx, val_idx = split_validation(len(files), cfg.val_split, cfg.seed)
+        train_files = [files[i] for i in train_idx]
+        val_files = [files[i] for i in val_idx]
+    total = len(files) + (len(val_files) if cfg.val_frames else 0)
+    frames = FrameSet(train_files, min_size=need, small=cfg.small, cache_mb=cfg.cache_mb,
+                      notice=notice, what="frames", conversions=conv)
+    val_pairs = synthetic_val([read_rgb8(p, conv) for p in val_files], degrader, cfg.seed, quantum, cfg.val_crop)
+    return _Sets(frames, None, val_pairs, total)
+
+
+def _paired_sets(cfg: TrainConfig, need: tuple[int, int], conv: Conversions, degrader: Degrader, quantum: int,
+                 notice: Notice | None) -> _Sets:
+    """Paired mode: matching LR and HR folders; ``--val-frames`` adds HR-only
+    validation frames whose LR is made like the synthetic ones."""
+    s = degrader.scale
+    pairs = match_pairs(cfg.lr, cfg.hr)
+    total = 2 * len(pairs)
+    val_idx: list[int] = []
+    val_hr_files: list[Path] = []
+    if cfg.val_frames:
+        train_idx = list(range(len(pairs)))
+        val_hr_files = list_images(cfg.val_frames, "validation frames")
+    else:
+        train_idx, val_idx = split_validation(len(pairs), cfg.val_split, cfg.seed)
+    hr_set = FrameSet([pairs[i][1] for i in train_idx], min_size=need, small=cfg.small,
+                      cache_mb=cfg.cache_mb // 2, notice=notice, what="HR frames", conversions=conv)
+    kept = set(hr_set.files)
+    lr_files = [pairs[i][0] for i in train_idx if pairs[i][1] in kept]
+    lr_set = FrameSet(lr_files, cache_mb=cfg.cache_mb // 2, what="LR frames", conversions=conv)
+    check_pair_sizes(lr_set, hr_set, s)
+    val_pairs = [_read_val_pair(*pairs[i], s, quantum, cfg.val_crop, conv) for i in val_idx]
+    if val_hr_files:
+        total += len(val_hr_files)
+        val_pairs += synthetic_val([read_rgb8(p, conv) for p in val_hr_files], degrader, cfg.seed, quantum,
+                                   cfg.val_crop)
+    return _Sets(hr_set, lr_set, val_pairs, total)
+
+
+def _read_val_pair(lr_path: Path, hr_path: Path, s: int, quantum: int, size: int,
+                   conv: Conversions) -> tuple[np.ndarray, np.ndarray]:
+    lr, hr = read_rgb8(lr_path, conv), read_rgb8(hr_path, conv)
+    if hr.shape != (lr.shape[0] * s, lr.shape[1] * s, 3):
+        raise VhsupError(f"LR {lr_path.name} is {lr.shape[1]}x{lr.shape[0]} and HR is "
+                         f"{hr.shape[1]}x{hr.shape[0]}; x{s} training needs HR = "
+                         f"{lr.shape[1] * s}x{lr.shape[0] * s}", hr_path)
+    return centre_pair(lr, hr, s, quantum, size)
+
+
+def synthetic_val(frames: list[np.ndarray], degrader: Degrader, seed: int, quantum: int, size: int) -> ValPairs:
+    """(LR, HR) validation pairs, each LR degraded once on the CPU from a
+    fixed per-frame seed: the same held-out set on every machine and resume."""
+    pairs = []
+    for i, hr in enumerate(frames):
+        hr = centre_crop(hr, quantum, size)
+        t = torch.from_numpy(hr).permute(2, 0, 1)[None].float() / 255.0
+        g = torch.Generator().manual_seed(derive_seed(seed, "val-degrade", i))
+        lr = degrader(t, g)
+        lr8 = (lr[0].permute(1, 2, 0) * 255.0).round().clamp(0, 255).to(torch.uint8).numpy()
+        pairs.append((np.ascontiguousarray(lr8), hr))
+    return pairs
+
+
+def centre_crop(img: np.ndarray, quantum: int, size: int) -> np.ndarray:
+    """A centred crop at most ``size`` px each way (0: whole), sides multiples of ``quantum``."""
+    h, w = img.shape[:2]
+    ch, cw = (h, w) if size <= 0 else (min(h, size), min(w, size))
+    ch, cw = ch - ch % quantum, cw - cw % quantum
+    if ch < quantum or cw < quantum:
+        raise VhsupError(f"validation frame is {w}x{h}, too small for this x{quantum} model")
+    y, x = (h - ch) // 2, (w - cw) // 2
+    return np.ascontiguousarray(img[y:y + ch, x:x + cw])
+
+
+def centre_pair(lr: np.ndarray, hr: np.ndarray, s: int, quantum: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The same centred crop of an LR picture and its x``s`` HR partner."""
+    lq = max(1, quantum // s)
+    lr_c = centre_crop(lr, lq, size // s if size > 0 else 0)
+    h, w = lr.shape[:2]
+    ch, cw = lr_c.shape[:2]
+    y, x = (h - ch) // 2, (w - cw) // 2
+    return lr_c, np.ascontiguousarray(hr[y * s:(y + ch) * s, x * s:(x + cw) * s])
