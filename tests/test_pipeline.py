@@ -164,6 +164,24 @@ def test_interrupt_leaves_nothing_under_the_final_name(dvd_clip, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_interrupt_as_the_encoder_is_made_leaves_nothing(dvd_clip, tmp_path, monkeypatch):
+    # Ctrl-C (or SIGTERM) handled in the instant between the encoder creating
+    # its temp file and the run holding the encoder: seen once under load.
+    from vhsup.media import encode
+
+    made = encode.VideoEncoder.__init__
+
+    def interrupted_as_it_returns(self, *args, **kwargs):
+        made(self, *args, **kwargs)
+        assert any(tmp_path.iterdir())  # the partial file exists now
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(encode.VideoEncoder, "__init__", interrupted_as_it_returns)
+    with pytest.raises(Interrupted, match="nothing was written"):
+        upscale_video(dvd_clip.path, tmp_path / "out.mkv", **FAST)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_truncated_file_is_upscaled_as_far_as_it_decodes(dvd_clip, tmp_path):
     damaged = tmp_path / "damaged.vob"
     data = bytearray(dvd_clip.path.read_bytes())

@@ -443,7 +443,7 @@ def _join(src: Path, dst: Path, work: Path, plan: ChunkPlan, metas: dict[int, di
     """Copy the chunks' packets into ``dst`` and mux the source's other streams
     once over the whole span. Returns the encoder's report."""
     from vhsup.media.colour import output_colour, source_colour
-    from vhsup.media.encode import EncodeSettings, VideoEncoder
+    from vhsup.media.encode import EncodeSettings, VideoEncoder, remove_own_temp_files
 
     first = metas[plan.chunks[0].index]["result"]
     width, height = int(first["width"]), int(first["height"])
@@ -509,6 +509,7 @@ def _join(src: Path, dst: Path, work: Path, plan: ChunkPlan, metas: dict[int, di
     finally:
         if encoder is not None:
             encoder.abort()
+        remove_own_temp_files(dst)  # an interrupt as the encoder was made; nothing after a close
         head.close()
 
 

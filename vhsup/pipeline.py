@@ -306,7 +306,7 @@ class Run:
         video-only chunk for that container instead (see VideoEncoder);
         ``origin`` fixes the source time of output time 0 (default: the
         first picture's), so that chunks share the whole video's clock."""
-        from vhsup.media.encode import EncodeSettings, VideoEncoder
+        from vhsup.media.encode import EncodeSettings, VideoEncoder, remove_own_temp_files
 
         opts, plan, g = self.opts, self.plan, self.plan.geometry
         t0 = time.perf_counter()
@@ -341,6 +341,7 @@ class Run:
                 worker.cancel()
             if encoder is not None:
                 encoder.abort()
+            remove_own_temp_files(dst)  # also when the interrupt came before ``encoder`` was assigned
             if isinstance(exc, KeyboardInterrupt):
                 raise Interrupted(f"interrupted; nothing was written to {dst}") from None
             raise

@@ -188,6 +188,26 @@ def temp_path(dst: Path) -> Path:
     return dst.with_name(f".{dst.stem}{_TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}{dst.suffix}")
 
 
+def remove_own_temp_files(dst: Path) -> None:
+    """Remove this process's temp files for ``dst``.
+
+    An encoder that is interrupted just as its constructor returns (a signal
+    handled between the file being created and the caller holding the
+    encoder) cannot be told to abort; its caller's clean-up calls this.
+    """
+    mark = f".{dst.stem}{_TEMP_MARK}{os.getpid()}-"
+    try:
+        candidates = list(dst.parent.iterdir())
+    except OSError:
+        return
+    for p in candidates:
+        if p.name.startswith(mark) and p.name.endswith(dst.suffix):
+            try:
+                p.unlink()
+            except OSError:
+                pass
+
+
 def stale_temp_files(dst: Path) -> list[Path]:
     """Leftovers of crashed runs for this destination (their writer is gone)."""
     stale = []
