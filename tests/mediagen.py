@@ -899,66 +899,6 @@ def make_preset(name: str, directory: str | Path) -> ClipInfo:
     return make_clip(Path(directory) / filename, **kwargs)
 
 
-FILM_RATE = Fraction(24000, 1001)
-
-
-def make_telecined_clip(path: str | Path, film_frames: int = 24, *, vcodec: str = "ffv1",
-                        size: tuple[int, int] = (320, 240)) -> Path:
-    """23.976p film made into 29.97i with FFmpeg's telecine filter (3:2 pulldown, top field first).
-
-    Film frame i carries index i, so an inverse telecine must give back
-    0..film_frames-1, each once. ``vcodec`` 'mpeg2video' makes a hard-telecined
-    DVD-style program stream (lossy, flagged interlaced TFF) instead of
-    lossless FFV1 in Matroska.
-    """
-    width, height = size
-    video_rate = Fraction(30000, 1001)
-    mpeg2 = vcodec == "mpeg2video"
-    opts, attrs = _video_options(vcodec, width, height, video_rate, interlaced=mpeg2)
-    with av.open(str(path), "w") as out:
-        s = out.add_stream(vcodec, rate=video_rate, options=opts)
-        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
-        for k, v in attrs.items():
-            setattr(s.codec_context, k, v)
-        s.codec_context.time_base = 1 / video_rate
-        if mpeg2:
-            s.codec_context.field_order = 2  # AV_FIELD_TT
-        g = av.filter.Graph()
-        src = g.add("buffer", f"video_size={width}x{height}:pix_fmt=yuv420p:time_base=1001/24000:frame_rate=24000/1001")
-        chain = [g.add("telecine", "first_field=top:pattern=23")]
-        if mpeg2:
-            chain.append(g.add("setfield", "tff"))  # the encoder writes the frames' field order into the headers
-        chain.append(g.add("buffersink"))
-        node = src
-        for nxt in chain:
-            node.link_to(nxt)
-            node = nxt
-        g.configure()
-        n = 0
-
-        def drain() -> None:
-            nonlocal n
-            while True:
-                try:
-                    f = g.vpull()
-                except (av.error.BlockingIOError, av.error.EOFError):
-                    return
-                f.pts, f.time_base = n, 1 / video_rate
-                n += 1
-                out.mux(s.encode(f))
-
-        for i in range(film_frames):
-            rgb = render(width, height, i, float(i / FILM_RATE))
-            vf = to_yuv(rgb, "yuv420p", "itu601", interlaced=False)
-            vf.pts, vf.time_base = i, 1 / FILM_RATE
-            g.vpush(vf)
-            drain()
-        g.vpush(None)
-        drain()
-        out.mux(s.encode(None))
-    return Path(path)
-
-
 # --------------------------------------------------------------------------
 # Bordered pictures: what auto-crop has to find, line for line.
 
@@ -1064,6 +1004,66 @@ def make_bordered_clip(path: str | Path, borders: Borders, *, fade: int = 0, see
     order = "bff" if vcodec == "dvvideo" else clip.get("interlaced")
     picture = bordered_picture(width, height, borders, field_order=order, fade=fade, seed=seed)
     return make_clip(path, picture=picture, **clip)
+
+
+FILM_RATE = Fraction(24000, 1001)
+
+
+def make_telecined_clip(path: str | Path, film_frames: int = 24, *, vcodec: str = "ffv1",
+                        size: tuple[int, int] = (320, 240)) -> Path:
+    """23.976p film made into 29.97i with FFmpeg's telecine filter (3:2 pulldown, top field first).
+
+    Film frame i carries index i, so an inverse telecine must give back
+    0..film_frames-1, each once. ``vcodec`` 'mpeg2video' makes a hard-telecined
+    DVD-style program stream (lossy, flagged interlaced TFF) instead of
+    lossless FFV1 in Matroska.
+    """
+    width, height = size
+    video_rate = Fraction(30000, 1001)
+    mpeg2 = vcodec == "mpeg2video"
+    opts, attrs = _video_options(vcodec, width, height, video_rate, interlaced=mpeg2)
+    with av.open(str(path), "w") as out:
+        s = out.add_stream(vcodec, rate=video_rate, options=opts)
+        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
+        for k, v in attrs.items():
+            setattr(s.codec_context, k, v)
+        s.codec_context.time_base = 1 / video_rate
+        if mpeg2:
+            s.codec_context.field_order = 2  # AV_FIELD_TT
+        g = av.filter.Graph()
+        src = g.add("buffer", f"video_size={width}x{height}:pix_fmt=yuv420p:time_base=1001/24000:frame_rate=24000/1001")
+        chain = [g.add("telecine", "first_field=top:pattern=23")]
+        if mpeg2:
+            chain.append(g.add("setfield", "tff"))  # the encoder writes the frames' field order into the headers
+        chain.append(g.add("buffersink"))
+        node = src
+        for nxt in chain:
+            node.link_to(nxt)
+            node = nxt
+        g.configure()
+        n = 0
+
+        def drain() -> None:
+            nonlocal n
+            while True:
+                try:
+                    f = g.vpull()
+                except (av.error.BlockingIOError, av.error.EOFError):
+                    return
+                f.pts, f.time_base = n, 1 / video_rate
+                n += 1
+                out.mux(s.encode(f))
+
+        for i in range(film_frames):
+            rgb = render(width, height, i, float(i / FILM_RATE))
+            vf = to_yuv(rgb, "yuv420p", "itu601", interlaced=False)
+            vf.pts, vf.time_base = i, 1 / FILM_RATE
+            g.vpush(vf)
+            drain()
+        g.vpush(None)
+        drain()
+        out.mux(s.encode(None))
+    return Path(path)
 
 
 # --------------------------------------------------------------------------
