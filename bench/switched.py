@@ -92,11 +92,11 @@ def bench_shape(batch, size, channels, breadth, k, device, dtype, repeat, impls)
 
     rows = []
     for name in ["dense", *impls, "layer"]:
-        def fwd():
+        def fwd(name: str = name) -> None:
             with torch.no_grad():
                 run(name)
 
-        def fwd_bwd():
+        def fwd_bwd(name: str = name) -> None:
             for t in (x, w, b, w_dense, b_dense):
                 t.grad = None
             run(name).backward(grad)
@@ -105,7 +105,7 @@ def bench_shape(batch, size, channels, breadth, k, device, dtype, repeat, impls)
             torch.cuda.reset_peak_memory_stats(device)
             base = torch.cuda.memory_allocated(device)
         row = {"impl": name, "fwd_ms": _time(fwd, device, repeat), "fwd_bwd_ms": _time(fwd_bwd, device, repeat),
-               "saved_mb": _saved_bytes(lambda: run(name)) / 2**20}
+               "saved_mb": _saved_bytes(lambda name=name: run(name)) / 2**20}
         if device.type == "cuda":
             row["peak_mb"] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
         rows.append(row)

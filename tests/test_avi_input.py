@@ -14,9 +14,9 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
-import mediagen
 import pytest
 
+import mediagen
 from vhsup import upscale_video
 from vhsup.chunked import upscale_chunked
 from vhsup.media.decode import DecodeStats, open_input, video_frames

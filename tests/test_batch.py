@@ -18,10 +18,10 @@ import sys
 import time
 from pathlib import Path
 
-import mediagen
 import pytest
 from click.testing import CliRunner
 
+import mediagen
 from vhsup.batch import BatchConfig, Reporter, discover, run_batch
 from vhsup.batch.cli import batch
 from vhsup.batch.discover import output_paths

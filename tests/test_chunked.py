@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 import av
-import mediagen
 import numpy as np
 import pytest
 
+import mediagen
 from vhsup import upscale_video
 from vhsup.chunked import plan_chunks, scan_video, upscale_chunked, work_dir
 from vhsup.errors import Interrupted

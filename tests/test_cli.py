@@ -15,7 +15,6 @@ import pytest
 from click.testing import CliRunner
 
 import mediagen
-
 from vhsup.cli import main
 
 

@@ -16,10 +16,10 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
-import mediagen as mg
 import numpy as np
 import pytest
 
+import mediagen as mg
 from vhsup.errors import VhsupError
 from vhsup.media.colour import BT601_NTSC, BT709
 from vhsup.media.encode import EncodeSettings, VideoEncoder

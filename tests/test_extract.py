@@ -17,11 +17,11 @@ from pathlib import Path
 
 import av
 import cv2
-import mediagen
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
+import mediagen
 from vhsup.errors import VhsupError
 from vhsup.train.cli_extract import extract
 from vhsup.train.extract import extract_frames, read_manifest

@@ -7,9 +7,10 @@ from fractions import Fraction
 
 import av
 import cv2
-import mediagen as mg
 import numpy as np
 import pytest
+
+import mediagen as mg
 
 PRESET_CHECKS = {
     # name: (container, decoder name, width, height, pix_fmt, audio decoders)

@@ -15,11 +15,11 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
-import mediagen as mg
 import numpy as np
 import pytest
 from test_encode import encode, leftovers, pictures, video_times
 
+import mediagen as mg
 from vhsup.errors import VhsupError
 from vhsup.media.colour import BT601_NTSC
 from vhsup.media.encode import EncodeSettings, VideoEncoder

@@ -22,10 +22,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import cv2
-import mediagen
 import numpy as np
 import pytest
 from click.testing import CliRunner
+
+import mediagen
 
 LEFTOVER_MARKS = (".vhsup-partial-", ".part.")
 

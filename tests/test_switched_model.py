@@ -7,7 +7,6 @@ import json
 import warnings
 
 import cv2
-import mediagen
 import numpy as np
 import pytest
 import torch
@@ -15,6 +14,7 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from safetensors.torch import save_file
 
+import mediagen
 from vhsup import registry, upscale_video
 from vhsup.arch import SwitchedSR, build, conv_macs_per_px
 from vhsup.arch.switched import (
@@ -28,7 +28,6 @@ from vhsup.engine import SREngine
 from vhsup.selector_map import colourise, palette, selector_map
 from vhsup.weights.detect import detect
 from vhsup.weights.safeload import load_state_dict_file
-
 
 pytestmark = pytest.mark.usefixtures("two_threads")
 

@@ -88,7 +88,7 @@ class Background(Iterator[T]):
                 break
         self._thread.join(timeout=5)
 
-    def __enter__(self) -> "Background[T]":
+    def __enter__(self) -> Background[T]:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -134,7 +134,7 @@ class Worker:
             except queue.Full:
                 self._check()
                 if not self._thread.is_alive():
-                    raise RuntimeError("encode stage stopped unexpectedly")
+                    raise RuntimeError("encode stage stopped unexpectedly") from None
 
     def finish(self) -> None:
         """Wait for all submitted work; re-raise the first failure."""

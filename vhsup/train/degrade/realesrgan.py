@@ -16,8 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vhsup.train.degrade.draw import Draw
 from vhsup.train.degrade.blur import filter2d, final_sinc, random_kernel
+from vhsup.train.degrade.draw import Draw
 
 # Poisson noise is shot noise of a picture whose white holds this many
 # "photons". Real-ESRGAN derives the count from how many distinct values
