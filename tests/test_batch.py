@@ -146,6 +146,7 @@ def test_failed_jobs_are_retried_up_to_retries(clips, tmp_path):
     assert counts == [("ran", 1), ("ran", 2), ("skipped", 2)]
 
 
+@pytest.mark.slow
 def test_changed_input_redoes_only_it_and_a_changed_model_redoes_all(clips, tmp_path):
     src, out = tmp_path / "src", tmp_path / "out"
     for name in ("x.mp4", "y.mp4", "z.mp4"):
@@ -218,6 +219,7 @@ def _gone(pid: int, within: float) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_ctrl_c_then_sigkill_then_rerun_finishes_everything_once_with_no_partial_left(clips, tmp_path):
     src, out = tmp_path / "src", tmp_path / "out"
     clip = tiny(clips, "long.mkv", frames=45)

@@ -129,6 +129,7 @@ def test_chunked_workers_use_the_same_field_order(mislabelled, tmp_path):
     assert backward_steps(box_positions(tmp_path / "bff.mkv")) >= 25
 
 
+@pytest.mark.slow
 def test_batch_passes_field_order_and_counts_it_as_a_settings_change(mislabelled, tmp_path):
     import shutil
 

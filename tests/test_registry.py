@@ -167,7 +167,7 @@ def test_classical_scale_out_of_range(spec):
 
 
 @needs_ncnn
-@pytest.mark.parametrize("name, size", [("compact-x4", 48), ("esrgan-x4", 32)])
+@pytest.mark.parametrize("name, size", [("compact-x4", 48), pytest.param("esrgan-x4", 32, marks=pytest.mark.slow)])
 def test_gan_models_sharpen_without_colour_shift(name, size):
     """Real weights on a real photo: sharper than bicubic, same colours.
 
@@ -213,7 +213,8 @@ def untiled_vs_tiled(module, x, scale, context, core=8):
 
 
 @needs_ncnn
-@pytest.mark.parametrize("name, size", [("compact-x4", 56), ("compact-x3", 56), ("lanczos", 24), ("bicubic", 24), ("esrgan-x4-anime", 128)])
+@pytest.mark.parametrize("name, size", [("compact-x4", 56), ("compact-x3", 56), ("lanczos", 24), ("bicubic", 24),
+                                        pytest.param("esrgan-x4-anime", 128, marks=pytest.mark.slow)])
 def test_card_context_makes_tiles_match(name, size):
     # (esrgan-x4 needs a 160 px picture for its 72 px context: ~10 s, so it
     # is measured offline, not here; the 6-block RRDBNet stands in for it.)

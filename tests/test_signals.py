@@ -135,6 +135,7 @@ def _manifest(out: Path) -> list[dict]:
         return [dict(r) for r in c.execute("SELECT * FROM jobs ORDER BY input")]
 
 
+@pytest.mark.slow
 def test_sigterm_to_a_batch_stops_its_worker_and_the_rerun_finishes_the_job(clips, tmp_path):
     from vhsup.batch.cli import batch
 
