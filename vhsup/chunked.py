@@ -129,7 +129,7 @@ class ChunkPlan:
 
     @classmethod
     def from_json(cls, d: dict) -> ChunkPlan:
-        return cls([Chunk.from_json(c) for c in d["chunks"]], _fp(d["origin"]), int(d["frames_in"]),
+        return cls([Chunk.from_json(c) for c in d["chunks"]], Fraction(d["origin"]), int(d["frames_in"]),
                    int(d["total"]), _fp(d["end"]), str(d["key"]), int(d["estimate"]))
 
 
@@ -308,18 +308,22 @@ def _read_sidecar(work: Path, chunk: Chunk, key: str) -> dict | None:
 
 def _count_chunk(path: Path, origin: Fraction) -> tuple[int, Fraction, Fraction]:
     """(packets, first time, last time) of a chunk file on the source clock."""
-    n, lo, hi = 0, None, None
+    n = 0
+    lo: Fraction | None = None
+    hi: Fraction | None = None
     with av.open(str(path)) as c:
         st = c.streams.video[0]
         for pkt in c.demux(st):
             if not pkt.size:
                 continue
+            assert pkt.pts is not None  # our own chunk files: every picture has a pts
             t = origin + pkt.pts * Fraction(pkt.time_base)
             lo = t if lo is None or t < lo else lo
             hi = t if hi is None or t > hi else hi
             n += 1
     if n == 0:
         raise RuntimeError(f"{path}: chunk holds no video")
+    assert lo is not None and hi is not None  # set by the first packet
     return n, lo, hi
 
 
@@ -469,6 +473,7 @@ def _join(src: Path, dst: Path, work: Path, plan: ChunkPlan, metas: dict[int, di
                 st = c.streams.video[0]
                 if bytes(st.codec_context.extradata or b"") != extradata:
                     raise RuntimeError(f"chunk {chunk.index} was encoded with other codec headers; cannot join it")
+                assert st.time_base is not None  # a demuxed stream always has one
                 tb = Fraction(st.time_base)
                 step = max(1, round(1 / (rate * tb)))
                 pending: list[av.Packet] = []
@@ -515,6 +520,7 @@ def _join(src: Path, dst: Path, work: Path, plan: ChunkPlan, metas: dict[int, di
 
 def _put(encoder, pkt: av.Packet, origin: Fraction, last_dts: int | None) -> int:
     tb = Fraction(pkt.time_base)
+    assert pkt.dts is not None and pkt.pts is not None  # the join fills in every missing dts first
     if last_dts is not None and pkt.dts <= last_dts:
         pkt.dts = last_dts + 1  # muxers need strictly increasing dts across the seams
     t = origin + pkt.pts * tb

@@ -32,6 +32,8 @@ from vhsup.stages import Background, Worker
 from vhsup.wording import aspect_label, plural
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from vhsup.media.encode import EncodeReport
 
 Notice = Callable[[str], None]
@@ -161,7 +163,7 @@ def make_plan(src: str | os.PathLike[str], opts: Options, *, scale: int, model: 
     filters = field_plan(info, opts)
     crop = opts.crop if isinstance(opts.crop, Crop) else parse_crop(opts.crop)
     crop_source = "none" if not crop else "user"
-    if crop == "auto":
+    if isinstance(crop, str):  # parse_crop's one string: "auto"
         crop = auto_crop(path, info)
         crop_source = "auto"
     geometry = plan_geometry(
@@ -242,7 +244,7 @@ class Run:
                 p.frames_estimate = max(0, round((p.end - t0) * p.filters.rate))
         self.stats = DecodeStats()
         self.frames_out = 0
-        self.compare_pair: tuple[object, object] | None = None
+        self.compare_pair: tuple[np.ndarray, np.ndarray] | None = None
         self.origin: Fraction | None = None
 
     def notice(self, message: str) -> None:
@@ -316,6 +318,7 @@ class Run:
         worker: Worker | None = None
 
         def encode(pic: Picture) -> None:
+            assert encoder is not None  # made before the first picture is submitted
             encoder.write(Picture(fit(pic.rgb, g.out_w, g.out_h), pic.time, pic.index))
 
         try:
@@ -323,6 +326,7 @@ class Run:
                 if encoder is None:
                     # Opened at the first picture: its time is the output's zero,
                     # and audio and subtitles are cut from the same instant.
+                    assert self.origin is not None  # _upscaled sets it before its first picture
                     end = plan.end
                     if plan.limit is not None:
                         end = self.origin + Fraction(plan.limit) / plan.filters.rate
@@ -333,7 +337,10 @@ class Run:
                         overwrite=opts.overwrite, notice=self.notice, stage_for=stage_for,
                     )
                     worker = Worker(encode, maxsize=4, name="encode")
+                assert worker is not None  # made with the encoder, at the first picture
                 worker.submit(sr)
+            # _upscaled raises when no picture came, so both were made
+            assert encoder is not None and worker is not None
             worker.finish()
             report = encoder.close()
         except BaseException as exc:

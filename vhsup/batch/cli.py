@@ -21,6 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from vhsup import cli_params, signals
+from vhsup.batch.runner import Reporter
 from vhsup.cli_errors import ReportingGroup
 from vhsup.wording import plural
 
@@ -60,10 +61,10 @@ def batch() -> None:
 
 def _jobs(value: str) -> int | None:
     n = cli_params.auto_or_count(value, "a number of worker processes")
-    return None if n == "auto" else n
+    return n if isinstance(n, int) else None  # auto_or_count gives a str only for "auto"
 
 
-class _Live:
+class _Live(Reporter):
     """Progress for a run: on a terminal an overall bar plus one bar per active job; everywhere
     one line per finished job (printed above the bars), so a log of the run remains."""
 

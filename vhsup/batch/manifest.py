@@ -272,8 +272,8 @@ def run_lock(out: str | os.PathLike[str]) -> Iterator[None]:
         try:
             import fcntl
         except ImportError:  # not POSIX: no lock; one run at a time is then the user's job
-            fcntl = None
-        if fcntl is not None:
+            pass
+        else:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

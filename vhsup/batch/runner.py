@@ -278,6 +278,7 @@ def plan_jobs(manifest: Manifest, found: Sequence[Found], out: Path, outputs: di
                 stale.unlink(missing_ok=True)
             planned.append(_Planned(fresh, dst, "run", why, overwrite or ours))
         else:
+            assert row is not None  # a skip comes only from an existing row
             if row.source != fresh.source:  # the library was moved: same file, new place
                 manifest.update(f.rel, source=fresh.source)
             planned.append(_Planned(row, out / row.output, "skip", why, False))

@@ -174,7 +174,7 @@ def _leading_skips(stream: av.video.stream.VideoStream, head: list[av.Packet]) -
     cc = stream.codec_context
     if cc.is_open:
         cc.flush_buffers()  # nothing left over from an earlier pass
-    tags: list[int] = []
+    tags: list[int | None] = []
     for packet in head:
         try:
             tags += [f.pts for f in packet.decode()]
@@ -327,12 +327,16 @@ def decode_from(container: av.container.InputContainer, start: Fraction | None, 
     stats = stats if stats is not None else DecodeStats()
     preroll = 1.0
     while True:
-        stats.__init__()  # count only the attempt that is kept
+        DecodeStats.__init__(stats)  # count only the attempt that is kept
         at = float(start) if start is not None else None
         frames = video_frames(container, start=at, threads=threads, stats=stats, preroll=preroll)
         first = next(frames, None)
         from_top = at is None or at - preroll <= 0
-        if first is None or from_top or first.pts * Fraction(first.time_base) < start:
+        late = False  # the first frame is already past the start: seek further back
+        if first is not None and start is not None and not from_top:
+            assert first.pts is not None and first.time_base is not None  # video_frames stamps every frame
+            late = first.pts * Fraction(first.time_base) >= start
+        if not late:
             if first is not None:
                 yield first
             yield from frames

@@ -50,7 +50,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -215,7 +215,8 @@ def _scan(path: Path, info: VideoInfo, plan: Plan, stride: int, tick: Callable[[
     hashes: list[int] = []
     flat: list[bool] = []
     stats = DecodeStats()
-    first = last = None
+    first: float | None = None
+    last: float | None = None
     period = float(1 / info.fps) if info.fps else 1 / 30
     step = (stride - 0.5) * period  # candidates at least this far apart
     try:
@@ -245,11 +246,13 @@ def _scan(path: Path, info: VideoInfo, plan: Plan, stride: int, tick: Callable[[
                 tick(t - first)
                 next_report = t - first + 1.0
         if tick and first is not None:
+            assert last is not None  # set with first
             tick(last + period - first)
     finally:
         container.close()
     if first is None:
         raise VhsupError(f"no decodable video frames ({stats.errors} decode errors)", path)
+    assert last is not None  # set with first
     return _Scan(path, info, plan, np.array(times, np.float64), np.array(scores, np.float32),
                  np.array(hashes, np.uint64), np.array(flat, bool), first, last + period, stats.errors)
 
@@ -467,7 +470,7 @@ def _render(scan: _Scan, times: list[float], threads: int):
                     break
         finally:
             for gen in (prog, frames):
-                if gen is not None:
+                if isinstance(gen, Generator):  # both are generators (progressive_frames is annotated Iterator)
                     gen.close()
             container.close()
 
@@ -615,7 +618,7 @@ def extract_frames(
     # Every input is opened and probed before anything is written. Among
     # several, one that cannot be read is skipped with a notice (as batch
     # does); a single unreadable input is an error.
-    opts = Options(**{k: v for k, v in media_options.items() if k in MEDIA_OPTIONS})
+    opts = Options.from_kwargs(**{k: v for k, v in media_options.items() if k in MEDIA_OPTIONS})
     paths: list[Path] = []
     infos: list[VideoInfo] = []
     plans: list[Plan] = []
@@ -652,6 +655,7 @@ def extract_frames(
     if every is not None:
         wanted = [d / every for d in est]
     else:
+        assert count is not None  # 1000 when neither was given
         wanted = [count * d / sum(est) if sum(est) > 0 else count / len(est) for d in est]
     total_seconds = max(1, int(round(sum(est))))
     done = {"before": 0.0}
@@ -681,6 +685,7 @@ def extract_frames(
         slots = [max(1, int(round(s.duration / every))) for s in scans]
         target, refill = sum(slots), False
     else:
+        assert count is not None  # 1000 when neither was given
         slots = _shares([s.duration for s in scans], count)
         target, refill = count, True
     keep = [e for e in old_entries if (out / e["frame"]).exists()] if append else []
@@ -696,13 +701,13 @@ def extract_frames(
             if FRAME_RE.match(victim.name) and victim.is_file():
                 victim.unlink()
         old_files = []
-    number = 1 + max([int(FRAME_RE.match(p.name).group(1)) for p in old_files]
+    number = 1 + max([int(m.group(1)) for p in old_files if (m := FRAME_RE.match(p.name))]
                      + [int(m.group(1)) for e in keep if (m := FRAME_RE.match(e["frame"]))] + [0])
 
     # Pass 2: this thread decodes; a writer thread resamples and encodes PNGs
     # (cv2 releases the GIL), so the two overlap.
     writer = _Writer(out, list(keep), number, keep_sar, progress, chosen)
-    threads = int(media_options.get("decode_threads") or 0)
+    threads = int(opts.decode_threads or 0)
     worker = Worker(writer.write, maxsize=4, name="png")
     try:
         for scan, idx in zip(scans, picks):
