@@ -36,34 +36,53 @@ def build_library(folder: Path, clips: int, frames: int, size: tuple[int, int]) 
     for i in range(clips):
         # Half DVD-like interlaced MPEG-2, half capture-like FFV1, in two folders.
         if i % 2:
-            mediagen.make_clip(folder / "dvd" / f"title{i}.vob", vcodec="mpeg2video", size=size, frames=frames,
-                               interlaced="tff", audio="ac3", sar=Fraction(10, 11))
+            mediagen.make_clip(
+                folder / "dvd" / f"title{i}.vob",
+                vcodec="mpeg2video",
+                size=size,
+                frames=frames,
+                interlaced="tff",
+                audio="ac3",
+                sar=Fraction(10, 11),
+            )
         else:
-            mediagen.make_clip(folder / "vhs" / f"tape{i}.mkv", vcodec="ffv1", size=size, frames=frames,
-                               interlaced="bff", audio="flac")
+            mediagen.make_clip(
+                folder / "vhs" / f"tape{i}.mkv", vcodec="ffv1", size=size, frames=frames, interlaced="bff", audio="flac"
+            )
 
 
 def run(src: Path, out: Path, model: str, jobs: int) -> dict:
     from vhsup.batch import BatchConfig, run_batch
 
     t0 = time.perf_counter()
-    summary = run_batch(BatchConfig(src=src, out=out, jobs=jobs,
-                                    options={"model": model, "preset": "ultrafast", "device": "cpu"}))
+    summary = run_batch(
+        BatchConfig(src=src, out=out, jobs=jobs, options={"model": model, "preset": "ultrafast", "device": "cpu"})
+    )
     wall = time.perf_counter() - t0
     frames = sum(j.frames or 0 for j in summary.jobs)
     if summary.exit_status != 0:
         raise SystemExit(f"batch failed: {[(j.input, j.error) for j in summary.jobs if j.state != 'done']}")
-    return {"model": model, "jobs": jobs, "clips": len(summary.jobs), "frames": frames, "wall_s": round(wall, 2),
-            "library_fps": round(frames / wall, 3),
-            "mean_job_s": round(sum(j.seconds or 0 for j in summary.jobs) / len(summary.jobs), 2)}
+    return {
+        "model": model,
+        "jobs": jobs,
+        "clips": len(summary.jobs),
+        "frames": frames,
+        "wall_s": round(wall, 2),
+        "library_fps": round(frames / wall, 3),
+        "mean_job_s": round(sum(j.seconds or 0 for j in summary.jobs) / len(summary.jobs), 2),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="bicubic,compact-x4")
     ap.add_argument("--clips", type=int, default=8)
-    ap.add_argument("--frames", type=str, default="bicubic=60,compact-x4=6",
-                    help="frames per clip, per model (model=N,...) or one number for all")
+    ap.add_argument(
+        "--frames",
+        type=str,
+        default="bicubic=60,compact-x4=6",
+        help="frames per clip, per model (model=N,...) or one number for all",
+    )
     ap.add_argument("--size", default="176x144", help="clip size WxH (QCIF keeps compact-x4 to a few minutes)")
     ap.add_argument("--repeats", type=int, default=2, help="runs per setting; the best is kept")
     ap.add_argument("--json", action="store_true")
@@ -82,13 +101,16 @@ def main() -> None:
             # Alternate the order (1,2 then 2,1, ...) and keep each setting's best run: on a
             # shared machine, other load only ever makes a run slower.
             for rep in range(args.repeats):
-                for jobs in ((1, 2) if rep % 2 == 0 else (2, 1)):
+                for jobs in (1, 2) if rep % 2 == 0 else (2, 1):
                     load = os.getloadavg()[0]
                     r = run(src, Path(tmp) / f"out-{model}-{jobs}-{rep}", model, jobs)
                     r["load_before"] = round(load, 2)
                     if not args.json:
-                        print(f"{model:>11} jobs={jobs}: {r['clips']} clips, {r['frames']} frames in {r['wall_s']} s "
-                              f"-> {r['library_fps']} fps (load {load:.2f})", flush=True)
+                        print(
+                            f"{model:>11} jobs={jobs}: {r['clips']} clips, {r['frames']} frames in {r['wall_s']} s "
+                            f"-> {r['library_fps']} fps (load {load:.2f})",
+                            flush=True,
+                        )
                     if jobs not in best or r["wall_s"] < best[jobs]["wall_s"]:
                         best[jobs] = r
             for jobs in (1, 2):
@@ -98,14 +120,18 @@ def main() -> None:
     if args.json:
         print(json.dumps({"device": device, "size": args.size, "results": rows}, indent=2))
         return
-    print(f"\n{device}, {args.clips} clips of {w}x{h} (half MPEG-2 TFF + AC-3 in VOB, half FFV1 BFF + FLAC in MKV),"
-          " x264 ultrafast\n")
+    print(
+        f"\n{device}, {args.clips} clips of {w}x{h} (half MPEG-2 TFF + AC-3 in VOB, half FFV1 BFF + FLAC in MKV),"
+        " x264 ultrafast\n"
+    )
     print(f"best of {args.repeats} alternating runs per setting\n")
     print("| model | jobs | frames | wall s | library fps | speed-up |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['jobs']} | {r['frames']} | {r['wall_s']} | {r['library_fps']} | "
-              f"x{r['speedup_vs_1']} |")
+        print(
+            f"| {r['model']} | {r['jobs']} | {r['frames']} | {r['wall_s']} | {r['library_fps']} | "
+            f"x{r['speedup_vs_1']} |"
+        )
 
 
 if __name__ == "__main__":

@@ -43,9 +43,17 @@ def _community_nets() -> dict[str, torch.nn.Module]:
     return {
         "SPAN x4 (48 ch)": SPAN(num_in_ch=3, num_out_ch=3, feature_channels=48, upscale=4),
         "OmniSR x4 (64 ch)": OmniSR(num_in_ch=3, num_out_ch=3, num_feat=64, up_scale=4),
-        "SwinIR-M x4 (classical)": SwinIR(img_size=64, window_size=8, embed_dim=180, depths=[6] * 6,
-                                          num_heads=[6] * 6, mlp_ratio=2, upscale=4, upsampler="pixelshuffle",
-                                          resi_connection="1conv"),
+        "SwinIR-M x4 (classical)": SwinIR(
+            img_size=64,
+            window_size=8,
+            embed_dim=180,
+            depths=[6] * 6,
+            num_heads=[6] * 6,
+            mlp_ratio=2,
+            upscale=4,
+            upsampler="pixelshuffle",
+            resi_connection="1conv",
+        ),
     }
 
 
@@ -72,9 +80,15 @@ def main() -> None:
     for name in registry.model_names():
         card = registry.card(name)
         ms = _time(_module(name), args.size, args.repeat)
-        rows.append({"name": name, "arch": card.arch, "params": card.params,
-                     "mmac_per_px": round(card.macs_per_px / 1e6, 3),
-                     f"cpu_ms_per_{args.size}px_tile": round(ms, 1)})
+        rows.append(
+            {
+                "name": name,
+                "arch": card.arch,
+                "params": card.params,
+                "mmac_per_px": round(card.macs_per_px / 1e6, 3),
+                f"cpu_ms_per_{args.size}px_tile": round(ms, 1),
+            }
+        )
     if args.community:
         with tempfile.TemporaryDirectory() as tmp:
             for label, net in _community_nets().items():
@@ -82,9 +96,15 @@ def main() -> None:
                 torch.save(net.state_dict(), path)
                 loaded = registry.load_model(str(path))  # as --model FILE: spandrel builds it
                 d = loaded.descriptor
-                rows.append({"name": label, "arch": f"{d.arch} (spandrel)", "params": d.params,
-                             "mmac_per_px": round(d.macs_per_px / 1e6, 3),
-                             f"cpu_ms_per_{args.size}px_tile": round(_time(loaded.module, args.size, args.repeat), 1)})
+                rows.append(
+                    {
+                        "name": label,
+                        "arch": f"{d.arch} (spandrel)",
+                        "params": d.params,
+                        "mmac_per_px": round(d.macs_per_px / 1e6, 3),
+                        f"cpu_ms_per_{args.size}px_tile": round(_time(loaded.module, args.size, args.repeat), 1),
+                    }
+                )
     print(json.dumps({"threads": args.threads, "date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=2))
     print()
     key = f"cpu_ms_per_{args.size}px_tile"

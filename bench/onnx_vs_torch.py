@@ -46,8 +46,10 @@ def _picture(h: int, w: int, seed: int) -> np.ndarray:
     """Colour waves plus grain, so the model sees video-like detail."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:h, 0:w]
-    base = np.stack([np.sin(xx / rng.uniform(4, 30) + c) * np.cos(yy / rng.uniform(4, 30) + c)
-                     for c in range(3)], -1) * 90 + 128
+    base = (
+        np.stack([np.sin(xx / rng.uniform(4, 30) + c) * np.cos(yy / rng.uniform(4, 30) + c) for c in range(3)], -1) * 90
+        + 128
+    )
     return np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
 
 
@@ -96,25 +98,30 @@ def run(model_name: str, sizes: list[tuple[int, int, int]], threads: int) -> dic
             xcl = [x.contiguous(memory_format=torch.channels_last) for x in xs]
             e_torch = SREngine(torch_model, device="cpu", tile=0, batch=1)  # makes net channels-last
             e_onnx = SREngine(onnx_model, device="cpu", tile=0, batch=1)
-            t, out = _interleaved({
-                "torch": _forward(nchw, xs),
-                "torch_cl": _forward(net, xcl),
-                "onnx": _forward(onnx_model.module, xs),
-                "engine_torch": lambda i, e=e_torch, p=pics: e.upscale([p[i]])[0],
-                "engine_onnx": lambda i, e=e_onnx, p=pics: e.upscale([p[i]])[0],
-            }, n)
-            rows.append({
-                "size": f"{w}x{h}",
-                "frames": n,
-                "torch_s": round(t["torch"], 4),
-                "torch_channels_last_s": round(t["torch_cl"], 4),
-                "onnx_s": round(t["onnx"], 4),
-                "onnx_speedup_vs_best_torch": round(min(t["torch"], t["torch_cl"]) / t["onnx"], 3),
-                "engine_torch_fps": round(1 / t["engine_torch"], 3),
-                "engine_onnx_fps": round(1 / t["engine_onnx"], 3),
-                "max_abs_diff_float": float((out["torch_cl"] - out["onnx"]).abs().max()),
-                "max_diff_uint8": int(np.abs(out["engine_torch"].astype(np.int16) - out["engine_onnx"]).max()),
-            })
+            t, out = _interleaved(
+                {
+                    "torch": _forward(nchw, xs),
+                    "torch_cl": _forward(net, xcl),
+                    "onnx": _forward(onnx_model.module, xs),
+                    "engine_torch": lambda i, e=e_torch, p=pics: e.upscale([p[i]])[0],
+                    "engine_onnx": lambda i, e=e_onnx, p=pics: e.upscale([p[i]])[0],
+                },
+                n,
+            )
+            rows.append(
+                {
+                    "size": f"{w}x{h}",
+                    "frames": n,
+                    "torch_s": round(t["torch"], 4),
+                    "torch_channels_last_s": round(t["torch_cl"], 4),
+                    "onnx_s": round(t["onnx"], 4),
+                    "onnx_speedup_vs_best_torch": round(min(t["torch"], t["torch_cl"]) / t["onnx"], 3),
+                    "engine_torch_fps": round(1 / t["engine_torch"], 3),
+                    "engine_onnx_fps": round(1 / t["engine_onnx"], 3),
+                    "max_abs_diff_float": float((out["torch_cl"] - out["onnx"]).abs().max()),
+                    "max_diff_uint8": int(np.abs(out["engine_torch"].astype(np.int16) - out["engine_onnx"]).max()),
+                }
+            )
     return {
         "model": model_name,
         "device": f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
@@ -130,18 +137,24 @@ def run(model_name: str, sizes: list[tuple[int, int, int]], threads: int) -> dic
 
 def markdown(result: dict) -> str:
     lines = [
-        (f"{result['model']} on {result['device']}, {result['threads']} threads, torch {result['torch']}, "
-        f"onnxruntime {result['onnxruntime']} (export + check {result['export_and_check_s']} s, "
-        f"load average {result['load_average'][0]} before, {result['load_average'][1]} after)"),
+        (
+            f"{result['model']} on {result['device']}, {result['threads']} threads, torch {result['torch']}, "
+            f"onnxruntime {result['onnxruntime']} (export + check {result['export_and_check_s']} s, "
+            f"load average {result['load_average'][0]} before, {result['load_average'][1]} after)"
+        ),
         "",
-        ("| size | torch s/frame | torch channels-last | onnx CPU EP | onnx speed-up | engine fps torch | "
-        "engine fps onnx | max diff (float / uint8) |"),
+        (
+            "| size | torch s/frame | torch channels-last | onnx CPU EP | onnx speed-up | engine fps torch | "
+            "engine fps onnx | max diff (float / uint8) |"
+        ),
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
-        lines.append(f"| {r['size']} | {r['torch_s']} | {r['torch_channels_last_s']} | {r['onnx_s']} | "
-                     f"{r['onnx_speedup_vs_best_torch']}x | {r['engine_torch_fps']} | {r['engine_onnx_fps']} | "
-                     f"{r['max_abs_diff_float']:.2g} / {r['max_diff_uint8']} |")
+        lines.append(
+            f"| {r['size']} | {r['torch_s']} | {r['torch_channels_last_s']} | {r['onnx_s']} | "
+            f"{r['onnx_speedup_vs_best_torch']}x | {r['engine_torch_fps']} | {r['engine_onnx_fps']} | "
+            f"{r['max_abs_diff_float']:.2g} / {r['max_diff_uint8']} |"
+        )
     return "\n".join(lines)
 
 

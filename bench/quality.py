@@ -85,8 +85,21 @@ def main() -> None:
     print(f"extracted {report.frames} frames: {n_train} train, {n_val} held out")
 
     run = args.out / "run"
-    base = dict(frames=frames, val_frames=val, model="compact-x4", out=run, gan=False, perceptual="none",
-                preset="vhs", patch=128, batch=4, val_every=10**9, save_every=10**9, quiet=True, seed=0)
+    base = dict(
+        frames=frames,
+        val_frames=val,
+        model="compact-x4",
+        out=run,
+        gan=False,
+        perceptual="none",
+        preset="vhs",
+        patch=128,
+        batch=4,
+        val_every=10**9,
+        save_every=10**9,
+        quiet=True,
+        seed=0,
+    )
     t0 = time.monotonic()
     trainer = Trainer(resolve(flags={**base, "steps": 10**6}))
     trainer.validator = trainer._make_validator()  # run() makes it; this loop stops on time, not steps
@@ -97,8 +110,19 @@ def main() -> None:
         steps += 1
     seconds = time.monotonic() - t0
     metrics = trainer.validator.evaluate(trainer.ema)
-    print(json.dumps({"steps": steps, "seconds": round(seconds, 1), "patch_hr": 128, "batch": 4,
-                      "train_frames": n_train, "val_frames": n_val, **{k: round(v, 4) for k, v in metrics.items()}}))
+    print(
+        json.dumps(
+            {
+                "steps": steps,
+                "seconds": round(seconds, 1),
+                "patch_hr": 128,
+                "batch": 4,
+                "train_frames": n_train,
+                "val_frames": n_val,
+                **{k: round(v, 4) for k, v in metrics.items()},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

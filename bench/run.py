@@ -36,8 +36,9 @@ def overhead(args: argparse.Namespace) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         sample = make_vhs_sample(Path(tmp) / "tape.avi", seconds=max(1.0, args.frames / 29.97 + 0.5))
-        result = run_bench(sample.path, model=args.model, frames=args.frames, tile=args.tile,
-                           preset=args.preset, codec=args.codec)
+        result = run_bench(
+            sample.path, model=args.model, frames=args.frames, tile=args.tile, preset=args.preset, codec=args.codec
+        )
     result["input"] = "vhs sample 720x480 DV (bff)"
     return result
 
@@ -59,8 +60,12 @@ def memory(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for label, seconds in (("short", args.seconds), ("long", args.seconds * args.factor)):
             sample = make_vhs_sample(Path(tmp) / f"{label}.avi", seconds=seconds)
-            proc = subprocess.run([sys.executable, "-c", _CHILD, str(sample.path), str(Path(tmp) / f"{label}.mkv"),
-                                   args.model], capture_output=True, text=True, check=True)
+            proc = subprocess.run(
+                [sys.executable, "-c", _CHILD, str(sample.path), str(Path(tmp) / f"{label}.mkv"), args.model],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             out[label] = json.loads(proc.stdout.strip().splitlines()[-1])
     out["rss_growth"] = round(out["long"]["peak_rss_mb"] / out["short"]["peak_rss_mb"] - 1, 4)
     return out

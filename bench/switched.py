@@ -92,6 +92,7 @@ def bench_shape(batch, size, channels, breadth, k, device, dtype, repeat, impls)
 
     rows = []
     for name in ["dense", *impls, "layer"]:
+
         def fwd(name: str = name) -> None:
             with torch.no_grad():
                 run(name)
@@ -104,8 +105,12 @@ def bench_shape(batch, size, channels, breadth, k, device, dtype, repeat, impls)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
             base = torch.cuda.memory_allocated(device)
-        row = {"impl": name, "fwd_ms": _time(fwd, device, repeat), "fwd_bwd_ms": _time(fwd_bwd, device, repeat),
-               "saved_mb": _saved_bytes(lambda name=name: run(name)) / 2**20}
+        row = {
+            "impl": name,
+            "fwd_ms": _time(fwd, device, repeat),
+            "fwd_bwd_ms": _time(fwd_bwd, device, repeat),
+            "saved_mb": _saved_bytes(lambda name=name: run(name)) / 2**20,
+        }
         if device.type == "cuda":
             row["peak_mb"] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
         rows.append(row)
@@ -128,26 +133,39 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    impls = args.impls.split(",") if args.impls else [i for i in ("reference", "cpu", "cuda")
-                                                      if i in available_impls(device)]
-    print(f"# switched conv bench: {device} {args.dtype}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} CPU threads, {time.strftime('%Y-%m-%d')}")
+    impls = (
+        args.impls.split(",")
+        if args.impls
+        else [i for i in ("reference", "cpu", "cuda") if i in available_impls(device)]
+    )
+    print(
+        f"# switched conv bench: {device} {args.dtype}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} CPU threads, {time.strftime('%Y-%m-%d')}"
+    )
     if device.type == "cuda":
         print(f"# {torch.cuda.get_device_name(device)}")
     for breadth in args.breadth:
         for size in args.size:
-            rows = bench_shape(args.batch, size, args.channels, breadth, args.kernel, device, DTYPES[args.dtype],
-                               args.repeat, impls)
+            rows = bench_shape(
+                args.batch, size, args.channels, breadth, args.kernel, device, DTYPES[args.dtype], args.repeat, impls
+            )
             dense = rows[0]
-            print(f"\n### b={breadth}, {args.channels}->{args.channels}, {args.kernel}x{args.kernel}, "
-                  f"batch {args.batch}, {size}x{size}\n")
+            print(
+                f"\n### b={breadth}, {args.channels}->{args.channels}, {args.kernel}x{args.kernel}, "
+                f"batch {args.batch}, {size}x{size}\n"
+            )
             peak = device.type == "cuda"
-            print("| impl | fwd ms | x dense | fwd+bwd ms | x dense | saved MB | x dense |" + (" peak MB |" if peak else ""))
+            print(
+                "| impl | fwd ms | x dense | fwd+bwd ms | x dense | saved MB | x dense |"
+                + (" peak MB |" if peak else "")
+            )
             print("|---|---|---|---|---|---|---|" + ("---|" if peak else ""))
             for r in rows:
-                line = (f"| {r['impl']} | {r['fwd_ms']:.1f} | {r['fwd_ms'] / dense['fwd_ms']:.2f} | "
-                        f"{r['fwd_bwd_ms']:.1f} | {r['fwd_bwd_ms'] / dense['fwd_bwd_ms']:.2f} | "
-                        f"{r['saved_mb']:.1f} | {r['saved_mb'] / dense['saved_mb']:.2f} |")
+                line = (
+                    f"| {r['impl']} | {r['fwd_ms']:.1f} | {r['fwd_ms'] / dense['fwd_ms']:.2f} | "
+                    f"{r['fwd_bwd_ms']:.1f} | {r['fwd_bwd_ms'] / dense['fwd_bwd_ms']:.2f} | "
+                    f"{r['saved_mb']:.1f} | {r['saved_mb'] / dense['saved_mb']:.2f} |"
+                )
                 if peak:
                     line += f" {r['peak_mb']:.0f} |"
                 print(line, flush=True)

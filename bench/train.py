@@ -45,12 +45,28 @@ def _bench(model: str, stage: str, args, frames: Path, out: Path) -> dict:
 
     scale = registry.card(model).scale
     gan = stage == "gan"
-    cfg = resolve(None, dict(
-        frames=str(frames), model=model, from_scratch=True, out=str(out), patch=lr_patch * scale, batch=args.batch,
-        steps=10**6, pixel_steps=0 if gan else 10**6, gan=gan, quiet=True, tensorboard=False,
-        perceptual="vgg19" if (gan and args.perceptual_weights) else "none",
-        perceptual_weights=args.perceptual_weights or "", preset="generic", device=args.device,
-        checkpointing=args.checkpointing, val_split=0.2))
+    cfg = resolve(
+        None,
+        dict(
+            frames=str(frames),
+            model=model,
+            from_scratch=True,
+            out=str(out),
+            patch=lr_patch * scale,
+            batch=args.batch,
+            steps=10**6,
+            pixel_steps=0 if gan else 10**6,
+            gan=gan,
+            quiet=True,
+            tensorboard=False,
+            perceptual="vgg19" if (gan and args.perceptual_weights) else "none",
+            perceptual_weights=args.perceptual_weights or "",
+            preset="generic",
+            device=args.device,
+            checkpointing=args.checkpointing,
+            val_split=0.2,
+        ),
+    )
     t = Trainer(cfg, notice=lambda m: None)
     sync = torch.cuda.synchronize if t.device.type == "cuda" else (lambda: None)
     t.train_step(t.next_batches())  # warm-up: allocations, kernel choice
@@ -62,9 +78,17 @@ def _bench(model: str, stage: str, args, frames: Path, out: Path) -> dict:
     seconds = time.perf_counter() - start
     samples = args.steps * args.batch
     losses = "+".join(["l1"] + (["vgg19"] if t.perceptual is not None else []) + (["gan"] if t.D is not None else []))
-    return {"model": model, "stage": stage, "losses": losses, "batch": args.batch, "hr_patch": cfg.patch,
-            "s_per_step": seconds / args.steps, "samples_per_s": samples / seconds, "device": str(t.device),
-            "precision": t.precision}
+    return {
+        "model": model,
+        "stage": stage,
+        "losses": losses,
+        "batch": args.batch,
+        "hr_patch": cfg.patch,
+        "s_per_step": seconds / args.steps,
+        "samples_per_s": samples / seconds,
+        "device": str(t.device),
+        "precision": t.precision,
+    }
 
 
 def main() -> None:
@@ -86,9 +110,11 @@ def main() -> None:
         for model in args.models.split(","):
             for stage in args.stages.split(","):
                 r = _bench(model, stage, args, frames, Path(tmp) / f"run-{model}-{stage}")
-                print(f"| {r['model']} | {r['stage']} ({r['losses']}) | {r['batch']} | {r['hr_patch']} | "
-                      f"{r['device']} | {r['precision']} | {r['s_per_step']:.2f} | {r['samples_per_s']:.2f} |",
-                      flush=True)
+                print(
+                    f"| {r['model']} | {r['stage']} ({r['losses']}) | {r['batch']} | {r['hr_patch']} | "
+                    f"{r['device']} | {r['precision']} | {r['s_per_step']:.2f} | {r['samples_per_s']:.2f} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -265,8 +265,9 @@ def shapes_frame(rng: np.random.Generator, h: int = 48, w: int = 64) -> np.ndarr
     return img
 
 
-def wave_frames(n: int, h: int, w: int, seed: int = 0, *, period: float = 20, amplitude: float = 100,
-                grain: float = 25) -> list[np.ndarray]:
+def wave_frames(
+    n: int, h: int, w: int, seed: int = 0, *, period: float = 20, amplitude: float = 100, grain: float = 25
+) -> list[np.ndarray]:
     """RGB uint8 stills of smooth colour waves (periods 3..``period`` px) plus
     noise of sigma ``grain``: structure at every scale, like film grain on
     video (for model tests that need no clip)."""
@@ -274,8 +275,14 @@ def wave_frames(n: int, h: int, w: int, seed: int = 0, *, period: float = 20, am
     yy, xx = np.mgrid[0:h, 0:w]
     out = []
     for _ in range(n):
-        base = np.stack([np.sin(xx / rng.uniform(3, period) + c) * np.cos(yy / rng.uniform(3, period) + c)
-                         for c in range(3)], -1) * amplitude + 128
+        base = (
+            np.stack(
+                [np.sin(xx / rng.uniform(3, period) + c) * np.cos(yy / rng.uniform(3, period) + c) for c in range(3)],
+                -1,
+            )
+            * amplitude
+            + 128
+        )
         out.append(np.clip(base + rng.normal(0, grain, base.shape), 0, 255).astype(np.uint8))
     return out
 
@@ -718,7 +725,9 @@ def make_clip(
             if picture is not None:
                 rgb = picture(i)
             else:
-                rgb = render_frame(width, height, i, float(rel_times[i]), float(durations[i] / 2), interlaced, i in flashes)
+                rgb = render_frame(
+                    width, height, i, float(rel_times[i]), float(durations[i] / 2), interlaced, i in flashes
+                )
             vf = to_yuv(rgb, pix_fmt, matrix, interlaced is not None)
             vf.pts = round(times[i] / tb)
             vf.time_base = tb
@@ -1009,8 +1018,9 @@ def make_bordered_clip(path: str | Path, borders: Borders, *, fade: int = 0, see
 FILM_RATE = Fraction(24000, 1001)
 
 
-def make_telecined_clip(path: str | Path, film_frames: int = 24, *, vcodec: str = "ffv1",
-                        size: tuple[int, int] = (320, 240)) -> Path:
+def make_telecined_clip(
+    path: str | Path, film_frames: int = 24, *, vcodec: str = "ffv1", size: tuple[int, int] = (320, 240)
+) -> Path:
     """23.976p film made into 29.97i with FFmpeg's telecine filter (3:2 pulldown, top field first).
 
     Film frame i carries index i, so an inverse telecine must give back
@@ -1095,11 +1105,15 @@ def _rewrite_mpeg4_avi(src: Path, dst: Path, rewrite: Callable[[list[bytes], byt
     with av.open(str(src)) as inp:
         vin = inp.streams.video[0]
         tb = Fraction(vin.time_base)
-        chunks = rewrite([bytes(p) for p in inp.demux(vin) if p.size],
-                         not_coded_vop(max(1, (tb.denominator - 1).bit_length())))
+        chunks = rewrite(
+            [bytes(p) for p in inp.demux(vin) if p.size], not_coded_vop(max(1, (tb.denominator - 1).bit_length()))
+        )
         inp.seek(0)
-        audio = sorted(((p.pts or 0) * Fraction(p.time_base), n, p)
-                       for n, p in enumerate(inp.demux(audio=0) if inp.streams.audio else ()) if p.size)
+        audio = sorted(
+            ((p.pts or 0) * Fraction(p.time_base), n, p)
+            for n, p in enumerate(inp.demux(audio=0) if inp.streams.audio else ())
+            if p.size
+        )
         with av.open(str(dst), "w", format="avi") as out:
             vout = out.add_stream_from_template(vin)
             vout.codec_tag = fourcc
@@ -1157,6 +1171,7 @@ def drop_to_not_coded(src: str | Path, dst: str | Path, slots: Sequence[int], fo
     B-frames by N-VOPs, as DivX does for frames it drops. Pick slots just
     before a keyframe so that no later picture refers to a replaced one;
     each replaced slot then shows the picture before it."""
+
     def drop(video: list[bytes], nvop: bytes) -> list[bytes]:
         return [nvop if n in slots else data for n, data in enumerate(video)]
 

@@ -34,7 +34,14 @@ def n_params(m: torch.nn.Module) -> int:
 
 def test_rrdbnet_key_names_match_real_esrgan():
     keys = set(RRDBNet(num_block=2).state_dict())
-    assert {"conv_first.weight", "conv_body.bias", "conv_up1.weight", "conv_up2.weight", "conv_hr.weight", "conv_last.bias"} <= keys
+    assert {
+        "conv_first.weight",
+        "conv_body.bias",
+        "conv_up1.weight",
+        "conv_up2.weight",
+        "conv_hr.weight",
+        "conv_last.bias",
+    } <= keys
     assert {f"body.1.rdb3.conv{i}.weight" for i in range(1, 6)} <= keys
     assert len(keys) == 2 * (6 + 2 * 15)
 
@@ -42,10 +49,17 @@ def test_rrdbnet_key_names_match_real_esrgan():
 def test_compact_key_names_match_real_esrgan():
     sd = SRVGGNetCompact(num_conv=2).state_dict()
     assert list(sd) == [
-        "body.0.weight", "body.0.bias", "body.1.weight",
-        "body.2.weight", "body.2.bias", "body.3.weight",
-        "body.4.weight", "body.4.bias", "body.5.weight",
-        "body.6.weight", "body.6.bias",
+        "body.0.weight",
+        "body.0.bias",
+        "body.1.weight",
+        "body.2.weight",
+        "body.2.bias",
+        "body.3.weight",
+        "body.4.weight",
+        "body.4.bias",
+        "body.5.weight",
+        "body.6.weight",
+        "body.6.bias",
     ]
     assert sd["body.6.weight"].shape[0] == 3 * 16
 
@@ -115,7 +129,9 @@ def test_lanczos_matches_pillow_away_from_edges():
     img = _photo()
     for scale in (2, 3, 4):
         ours = Lanczos(scale)(torch.from_numpy(img)[None, None])[0, 0].numpy()
-        ref = np.asarray(Image.fromarray(img, mode="F").resize((img.shape[1] * scale, img.shape[0] * scale), Image.LANCZOS))
+        ref = np.asarray(
+            Image.fromarray(img, mode="F").resize((img.shape[1] * scale, img.shape[0] * scale), Image.LANCZOS)
+        )
         m = 3 * scale
         assert ours.shape == ref.shape
         assert np.abs(ours[m:-m, m:-m] - ref[m:-m, m:-m]).max() < 1e-5

@@ -126,7 +126,10 @@ def test_real_esrgan_x2_x1_checkpoint_shapes_are_detected(scale, in_ch):
     with torch.device("meta"):
         sd = RRDBNet(scale=scale).state_dict()
     assert sd["conv_first.weight"].shape[1] == in_ch
-    assert detect(sd) == ("rrdbnet", {"num_in_ch": 3, "num_out_ch": 3, "scale": scale, "num_feat": 64, "num_block": 23, "num_grow_ch": 32})
+    assert detect(sd) == (
+        "rrdbnet",
+        {"num_in_ch": 3, "num_out_ch": 3, "scale": scale, "num_feat": 64, "num_block": 23, "num_grow_ch": 32},
+    )
 
 
 def test_general_x4v3_shape_is_detected_and_loads(tmp_path):
@@ -201,11 +204,14 @@ def test_mesrgan_blocks_are_depthwise_bottlenecks():
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
 
 
-@pytest.mark.parametrize("arch, kwargs", [
-    ("srresnet", {"num_feat": 6, "num_block": 2, "upscale": 2}),
-    ("mesrgan", {"num_feat": 6, "num_block": 1, "num_grow_ch": 3}),
-    ("resunet", {"upscale": 2, "channels": [4, 6, 8]}),
-])
+@pytest.mark.parametrize(
+    "arch, kwargs",
+    [
+        ("srresnet", {"num_feat": 6, "num_block": 2, "upscale": 2}),
+        ("mesrgan", {"num_feat": 6, "num_block": 1, "num_grow_ch": 3}),
+        ("resunet", {"upscale": 2, "channels": [4, 6, 8]}),
+    ],
+)
 def test_generators_train(arch, kwargs):
     """One optimiser step on an L1 loss reaches every parameter and lowers it."""
     torch.manual_seed(0)
@@ -273,7 +279,9 @@ def test_named_cards_agree_with_the_architecture():
     # Independent counts: MESRGAN by hand, the U-Net and SRResNet on real
     # forward passes (not the meta device the registry uses).
     assert (registry.card("mesrgan-x4").params, registry.card("mesrgan-x4").macs_per_px) == mesrgan_counts()
-    assert registry.card("mesrgan-x4").macs_per_px / registry.card("esrgan-x4").macs_per_px == pytest.approx(0.557, abs=0.001)
+    assert registry.card("mesrgan-x4").macs_per_px / registry.card("esrgan-x4").macs_per_px == pytest.approx(
+        0.557, abs=0.001
+    )
     for name in ("unet-x4", "srresnet-x4"):
         net = registry.build_model(name).module
         assert registry.card(name).macs_per_px == conv_macs(net, (8, 8))
@@ -324,12 +332,15 @@ def measured_reach(net, scale: int, size: int, positive: bool) -> int:
     return int(max(c - ys.min(), ys.max() - c, c - xs.min(), xs.max() - c))
 
 
-@pytest.mark.parametrize("name, hyper, positive", [
-    # The cards' depths and stages; fewer features (the reach does not depend
-    # on them) for speed.
-    ("srresnet-x4", {"num_feat": 3}, False),
-    ("unet-x4", {"channels": [3, 4, 5, 6]}, True),
-])
+@pytest.mark.parametrize(
+    "name, hyper, positive",
+    [
+        # The cards' depths and stages; fewer features (the reach does not depend
+        # on them) for speed.
+        ("srresnet-x4", {"num_feat": 3}, False),
+        ("unet-x4", {"channels": [3, 4, 5, 6]}, True),
+    ],
+)
 def test_card_context_is_the_reach_and_makes_tiles_exact(name, hyper, positive):
     c = registry.card(name)
     ctx, mult, scale = c.context, c.size_multiple, c.scale
@@ -373,10 +384,9 @@ def test_srgan_discriminator_gives_one_logit_per_picture(hw):
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in d.parameters())
 
 
-REAL_ESRGAN_NETD_KEYS = (
-    {"conv0.weight", "conv0.bias", "conv9.weight", "conv9.bias"}
-    | {f"conv{i}.weight_{s}" for i in range(1, 9) for s in ("orig", "u", "v")}
-)
+REAL_ESRGAN_NETD_KEYS = {"conv0.weight", "conv0.bias", "conv9.weight", "conv9.bias"} | {
+    f"conv{i}.weight_{s}" for i in range(1, 9) for s in ("orig", "u", "v")
+}
 
 
 @pytest.mark.parametrize("hw", [(32, 32), (40, 56), (37, 50)])
@@ -421,7 +431,9 @@ def test_unet_discriminator_is_spectrally_normalised_with_real_esrgan_keys(tmp_p
 def test_weightless_names_say_so(name):
     with pytest.raises(VhsupError) as err:
         registry.load_model(name)
-    assert str(err.value) == f"{name} has no pretrained weights yet: train one with `vhsup train` or pass a weights file"
+    assert (
+        str(err.value) == f"{name} has no pretrained weights yet: train one with `vhsup train` or pass a weights file"
+    )
 
 
 def test_build_model_is_untrained_and_repeatable():
@@ -436,11 +448,14 @@ def test_build_model_is_untrained_and_repeatable():
     assert registry.build_model("compact-x2").descriptor.scale == 2  # carded rescale kept
 
 
-@pytest.mark.parametrize("arch, kwargs", [
-    ("srresnet", {"num_feat": 6, "num_block": 2, "upscale": 4}),
-    ("mesrgan", {"num_feat": 6, "num_block": 1, "num_grow_ch": 3, "scale": 2}),
-    ("resunet", {"upscale": 4, "channels": [4, 6, 8]}),
-])
+@pytest.mark.parametrize(
+    "arch, kwargs",
+    [
+        ("srresnet", {"num_feat": 6, "num_block": 2, "upscale": 4}),
+        ("mesrgan", {"num_feat": 6, "num_block": 1, "num_grow_ch": 3, "scale": 2}),
+        ("resunet", {"upscale": 4, "channels": [4, 6, 8]}),
+    ],
+)
 def test_user_files_upscale_frames_through_the_engine(tmp_path, arch, kwargs):
     net = randomise(build(arch, kwargs), seed=11)
     path = tmp_path / f"{arch}.safetensors"
@@ -463,10 +478,13 @@ def test_user_files_upscale_frames_through_the_engine(tmp_path, arch, kwargs):
             SREngine(m, device="cpu", precision="fp16")
 
 
-@pytest.mark.parametrize("arch, kwargs", [
-    ("srresnet", {"num_feat": 6, "num_block": 2, "upscale": 4}),
-    ("resunet", {"upscale": 4, "channels": [4, 6, 8, 10]}),
-])
+@pytest.mark.parametrize(
+    "arch, kwargs",
+    [
+        ("srresnet", {"num_feat": 6, "num_block": 2, "upscale": 4}),
+        ("resunet", {"upscale": 4, "channels": [4, 6, 8, 10]}),
+    ],
+)
 def test_engine_tiles_match_whole_frames(tmp_path, arch, kwargs):
     """The descriptor's context and size multiple are what the tiler needs."""
     from vhsup import tiling

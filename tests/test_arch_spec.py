@@ -20,8 +20,15 @@ pytestmark = pytest.mark.usefixtures("two_threads")
 
 # A small network of every architecture (a new spec needs an entry here).
 TINY = {
-    "mesrgan": {"num_in_ch": 3, "num_out_ch": 3, "scale": 4, "num_feat": 4, "num_block": 1, "num_grow_ch": 2,
-                "expand_ratio": 2},
+    "mesrgan": {
+        "num_in_ch": 3,
+        "num_out_ch": 3,
+        "scale": 4,
+        "num_feat": 4,
+        "num_block": 1,
+        "num_grow_ch": 2,
+        "expand_ratio": 2,
+    },
     "rrdbnet": {"num_in_ch": 3, "num_out_ch": 3, "scale": 4, "num_feat": 4, "num_block": 1, "num_grow_ch": 2},
     "srresnet": {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 4, "num_block": 3, "upscale": 2},
     # Two stride-2 stages at x2: tiles must start on even input pixels.
@@ -104,10 +111,13 @@ def test_tiles_with_the_spec_context_equal_the_whole_frame(spec, tmp_path):
     assert tile_error(model) <= 1
 
 
-@pytest.mark.parametrize("name, wrong", [
-    ("srresnet", {"context": 0}),  # the engine's floor of 8 px is below its reach
-    ("resunet", {"size_multiple": 1}),  # tiles off the stride-2 grid
-])
+@pytest.mark.parametrize(
+    "name, wrong",
+    [
+        ("srresnet", {"context": 0}),  # the engine's floor of 8 px is below its reach
+        ("resunet", {"size_multiple": 1}),  # tiles off the stride-2 grid
+    ],
+)
 def test_tiles_without_the_spec_context_or_multiple_show_seams(name, wrong, tmp_path):
     model = loaded(name, tmp_path)
     assert tile_error(LoadedModel(model.module, dataclasses.replace(model.descriptor, **wrong))) > 3

@@ -30,8 +30,11 @@ XVID_B = dict(vcodec="mpeg4", video_options={"bf": "2"}, codec_tag="XVID", **AVI
 # Longer, with a keyframe every 12 frames and open GOPs (B-frames after a
 # keyframe that show before it), to seek into.
 LONG = dict(AVI, frames=60)
-H264_OPEN = dict(LONG, vcodec="libx264", video_options={
-    "bf": "2", "x264-params": "log-level=error:open-gop=1:keyint=12:min-keyint=12:scenecut=0"})
+H264_OPEN = dict(
+    LONG,
+    vcodec="libx264",
+    video_options={"bf": "2", "x264-params": "log-level=error:open-gop=1:keyint=12:min-keyint=12:scenecut=0"},
+)
 XVID_OPEN = dict(LONG, vcodec="mpeg4", video_options={"bf": "2", "g": "12"}, codec_tag="XVID")
 MS = 0.001  # Matroska's clock: output times are whole milliseconds
 
@@ -77,8 +80,10 @@ def decoded(path: Path, start: float | None = None) -> tuple[list[tuple[Fraction
     stats = DecodeStats()
     container = open_input(path)
     try:
-        out = [(f.pts * Fraction(f.time_base), mediagen.read_index(f.to_ndarray(format="rgb24", threads=1)))
-               for f in video_frames(container, start=start, stats=stats, preroll=0.0)]
+        out = [
+            (f.pts * Fraction(f.time_base), mediagen.read_index(f.to_ndarray(format="rgb24", threads=1)))
+            for f in video_frames(container, start=start, stats=stats, preroll=0.0)
+        ]
     finally:
         container.close()
     return out, stats

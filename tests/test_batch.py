@@ -32,8 +32,9 @@ CLI = [sys.executable, "-c", "from vhsup.batch.cli import batch; batch(prog_name
 
 def tiny(clips, name: str, frames: int = 6, **kw):
     """A tiny clip of the container its name implies."""
-    codec = {".mkv": "ffv1", ".vob": "mpeg2video", ".ts": "mpeg2video", ".avi": "mpeg4"}.get(Path(name).suffix,
-                                                                                            "libx264")
+    codec = {".mkv": "ffv1", ".vob": "mpeg2video", ".ts": "mpeg2video", ".avi": "mpeg4"}.get(
+        Path(name).suffix, "libx264"
+    )
     return clips.make(name, vcodec=codec, size=(64, 48), frames=frames, **kw)
 
 
@@ -87,8 +88,13 @@ def test_library_with_a_garbage_and_an_empty_file_gives_5_done_2_failed_and_exit
     assert code == 3
     states = {j["input"]: j["state"] for j in summary["jobs"]}
     assert states == {
-        "a.mp4": "done", "1990/b.mkv": "done", "1990/xmas/c.vob": "done", "1991/d.ts": "done",
-        "1991/capture-no-extension": "done", "garbage.avi": "failed", "1991/empty.mkv": "failed",
+        "a.mp4": "done",
+        "1990/b.mkv": "done",
+        "1990/xmas/c.vob": "done",
+        "1991/d.ts": "done",
+        "1991/capture-no-extension": "done",
+        "garbage.avi": "failed",
+        "1991/empty.mkv": "failed",
     }
     reasons = {j["input"]: j["error"] for j in summary["jobs"] if j["state"] == "failed"}
     assert "not a video file" in reasons["garbage.avi"]
@@ -162,7 +168,10 @@ def test_changed_input_redoes_only_it_and_a_changed_model_redoes_all(clips, tmp_
     code, second = run_cli(str(src), "--out", str(out), *FAST)
     assert code == 0
     assert {j["input"]: (j["action"], j["why"]) for j in second["jobs"]} == {
-        "x.mp4": ("skipped", "done"), "y.mp4": ("ran", "input changed"), "z.mp4": ("ran", "input changed")}
+        "x.mp4": ("skipped", "done"),
+        "y.mp4": ("ran", "input changed"),
+        "z.mp4": ("ran", "input changed"),
+    }
     assert frame_count(out / "y.mkv") == 9 and frame_count(out / "z.mkv") == 6
     assert (out / "x.mkv").stat().st_mtime_ns == before
 
@@ -195,8 +204,12 @@ def test_tile_batch_and_device_keep_a_finished_library_and_precision_redoes_it(c
 
 def _start_and_wait_for_partial(src: Path, out: Path, *extra: str) -> subprocess.Popen:
     """Start a batch subprocess and return once a job is writing its partial output."""
-    proc = subprocess.Popen([*CLI, str(src), "--out", str(out), *FAST, "--quiet", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        [*CLI, str(src), "--out", str(out), *FAST, "--quiet", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if partials(out):
@@ -270,8 +283,11 @@ def test_discovery_skips_hidden_output_and_partials_and_honours_globs(clips, tmp
     assert everything == ["a.mp4", "done/d.mp4", "keep/e.avi", "raw/b.mp4", "raw/deep/c.mp4"]
     assert {f.by for f in discover(src, out=out)} == {"extension"}
     assert [f.rel for f in discover(src, out=out, exclude=["raw"])] == ["a.mp4", "done/d.mp4", "keep/e.avi"]
-    assert [f.rel for f in discover(src, out=out, exclude=["raw/deep/*", "*.avi"])] == \
-        ["a.mp4", "done/d.mp4", "raw/b.mp4"]
+    assert [f.rel for f in discover(src, out=out, exclude=["raw/deep/*", "*.avi"])] == [
+        "a.mp4",
+        "done/d.mp4",
+        "raw/b.mp4",
+    ]
     assert [f.rel for f in discover(src, out=out, include=["raw/*"])] == ["raw/b.mp4", "raw/deep/c.mp4"]
     assert [f.rel for f in discover(src, out=out, include=["*.avi"])] == ["keep/e.avi"]
 
@@ -280,7 +296,10 @@ def test_discovery_skips_hidden_output_and_partials_and_honours_globs(clips, tmp
     found = discover(src, out=out, include=["raw/*"])
     paths = output_paths(found, out, "mkv")
     assert {k: str(v.relative_to(out)) for k, v in paths.items()} == {
-        "raw/b.mkv": "raw/b.mkv.mkv", "raw/b.mp4": "raw/b.mp4.mkv", "raw/deep/c.mp4": "raw/deep/c.mkv"}
+        "raw/b.mkv": "raw/b.mkv.mkv",
+        "raw/b.mp4": "raw/b.mp4.mkv",
+        "raw/deep/c.mp4": "raw/deep/c.mkv",
+    }
 
 
 class KillFirstWorker(Reporter):
@@ -301,8 +320,9 @@ def test_a_worker_killed_mid_job_fails_that_job_only_and_output_inside_source_is
         put(tiny(clips, "a.mp4"), src / name)
     out = src / "hd"  # inside the source: its files must never become inputs
     killer = KillFirstWorker()
-    summary = run_batch(BatchConfig(src=src, out=out, ext="mp4", options={"model": "bicubic", "preset": "ultrafast"}),
-                        killer)
+    summary = run_batch(
+        BatchConfig(src=src, out=out, ext="mp4", options={"model": "bicubic", "preset": "ultrafast"}), killer
+    )
     states = {j.input: (j.state, j.error) for j in summary.jobs}
     assert killer.killed == "a.mp4" and summary.exit_status == 3
     assert states["a.mp4"][0] == "failed" and "SIGKILL" in states["a.mp4"][1]
@@ -345,8 +365,9 @@ def test_ray_engine_runs_three_jobs_into_the_same_manifest(clips, tmp_path):
         put(tiny(clips, "a.mp4"), src / name)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        summary = run_batch(BatchConfig(src=src, out=out, engine="ray",
-                                        options={"model": "bicubic", "preset": "ultrafast"}))
+        summary = run_batch(
+            BatchConfig(src=src, out=out, engine="ray", options={"model": "bicubic", "preset": "ultrafast"})
+        )
     finally:
         ray.shutdown()
     assert summary.exit_status == 0 and summary.counts()["done"] == 3

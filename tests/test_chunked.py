@@ -67,8 +67,9 @@ def test_plan_cuts_at_keyframes_into_abutting_ranges_that_cover_every_frame(long
     assert [c.frames for c in plan.chunks] == [30, 30, 30]
     assert plan.total == long_clip.frames
     # double rate: two pictures per frame, chunk by chunk
-    double = plan_chunks(long_clip.path, Options(model="bicubic", field_rate="double"), pieces=3,
-                         chunk_seconds=None, info=info, key="k")
+    double = plan_chunks(
+        long_clip.path, Options(model="bicubic", field_rate="double"), pieces=3, chunk_seconds=None, info=info, key="k"
+    )
     assert [c.frames for c in double.chunks] == [60, 60, 60]
 
 
@@ -112,8 +113,9 @@ def test_parallel_chunks_joined_losslessly_keep_sound_in_sync(long_clip, tmp_pat
 
 def test_double_rate_chunks_give_one_picture_per_field(long_clip, tmp_path):
     dst = tmp_path / "double.mkv"
-    r = upscale_chunked(long_clip.path, dst, workers=1, chunk_seconds=THIRDS, field_rate="double", crop="2,4,2,4",
-                        **FAST)
+    r = upscale_chunked(
+        long_clip.path, dst, workers=1, chunk_seconds=THIRDS, field_rate="double", crop="2,4,2,4", **FAST
+    )
     assert r.frames_out == 2 * long_clip.frames and r.crop == "2,4,2,4"
     assert [i for _, i in mediagen.read_indices(dst)] == [k // 2 for k in range(2 * long_clip.frames)]
 
@@ -127,8 +129,9 @@ def test_interrupted_run_resumes_from_finished_chunks(long_clip, reference, tmp_
             raise KeyboardInterrupt
 
     with pytest.raises(Interrupted, match="rerun resumes"):
-        upscale_chunked(long_clip.path, dst, workers=1, chunk_seconds=THIRDS, progress=stop_after_first_chunk,
-                        **LOSSLESS)
+        upscale_chunked(
+            long_clip.path, dst, workers=1, chunk_seconds=THIRDS, progress=stop_after_first_chunk, **LOSSLESS
+        )
     assert not dst.exists()
     assert [p.name for p in sorted(work.glob("chunk-*.json"))] == ["chunk-0000.json"]
     first = work / "chunk-0000.nut"
@@ -141,8 +144,9 @@ def test_interrupted_run_resumes_from_finished_chunks(long_clip, reference, tmp_
         seen.append((done, (st.st_ino, st.st_mtime_ns)))
 
     notes: list[str] = []
-    r = upscale_chunked(long_clip.path, dst, workers=1, chunk_seconds=THIRDS, progress=watch,
-                        notice=notes.append, **LOSSLESS)
+    r = upscale_chunked(
+        long_clip.path, dst, workers=1, chunk_seconds=THIRDS, progress=watch, notice=notes.append, **LOSSLESS
+    )
     assert any("1 of 3 chunks were already done" in n for n in notes)
     # the finished chunk was kept as it was, and counted as done from the start
     assert seen and all(stamp == before for _, stamp in seen)
@@ -164,8 +168,9 @@ def test_changed_settings_redo_every_chunk(long_clip, tmp_path):
     with pytest.raises(Interrupted):
         upscale_chunked(long_clip.path, dst, workers=1, chunk_seconds=THIRDS, progress=stop, **FAST)
     notes: list[str] = []
-    r = upscale_chunked(long_clip.path, dst, workers=1, chunk_seconds=THIRDS, notice=notes.append,
-                        **{**FAST, "crf": 30})
+    r = upscale_chunked(
+        long_clip.path, dst, workers=1, chunk_seconds=THIRDS, notice=notes.append, **{**FAST, "crf": 30}
+    )
     assert not any("already done" in n for n in notes)
     assert [i for _, i in mediagen.read_indices(dst)] == list(range(long_clip.frames))
     assert r.frames_out == long_clip.frames
@@ -183,8 +188,9 @@ def test_another_tile_or_batch_size_keeps_the_finished_chunks(long_clip, tmp_pat
     with pytest.raises(Interrupted):
         upscale_chunked(long_clip.path, dst, workers=1, chunk_seconds=THIRDS, progress=stop, **FAST)
     notes: list[str] = []
-    r = upscale_chunked(long_clip.path, dst, workers=1, chunk_seconds=THIRDS, notice=notes.append,
-                        **{**FAST, "tile": 64, "batch": 2})
+    r = upscale_chunked(
+        long_clip.path, dst, workers=1, chunk_seconds=THIRDS, notice=notes.append, **{**FAST, "tile": 64, "batch": 2}
+    )
     assert any("1 of 3 chunks were already done" in n for n in notes)
     assert [i for _, i in mediagen.read_indices(dst)] == list(range(long_clip.frames))
     assert r.frames_out == long_clip.frames
@@ -198,8 +204,11 @@ def test_killed_run_leaves_no_partial_output_and_resumes(long_clip, reference, t
         "if __name__ == '__main__':\n"
         f"    upscale_chunked(sys.argv[1], sys.argv[2], workers=1, chunk_seconds=0.5, **{LOSSLESS!r})\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code, str(long_clip.path), str(dst)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(long_clip.path), str(dst)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 60
         while not list(work.glob("chunk-*.json")) and proc.poll() is None and time.monotonic() < deadline:
@@ -273,9 +282,27 @@ def test_a_finished_parallel_run_prints_no_traceback(long_clip, tmp_path):
     # The workers leave on their own once every chunk is in; stopping them
     # while they flush their queues once printed a SIGTERM traceback.
     dst = tmp_path / "cli.mkv"
-    r = subprocess.run([sys.executable, "-m", "vhsup", "upscale", str(long_clip.path), "-o", str(dst), "--workers", "2",
-                        "--model", "bicubic", "--preset", "ultrafast", "--quiet"],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vhsup",
+            "upscale",
+            str(long_clip.path),
+            "-o",
+            str(dst),
+            "--workers",
+            "2",
+            "--model",
+            "bicubic",
+            "--preset",
+            "ultrafast",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr and "Signalled" not in r.stderr, r.stderr
     assert len(mediagen.read_indices(dst)) == long_clip.frames

@@ -72,7 +72,9 @@ def test_permission_denied(tmp_path, odd_clip):
 
 
 def test_bad_options_are_refused_before_work(odd_clip, tmp_path):
-    code, _, err = run("upscale", str(odd_clip.path), "--crop", "1,2,3", "-o", str(tmp_path / "x.mkv"), "--model", "bicubic")
+    code, _, err = run(
+        "upscale", str(odd_clip.path), "--crop", "1,2,3", "-o", str(tmp_path / "x.mkv"), "--model", "bicubic"
+    )
     assert code == 2 and "--crop takes 'auto' or four non-negative integers" in err
     code, _, err = run("upscale", str(odd_clip.path), "--model", "no-such-model", "-o", str(tmp_path / "x.mkv"))
     assert code == 2 and "no-such-model" in err and len(err.strip().splitlines()) == 1
@@ -98,12 +100,39 @@ def test_probe_table(dvd_clip):
 
 def test_upscale_json_has_every_field(odd_clip, tmp_path):
     dst = tmp_path / "o.mkv"
-    code, out, err = run("upscale", str(odd_clip.path), "-o", str(dst), "--model", "bicubic", "--frames", "4",
-                         "--preset", "ultrafast", "--json")
+    code, out, err = run(
+        "upscale",
+        str(odd_clip.path),
+        "-o",
+        str(dst),
+        "--model",
+        "bicubic",
+        "--frames",
+        "4",
+        "--preset",
+        "ultrafast",
+        "--json",
+    )
     assert code == 0, err
     data = json.loads(out)
-    for key in ("input", "output", "model", "device", "precision", "tile", "frames_in", "frames_out", "fps_out",
-                "width", "height", "display_aspect", "audio_streams", "subtitle_streams", "decode_errors", "seconds"):
+    for key in (
+        "input",
+        "output",
+        "model",
+        "device",
+        "precision",
+        "tile",
+        "frames_in",
+        "frames_out",
+        "fps_out",
+        "width",
+        "height",
+        "display_aspect",
+        "audio_streams",
+        "subtitle_streams",
+        "decode_errors",
+        "seconds",
+    ):
         assert key in data, key
     assert data["frames_out"] == 4 and data["output"] == str(dst) and data["audio_streams"] == 1
 
@@ -112,9 +141,23 @@ def test_ctrl_c_leaves_nothing_and_says_one_line(dvd_clip, tmp_path):
     dst = tmp_path / "out.mkv"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vhsup", "upscale", str(dvd_clip.path), "-o", str(dst), "--model", "compact-x4",
-         "--tile", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "vhsup",
+            "upscale",
+            str(dvd_clip.path),
+            "-o",
+            str(dst),
+            "--model",
+            "compact-x4",
+            "--tile",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     # Wait until the encoder has opened its temp file: the run is mid-way.
     deadline = time.monotonic() + 120
@@ -134,8 +177,9 @@ def test_upscale_workers_splits_into_chunks_and_keeps_every_frame(clips, tmp_pat
 
     clip = clips.make("long.mkv", vcodec="ffv1", size=(96, 64), frames=60, audio="flac")
     dst = tmp_path / "w.mkv"
-    code, out, err = run("upscale", str(clip.path), "-o", str(dst), "--model", "bicubic", "--workers", "2",
-                         "--codec", "ffv1", "--json")
+    code, out, err = run(
+        "upscale", str(clip.path), "-o", str(dst), "--model", "bicubic", "--workers", "2", "--codec", "ffv1", "--json"
+    )
     assert code == 0, err
     assert json.loads(out)["frames_out"] == 60
     assert [i for _, i in mg.read_indices(dst)] == list(range(60))
@@ -152,8 +196,18 @@ def test_vhsup_alone_prints_help_and_succeeds():
 
 
 def test_one_frame_is_one_frame(mp4_clip, tmp_path):
-    code, out, err = run("upscale", str(mp4_clip.path), "-o", str(tmp_path / "one.mkv"), "--model", "bicubic",
-                         "--frames", "1", "--preset", "ultrafast")
+    code, out, err = run(
+        "upscale",
+        str(mp4_clip.path),
+        "-o",
+        str(tmp_path / "one.mkv"),
+        "--model",
+        "bicubic",
+        "--frames",
+        "1",
+        "--preset",
+        "ultrafast",
+    )
     assert code == 0, err
     assert ": 1 frame 640x480 " in out and "1 frames" not in out
     assert "1 audio / 0 subtitle stream kept" in out
@@ -161,15 +215,30 @@ def test_one_frame_is_one_frame(mp4_clip, tmp_path):
 
 def test_an_854x480_output_is_shown_as_16_9(clips, tmp_path):
     wide = clips.make("wide.mkv", vcodec="libx264", size=(176, 120), sar=Fraction(40, 33), frames=4)  # 16:9 SD
-    code, out, err = run("upscale", str(wide.path), "-o", str(tmp_path / "w.mkv"), "--model", "bicubic",
-                         "--height", "480", "--preset", "ultrafast", "--json")
+    code, out, err = run(
+        "upscale",
+        str(wide.path),
+        "-o",
+        str(tmp_path / "w.mkv"),
+        "--model",
+        "bicubic",
+        "--height",
+        "480",
+        "--preset",
+        "ultrafast",
+        "--json",
+    )
     assert code == 0, err
     r = json.loads(out)
     assert (r["width"], r["height"], r["display_aspect"]) == (854, 480, "16:9")
     from vhsup.wording import aspect_label
 
-    assert [aspect_label(Fraction(*wh)) for wh in ((4, 3), (15, 11), (1920, 1080), (2048, 858))] == \
-        ["4:3", "15:11", "16:9", "2.39:1"]
+    assert [aspect_label(Fraction(*wh)) for wh in ((4, 3), (15, 11), (1920, 1080), (2048, 858))] == [
+        "4:3",
+        "15:11",
+        "16:9",
+        "2.39:1",
+    ]
 
 
 def test_probe_and_bench_options_are_explained_and_bench_codec_is_checked(mp4_clip):

@@ -71,6 +71,7 @@ def _excite(net: torch.nn.Module, seed: int) -> torch.nn.Module:
         last.bias.add_((0.5 - m0) / (m1 - m0) - 1.0)
     return net
 
+
 def span_x2() -> torch.nn.Module:
     torch.manual_seed(0)
     return _excite(SPAN(num_in_ch=3, num_out_ch=3, feature_channels=16, upscale=2), 0)
@@ -78,8 +79,17 @@ def span_x2() -> torch.nn.Module:
 
 def swinir_x2() -> torch.nn.Module:
     torch.manual_seed(1)
-    return SwinIR(img_size=32, in_chans=3, embed_dim=24, depths=[2, 2], num_heads=[2, 2], window_size=8,
-                  upscale=2, upsampler="pixelshuffle", resi_connection="1conv").eval()
+    return SwinIR(
+        img_size=32,
+        in_chans=3,
+        embed_dim=24,
+        depths=[2, 2],
+        num_heads=[2, 2],
+        window_size=8,
+        upscale=2,
+        upsampler="pixelshuffle",
+        resi_connection="1conv",
+    ).eval()
 
 
 def safmn_x2() -> torch.nn.Module:
@@ -207,8 +217,9 @@ def test_community_models_describe_themselves(tmp_path):
     assert r.exit_code == 0 and f"spandrel {spandrel.__version__}: files of" in r.stdout
 
 
-@pytest.mark.parametrize("make,suffix", [(span_x2, ".pth"), (swinir_x2, ".safetensors"), (safmn_x2, ".pth"),
-                                         (drunet, ".pth")])
+@pytest.mark.parametrize(
+    "make,suffix", [(span_x2, ".pth"), (swinir_x2, ".safetensors"), (safmn_x2, ".pth"), (drunet, ".pth")]
+)
 def test_community_model_upscales_a_clip_as_spandrel_runs_it(clips, tmp_path, make, suffix):
     clip = clips.make("small.mkv", vcodec="ffv1", size=(70, 46), frames=4)  # 46 and 70: not multiples of 8
     path = tmp_path / f"{make.__name__}{suffix}"
@@ -235,8 +246,9 @@ def test_cli_upscale_keeps_frames_sound_and_shape(clips, tmp_path):
     model = tmp_path / "span.pth"
     torch.save(span_x2().state_dict(), model)
     out = tmp_path / "out.mkv"
-    r = CliRunner().invoke(main, ["upscale", str(clip.path), "--model", str(model), "-o", str(out),
-                                  "--preset", "ultrafast"])
+    r = CliRunner().invoke(
+        main, ["upscale", str(clip.path), "--model", str(model), "-o", str(out), "--preset", "ultrafast"]
+    )
     assert r.exit_code == 0, r.output
     assert f"with {model} on cpu" in r.stdout
     times = [t for t, _ in mediagen.decode_video(out)]

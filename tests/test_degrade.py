@@ -121,8 +121,9 @@ def sd_patch(size: int) -> np.ndarray:
 
 @pytest.mark.parametrize("sigma", [4.0, 12.0])
 def test_gaussian_noise_has_the_asked_sigma(sigma):
-    spec = only_generic(first={"noise_prob": 1.0, "gaussian_noise_prob": 1.0, "gray_noise_prob": 0.0,
-                               "noise_range": [sigma, sigma]})
+    spec = only_generic(
+        first={"noise_prob": 1.0, "gaussian_noise_prob": 1.0, "gray_noise_prob": 0.0, "noise_range": [sigma, sigma]}
+    )
     out = run(spec, np.full((96, 96, 3), 0.5))
     measured = out.std(axis=(1, 2)).mean() * 255  # per channel
     assert measured == pytest.approx(sigma, rel=0.08)
@@ -132,16 +133,18 @@ def test_gaussian_noise_has_the_asked_sigma(sigma):
 
 
 def test_grey_noise_is_the_same_on_every_channel():
-    spec = only_generic(first={"noise_prob": 1.0, "gaussian_noise_prob": 1.0, "gray_noise_prob": 1.0,
-                               "noise_range": [10, 10]})
+    spec = only_generic(
+        first={"noise_prob": 1.0, "gaussian_noise_prob": 1.0, "gray_noise_prob": 1.0, "noise_range": [10, 10]}
+    )
     out = run(spec, np.full((64, 64, 3), 0.5))[0]
     assert out.std() * 255 == pytest.approx(10, rel=0.1)
     assert np.array_equal(out[..., 0], out[..., 1]) and np.array_equal(out[..., 1], out[..., 2])
 
 
 def test_poisson_noise_grows_with_brightness():
-    spec = only_generic(first={"noise_prob": 1.0, "gaussian_noise_prob": 0.0, "gray_noise_prob": 0.0,
-                               "poisson_scale_range": [3, 3]})
+    spec = only_generic(
+        first={"noise_prob": 1.0, "gaussian_noise_prob": 0.0, "gray_noise_prob": 0.0, "poisson_scale_range": [3, 3]}
+    )
     for level in (0.2, 0.8):
         out = run(spec, np.full((128, 128, 3), level))
         expected = 3 * math.sqrt(level / POISSON_PEAK)
@@ -149,8 +152,10 @@ def test_poisson_noise_grows_with_brightness():
 
 
 def test_vhs_noise_has_the_asked_sigma_after_the_playback_filters():
-    out = run(only_vhs(luma_noise=6, luma_mhz=2.4, chroma_noise=5, chroma_mhz=0.4, chroma_comb_prob=1.0),
-              np.full((96, 128, 3), 0.5))[0]
+    out = run(
+        only_vhs(luma_noise=6, luma_mhz=2.4, chroma_noise=5, chroma_mhz=0.4, chroma_comb_prob=1.0),
+        np.full((96, 128, 3), 0.5),
+    )[0]
     planes = ycc(out)
     inner = planes[8:-8, 20:-20]  # away from the edge extension
     assert inner[..., 0].std() * 255 == pytest.approx(6, rel=0.15)

@@ -201,7 +201,9 @@ def test_mp4_transcodes_pcm_and_converts_subrip_with_notices(subs_clip, tmp_path
     with av.open(str(dst)) as c:
         assert [a.codec_context.name for a in c.streams.audio] == ["ac3", "aac"]
         assert [a.metadata.get("language") for a in c.streams.audio] == ["eng", "fra"]
-        assert [(s.codec_context.name, s.metadata.get("language")) for s in c.streams.subtitles] == [("mov_text", "eng")]
+        assert [(s.codec_context.name, s.metadata.get("language")) for s in c.streams.subtitles] == [
+            ("mov_text", "eng")
+        ]
     # The re-encoded stream is as long as the video and still in sync.
     times, video_end = video_times(dst)
     a0, a1 = mg.audio_span(dst, 1)

@@ -61,8 +61,12 @@ def rrdb(scale: int = 4, context: int = 16) -> LoadedModel:
     torch.manual_seed(2)
     net = RRDBNet(scale=scale, num_feat=16, num_block=2, num_grow_ch=8)
     _excite(net, 0.2, net.conv_last, 0.5)
-    return LoadedModel(net, ModelDescriptor(f"rrdb-test-x{scale}", "rrdbnet", scale, context=context,
-                                            size_multiple=1 if scale == 4 else 4 // scale))
+    return LoadedModel(
+        net,
+        ModelDescriptor(
+            f"rrdb-test-x{scale}", "rrdbnet", scale, context=context, size_multiple=1 if scale == 4 else 4 // scale
+        ),
+    )
 
 
 frames = mediagen.wave_frames
@@ -169,8 +173,13 @@ def test_empty_call_and_bad_frames():
 class Stingy(nn.Module):
     """Wraps a real model; fails like an allocator when a batch is too big."""
 
-    def __init__(self, inner: nn.Module, max_px: int, error: type[Exception] = torch.OutOfMemoryError,
-                 message: str = "CUDA out of memory. Tried to allocate 2.00 GiB"):
+    def __init__(
+        self,
+        inner: nn.Module,
+        max_px: int,
+        error: type[Exception] = torch.OutOfMemoryError,
+        message: str = "CUDA out of memory. Tried to allocate 2.00 GiB",
+    ):
         super().__init__()
         self.inner, self.max_px, self.error, self.message = inner, max_px, error, message
         self.refused = 0
@@ -183,11 +192,17 @@ class Stingy(nn.Module):
         return self.inner(x)
 
 
-@pytest.mark.parametrize("error,message", [
-    (torch.OutOfMemoryError, "CUDA out of memory. Tried to allocate 2.00 GiB"),
-    (RuntimeError, "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: "
-                   "can't allocate memory: you tried to allocate 9663676416 bytes."),
-])
+@pytest.mark.parametrize(
+    "error,message",
+    [
+        (torch.OutOfMemoryError, "CUDA out of memory. Tried to allocate 2.00 GiB"),
+        (
+            RuntimeError,
+            "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: "
+            "can't allocate memory: you tried to allocate 9663676416 bytes.",
+        ),
+    ],
+)
 def test_out_of_memory_backs_off_and_keeps_every_frame(error, message):
     real = compact()
     src = frames(3, 50, 70, seed=8)
@@ -341,8 +356,9 @@ def test_auto_tile_fits_the_memory_it_was_given_on_cuda():
     net = RRDBNet(num_block=2)
     model = LoadedModel(net, ModelDescriptor("rrdb", "rrdbnet", 4))
     budget = 1 << 30
-    eng = SREngine(model, device="cuda", precision="fp32", tile=plan_tile(model.descriptor, (480, 720),
-                                                                          "cuda", budget), batch=1)
+    eng = SREngine(
+        model, device="cuda", precision="fp32", tile=plan_tile(model.descriptor, (480, 720), "cuda", budget), batch=1
+    )
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()

@@ -104,8 +104,18 @@ def eight_scenes(tmp_path_factory):
 def messy(tmp_path_factory):
     """Three distinct scenes, two of them repeated, between black and flat grey stretches."""
     d = tmp_path_factory.mktemp("messy")
-    plan = [("black", 1.0), (11, 0.5), ("black", 0.6), (12, 0.5), ("grey", 1.0), (11, 0.5), (13, 0.5),
-            ("black", 0.6), (12, 0.5), ("grey", 0.5)]
+    plan = [
+        ("black", 1.0),
+        (11, 0.5),
+        ("black", 0.6),
+        (12, 0.5),
+        ("grey", 1.0),
+        (11, 0.5),
+        (13, 0.5),
+        ("black", 0.6),
+        (12, 0.5),
+        ("grey", 0.5),
+    ]
     return scene_clip(d / "messy.mkv", plan)
 
 
@@ -189,8 +199,22 @@ def test_dv_frames_are_square_pixel_and_deinterlaced(clips, tmp_path):
 def test_cli_dvd_crop_then_aspect(clips, tmp_path):
     dvd = clips.get("dvd")  # 352x240 SAR 10:11
     out = tmp_path / "f"
-    result = CliRunner().invoke(extract, [str(dvd.path), "--out", str(out), "--count", "2", "--min-gap", "0.3",
-                                          "--crop", "8,0,8,0", "--json", "--quiet"])
+    result = CliRunner().invoke(
+        extract,
+        [
+            str(dvd.path),
+            "--out",
+            str(out),
+            "--count",
+            "2",
+            "--min-gap",
+            "0.3",
+            "--crop",
+            "8,0,8,0",
+            "--json",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["frames"] == 2
@@ -291,8 +315,9 @@ def test_min_gap_is_honoured(tmp_path):
 def test_sparse_scan_of_a_longer_dvd_clip_gives_the_pictures_at_their_times(clips, tmp_path):
     # 4 s of interlaced MPEG-2 with B-frames and two picks: long enough that
     # the scan samples sparsely and skips B-frames, then seeks to each pick.
-    clip = clips.make("sparse.vob", vcodec="mpeg2video", size=(160, 120), interlaced="tff", frames=120,
-                      sar=Fraction(1), flash_every=0)
+    clip = clips.make(
+        "sparse.vob", vcodec="mpeg2video", size=(160, 120), interlaced="tff", frames=120, sar=Fraction(1), flash_every=0
+    )
     out = tmp_path / "f"
     report = extract_frames([clip.path], out, count=2)
     entries = read_manifest(out)

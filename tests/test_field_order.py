@@ -27,15 +27,23 @@ FAST = dict(model="bicubic-x2", preset="ultrafast", overwrite=True)
 @pytest.fixture(scope="module")
 def mislabelled(clips) -> mediagen.ClipInfo:
     """Top-field-first pictures, every MPEG-2 header saying bottom field first."""
-    return clips.make("mislabelled.vob", vcodec="mpeg2video", size=(352, 240), interlaced="tff",
-                      field_flags="bff", audio="ac3", frames=30)
+    return clips.make(
+        "mislabelled.vob",
+        vcodec="mpeg2video",
+        size=(352, 240),
+        interlaced="tff",
+        field_flags="bff",
+        audio="ac3",
+        frames=30,
+    )
 
 
 @pytest.fixture(scope="module")
 def film_dvd(tmp_path_factory):
     """24 film frames hard-telecined 3:2 into 30 interlaced MPEG-2 frames, flagged TFF."""
-    return mediagen.make_telecined_clip(tmp_path_factory.mktemp("film") / "film.vob", 48, vcodec="mpeg2video",
-                                        size=(352, 240))
+    return mediagen.make_telecined_clip(
+        tmp_path_factory.mktemp("film") / "film.vob", 48, vcodec="mpeg2video", size=(352, 240)
+    )
 
 
 def box_positions(path) -> list[float]:
@@ -80,8 +88,9 @@ def test_mislabelled_clip_moves_smoothly_at_field_rate_and_bff_forces_the_flags(
     assert backward_steps(xs) == 0, np.round(xs, 3)
 
     notes.clear()
-    forced = upscale_video(mislabelled.path, tmp_path / "bff.mkv", field_rate="double", field_order="bff",
-                           notice=notes.append, **FAST)
+    forced = upscale_video(
+        mislabelled.path, tmp_path / "bff.mkv", field_rate="double", field_order="bff", notice=notes.append, **FAST
+    )
     assert forced.deinterlace.startswith("bwdif bff") and forced.frames_out == 60
     assert not any("pictures are" in n for n in notes)
     # The fields in the wrong order: the box steps back every other picture.
@@ -109,8 +118,10 @@ def test_extract_follows_the_pictures_order_or_the_forced_one(mislabelled, tmp_p
     notes: list[str] = []
     extract_frames([mislabelled.path], tmp_path / "auto", count=2, min_gap=0.2, notice=notes.append)
     extract_frames([mislabelled.path], tmp_path / "bff", count=2, min_gap=0.2, field_order="bff")
-    rows = {k: [json.loads(line) for line in (tmp_path / k / "manifest.jsonl").read_text().splitlines()]
-            for k in ("auto", "bff")}
+    rows = {
+        k: [json.loads(line) for line in (tmp_path / k / "manifest.jsonl").read_text().splitlines()]
+        for k in ("auto", "bff")
+    }
     assert rows["auto"] and all(r["deinterlace"].startswith("bwdif tff") for r in rows["auto"])
     assert rows["bff"] and all(r["deinterlace"].startswith("bwdif bff") for r in rows["bff"])
     assert any("pictures are TFF" in n for n in notes)
@@ -119,12 +130,20 @@ def test_extract_follows_the_pictures_order_or_the_forced_one(mislabelled, tmp_p
 def test_chunked_workers_use_the_same_field_order(mislabelled, tmp_path):
     from vhsup.chunked import upscale_chunked
 
-    r = upscale_chunked(mislabelled.path, tmp_path / "auto.mkv", workers=1, chunk_seconds=0.5, field_rate="double",
-                        **FAST)
+    r = upscale_chunked(
+        mislabelled.path, tmp_path / "auto.mkv", workers=1, chunk_seconds=0.5, field_rate="double", **FAST
+    )
     assert r.deinterlace.startswith("bwdif tff") and r.frames_out == 60
     assert backward_steps(box_positions(tmp_path / "auto.mkv")) == 0
-    r = upscale_chunked(mislabelled.path, tmp_path / "bff.mkv", workers=1, chunk_seconds=0.5, field_rate="double",
-                        field_order="bff", **FAST)
+    r = upscale_chunked(
+        mislabelled.path,
+        tmp_path / "bff.mkv",
+        workers=1,
+        chunk_seconds=0.5,
+        field_rate="double",
+        field_order="bff",
+        **FAST,
+    )
     assert r.deinterlace.startswith("bwdif bff")
     assert backward_steps(box_positions(tmp_path / "bff.mkv")) >= 25
 
@@ -138,8 +157,18 @@ def test_batch_passes_field_order_and_counts_it_as_a_settings_change(mislabelled
     src, out = tmp_path / "src", tmp_path / "out"
     src.mkdir()
     shutil.copyfile(mislabelled.path, src / "tape.vob")
-    common = [str(src), "--out", str(out), "--model", "bicubic-x2", "--preset", "ultrafast", "--field-rate", "double",
-              "--json"]
+    common = [
+        str(src),
+        "--out",
+        str(out),
+        "--model",
+        "bicubic-x2",
+        "--preset",
+        "ultrafast",
+        "--field-rate",
+        "double",
+        "--json",
+    ]
     res = CliRunner().invoke(batch, [*common, "--field-order", "bff"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     assert backward_steps(box_positions(out / "tape.mkv")) >= 25
@@ -169,8 +198,11 @@ def test_ivtc_restores_each_film_frame_of_a_hard_telecined_dvd(film_dvd, tmp_pat
 
 def test_ivtc_on_video_that_is_not_telecined_is_refused_unless_forced(dvd_clip, tmp_path):
     dst = tmp_path / "dvd.mkv"
-    with pytest.raises(VhsupError, match=r"dvd\.vob: --ivtc refused: the picture does not look telecined .*"
-                                         r"drop one frame in five.*--force-ivtc") as exc:
+    with pytest.raises(
+        VhsupError,
+        match=r"dvd\.vob: --ivtc refused: the picture does not look telecined .*"
+        r"drop one frame in five.*--force-ivtc",
+    ) as exc:
         upscale_video(dvd_clip.path, dst, ivtc=True, **FAST)
     assert "\n" not in str(exc.value)
     assert not dst.exists() and not list(tmp_path.iterdir())

@@ -123,8 +123,9 @@ def test_auto_crop_keeps_every_line_of_a_letterboxed_dvd(tmp_path):
     # lines up with, and the film dark where it meets them. No head switching.
     borders = mediagen.Borders(top_black=67, bottom_black=69)
     path = tmp_path / "film.vob"
-    mediagen.make_bordered_clip(path, borders, vcodec="mpeg2video", size=(720, 480), interlaced="tff",
-                                sar=Fraction(10, 11), frames=24)
+    mediagen.make_bordered_clip(
+        path, borders, vcodec="mpeg2video", size=(720, 480), interlaced="tff", sar=Fraction(10, 11), frames=24
+    )
     assert auto_crop(path) == Crop(0, 67, 0, 69)
 
 

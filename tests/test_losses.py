@@ -22,9 +22,24 @@ from vhsup.train.losses import GANLoss, PerceptualLoss, pixel_loss, translationa
 from vhsup.train.perceptual import download_checked, find_backbone_weights
 
 # torchvision vgg19 `features` conv indices and (in, out) channels.
-VGG19_CONVS = [(0, 3, 64), (2, 64, 64), (5, 64, 128), (7, 128, 128), (10, 128, 256), (12, 256, 256),
-               (14, 256, 256), (16, 256, 256), (19, 256, 512), (21, 512, 512), (23, 512, 512),
-               (25, 512, 512), (28, 512, 512), (30, 512, 512), (32, 512, 512), (34, 512, 512)]
+VGG19_CONVS = [
+    (0, 3, 64),
+    (2, 64, 64),
+    (5, 64, 128),
+    (7, 128, 128),
+    (10, 128, 256),
+    (12, 256, 256),
+    (14, 256, 256),
+    (16, 256, 256),
+    (19, 256, 512),
+    (21, 512, 512),
+    (23, 512, 512),
+    (25, 512, 512),
+    (28, 512, 512),
+    (30, 512, 512),
+    (32, 512, 512),
+    (34, 512, 512),
+]
 
 
 def vgg19_state(gen: torch.Generator) -> dict[str, torch.Tensor]:
@@ -96,8 +111,9 @@ def vgg_loss(torch_home, monkeypatch) -> PerceptualLoss:
 def pictures(n=2, size=32, seed=0):
     """A smooth 'hr' picture and a degraded 'sr' (blurred plus noise)."""
     gen = torch.Generator().manual_seed(seed)
-    hr = F.interpolate(torch.rand(n, 3, size // 4, size // 4, generator=gen), size=(size, size), mode="bicubic",
-                       align_corners=False).clamp(0, 1)
+    hr = F.interpolate(
+        torch.rand(n, 3, size // 4, size // 4, generator=gen), size=(size, size), mode="bicubic", align_corners=False
+    ).clamp(0, 1)
     sr = (F.avg_pool2d(hr, 3, 1, 1) + 0.05 * torch.randn(hr.shape, generator=gen)).clamp(0, 1)
     return sr, hr
 
@@ -265,7 +281,9 @@ def test_resnet18_conv3_matches_a_hand_computation(resnet_file):
         return F.batch_norm(x, s[f"{p}.running_mean"], s[f"{p}.running_var"], s[f"{p}.weight"], s[f"{p}.bias"])
 
     x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(3))
-    z = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    z = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(
+        1, 3, 1, 1
+    )
     z = F.max_pool2d(F.relu(bn(F.conv2d(z, s["conv1.weight"], stride=2, padding=3), "bn1")), 3, 2, 1)
     z = F.relu(bn(F.conv2d(z, s["layer1.0.conv1.weight"], padding=1), "layer1.0.bn1"))
     z = bn(F.conv2d(z, s["layer1.0.conv2.weight"], padding=1), "layer1.0.bn2")
@@ -391,7 +409,10 @@ def test_tc_is_deterministic_from_its_generator_and_checks_sizes():
     torch.manual_seed(0)
     g = FixedPattern(2)
     lr = lr_patch()
-    a = [translational_consistency(g, lr, shift=3, scale=2, rng=torch.Generator().manual_seed(7)).item() for _ in range(2)]
+    a = [
+        translational_consistency(g, lr, shift=3, scale=2, rng=torch.Generator().manual_seed(7)).item()
+        for _ in range(2)
+    ]
     assert a[0] == a[1]
     with pytest.raises(ValueError, match="shared region"):
         translational_consistency(g, lr, shift=10, scale=2)

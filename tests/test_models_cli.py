@@ -58,5 +58,6 @@ def test_models_list_piped_shows_whole_numbers():
     from vhsup.weights import community
 
     assert f"Model files (--model PATH): {community.status()}" in result.output
-    assert ("more architectures load through it" if community.available() else "pip install 'vhsup[community]'") \
-        in community.status()
+    assert (
+        "more architectures load through it" if community.available() else "pip install 'vhsup[community]'"
+    ) in community.status()

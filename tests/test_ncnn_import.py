@@ -106,7 +106,9 @@ def write_rrdbnet(net: RRDBNet, folder: Path, stem: str = "rrdb", **kw) -> Path:
     return w.save(folder, stem)
 
 
-def write_compact(net: SRVGGNetCompact, folder: Path, stem: str = "compact", post_scale: float | None = None, **kw) -> Path:
+def write_compact(
+    net: SRVGGNetCompact, folder: Path, stem: str = "compact", post_scale: float | None = None, **kw
+) -> Path:
     w = NcnnWriter(**kw)
     x = w.layer("Input", [])[0]
     a, b = w.layer("Split", [x], n_out=2)
@@ -165,10 +167,24 @@ def test_import_matches_hand_written_files(tmp_path, kind):
         assert model.state_dict[key].dtype == torch.float32
         assert torch.equal(model.state_dict[key], value), key
     if kind == "rrdbnet":
-        assert model.hyper == {"num_in_ch": 3, "num_out_ch": 3, "scale": 4, "num_feat": 7, "num_block": 2, "num_grow_ch": 5}
+        assert model.hyper == {
+            "num_in_ch": 3,
+            "num_out_ch": 3,
+            "scale": 4,
+            "num_feat": 7,
+            "num_block": 2,
+            "num_grow_ch": 5,
+        }
         rebuilt = RRDBNet(**model.hyper)
     else:
-        assert model.hyper == {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 9, "num_conv": 3, "upscale": 3, "act": "prelu"}
+        assert model.hyper == {
+            "num_in_ch": 3,
+            "num_out_ch": 3,
+            "num_feat": 9,
+            "num_conv": 3,
+            "upscale": 3,
+            "act": "prelu",
+        }
         rebuilt = SRVGGNetCompact(**model.hyper)
     rebuilt.load_state_dict(model.state_dict)
     net.load_state_dict(expected)
@@ -244,8 +260,22 @@ def test_tensor_hash_is_the_same_for_fp32_original_and_ncnn_copy(tmp_path):
 @pytest.mark.parametrize(
     "stem, arch, params, convs, size, hyper",
     [
-        ("realesrgan-x4plus", "rrdbnet", 16_697_987, 351, 33_424_520, {"num_block": 23, "num_feat": 64, "num_grow_ch": 32}),
-        ("realesrgan-x4plus-anime", "rrdbnet", 4_467_779, 96, None, {"num_block": 6, "num_feat": 64, "num_grow_ch": 32}),
+        (
+            "realesrgan-x4plus",
+            "rrdbnet",
+            16_697_987,
+            351,
+            33_424_520,
+            {"num_block": 23, "num_feat": 64, "num_grow_ch": 32},
+        ),
+        (
+            "realesrgan-x4plus-anime",
+            "rrdbnet",
+            4_467_779,
+            96,
+            None,
+            {"num_block": 6, "num_feat": 64, "num_grow_ch": 32},
+        ),
         ("realesr-animevideov3-x4", "compact", 621_424, 18, None, {"num_conv": 16, "num_feat": 64, "upscale": 4}),
     ],
 )

@@ -46,7 +46,9 @@ def test_probe_shows_the_same_notices(mp4_clip):
     r = CliRunner().invoke(main, ["probe", str(mp4_clip.path), "--field-rate", "double", "--model", "bicubic"])
     assert r.exit_code == 0, r.stderr
     assert "plan: notice" in r.stdout and "--field-rate double does nothing" in r.stdout
-    r = CliRunner().invoke(main, ["probe", str(mp4_clip.path), "--field-rate", "double", "--model", "bicubic", "--json"])
+    r = CliRunner().invoke(
+        main, ["probe", str(mp4_clip.path), "--field-rate", "double", "--model", "bicubic", "--json"]
+    )
     assert any("--field-rate double" in n for n in json.loads(r.stdout)["plan"]["notices"])
 
 

@@ -211,8 +211,7 @@ def test_onnxruntime_out_of_memory_makes_the_engine_back_off(compact, compact_on
 
     clip = frames(2, 96, 128, seed=2)
     notices: list[str] = []
-    engine = SREngine(LoadedModel(module, compact.descriptor), device="cpu", tile=0, batch=2,
-                      notice=notices.append)
+    engine = SREngine(LoadedModel(module, compact.descriptor), device="cpu", tile=0, batch=2, notice=notices.append)
     got = engine.upscale(clip)
     assert engine.stats["oom_backoffs"] >= 2 and engine.batch == 1 and engine.tile > 0
     assert any("out of memory" in n for n in notices)
@@ -245,8 +244,12 @@ def test_an_exported_file_loads_with_its_descriptor(compact, tmp_path):
     assert loaded.descriptor.source == str(path)
     assert {**vars(loaded.descriptor), "source": ""} == {**vars(compact.descriptor), "source": ""}
     clip = frames(1, 20, 28, seed=4)
-    assert worst(SREngine(compact, device="cpu", tile=0).upscale(clip),
-                 SREngine(loaded, device="cpu", tile=0).upscale(clip)) <= 1
+    assert (
+        worst(
+            SREngine(compact, device="cpu", tile=0).upscale(clip), SREngine(loaded, device="cpu", tile=0).upscale(clip)
+        )
+        <= 1
+    )
 
 
 def _foreign_export(module: nn.Module, path, dynamic: bool) -> None:
@@ -254,21 +257,32 @@ def _foreign_export(module: nn.Module, path, dynamic: bool) -> None:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (torch.rand(1, 3, 16, 16),), str(path), dynamo=False,
-                          input_names=["pixels"], output_names=["big"], opset_version=17,
-                          dynamic_axes={"pixels": {0: "n", 2: "h", 3: "w"}} if dynamic else None)
+        torch.onnx.export(
+            module,
+            (torch.rand(1, 3, 16, 16),),
+            str(path),
+            dynamo=False,
+            input_names=["pixels"],
+            output_names=["big"],
+            opset_version=17,
+            dynamic_axes={"pixels": {0: "n", 2: "h", 3: "w"}} if dynamic else None,
+        )
 
 
 def test_a_foreign_onnx_file_gets_its_scale_from_a_test_run(tmp_path):
     path = tmp_path / "someone-elses.onnx"
     _foreign_export(Bicubic(3).eval(), path, dynamic=True)
     loaded = load_onnx_model(path)
-    assert (loaded.descriptor.scale, loaded.descriptor.arch, loaded.descriptor.context) == (3, "onnx",
-                                                                                          UNKNOWN_CONTEXT)
+    assert (loaded.descriptor.scale, loaded.descriptor.arch, loaded.descriptor.context) == (3, "onnx", UNKNOWN_CONTEXT)
     clip = frames(2, 25, 31, seed=5)
     bicubic = LoadedModel(Bicubic(3).eval(), loaded.descriptor)
-    assert worst(SREngine(bicubic, device="cpu", tile=0, batch=2).upscale(clip),
-                 SREngine(loaded, device="cpu", tile=0, batch=2).upscale(clip)) <= 1
+    assert (
+        worst(
+            SREngine(bicubic, device="cpu", tile=0, batch=2).upscale(clip),
+            SREngine(loaded, device="cpu", tile=0, batch=2).upscale(clip),
+        )
+        <= 1
+    )
 
     fixed = tmp_path / "fixed.onnx"
     _foreign_export(Bicubic(3).eval(), fixed, dynamic=False)
@@ -336,8 +350,16 @@ def test_provider_chain_prefers_tensorrt_then_cuda_and_keeps_cpu_tensors_on_cpu(
     assert provider_chain(["AzureExecutionProvider", CPU], "cuda:0") == [(CPU, {})]
 
     profile = Profile.for_shape((4, 3, 96, 120))
-    chain = provider_chain(everything, "cuda:1", fp16=True, profile=profile, input_name="input",
-                           trt_engine_dir=tmp_path / "e", trt_timing_dir=tmp_path, stream=1234)
+    chain = provider_chain(
+        everything,
+        "cuda:1",
+        fp16=True,
+        profile=profile,
+        input_name="input",
+        trt_engine_dir=tmp_path / "e",
+        trt_timing_dir=tmp_path,
+        stream=1234,
+    )
     assert [name for name, _ in chain] == [TRT, CUDA, CPU]
     trt, cuda = chain[0][1], chain[1][1]
     assert trt["device_id"] == cuda["device_id"] == "1"
@@ -345,7 +367,10 @@ def test_provider_chain_prefers_tensorrt_then_cuda_and_keeps_cpu_tensors_on_cpu(
     assert trt["trt_fp16_enable"] == "True" and trt["trt_engine_cache_enable"] == "True"
     assert trt["trt_engine_cache_path"] == str(tmp_path / "e") and trt["trt_timing_cache_path"] == str(tmp_path)
     assert (trt["trt_profile_min_shapes"], trt["trt_profile_opt_shapes"], trt["trt_profile_max_shapes"]) == (
-        "input:1x3x96x120", "input:4x3x96x120", "input:4x3x96x120")
+        "input:1x3x96x120",
+        "input:4x3x96x120",
+        "input:4x3x96x120",
+    )
     assert [n for n, _ in provider_chain([CUDA, CPU], "cuda")] == [CUDA, CPU]
     assert provider_chain(everything, "cuda", fp16=False)[0][1]["trt_fp16_enable"] == "False"
 
@@ -371,8 +396,8 @@ def test_tensorrt_profile_covers_short_batches_and_widens_after_backoff(tmp_path
 # --- GPU ----------------------------------------------------------------------------------
 
 gpu_ort = pytest.mark.skipif(
-    not torch.cuda.is_available() or CUDA not in ort.get_available_providers(),
-    reason="needs CUDA and onnxruntime-gpu")
+    not torch.cuda.is_available() or CUDA not in ort.get_available_providers(), reason="needs CUDA and onnxruntime-gpu"
+)
 
 
 @gpu_ort
@@ -384,5 +409,10 @@ def test_cuda_io_binding_matches_cpu_without_leaving_the_gpu(compact, compact_on
     assert y.device.type == "cuda" and compact_onnx.module.last["providers"][0] in (TRT, CUDA)
     assert float((y.cpu() - ref).abs().max()) < 1e-2
     clip = frames(2, 45, 61)
-    assert worst(SREngine(compact, device="cpu", tile=0).upscale(clip),
-                 SREngine(compact_onnx, device="cuda", precision="fp32", tile=24, batch=4).upscale(clip)) <= 2
+    assert (
+        worst(
+            SREngine(compact, device="cpu", tile=0).upscale(clip),
+            SREngine(compact_onnx, device="cuda", precision="fp32", tile=24, batch=4).upscale(clip),
+        )
+        <= 2
+    )

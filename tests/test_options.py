@@ -34,8 +34,20 @@ UPSCALE_ONLY = {
     "workers": "chunks of one video in processes; a batch has --jobs and --chunk-minutes",
 }
 # Batch flags that upscale does not offer, and why: they are about the library and its workers.
-BATCH_ONLY = {"src", "out_dir", "ext", "jobs", "retries", "include", "exclude", "engine", "address", "gpus_per_task",
-              "cpus_per_task", "chunk_minutes"}
+BATCH_ONLY = {
+    "src",
+    "out_dir",
+    "ext",
+    "jobs",
+    "retries",
+    "include",
+    "exclude",
+    "engine",
+    "address",
+    "gpus_per_task",
+    "cpus_per_task",
+    "chunk_minutes",
+}
 # Flags of both that are about the command line, not the upscale.
 CLI_ONLY = {"file", "output", "workers", "quiet", "as_json", "debug"}
 # Options of the Python API with no flag: tuning for programs that embed vhsup.
@@ -63,10 +75,13 @@ def test_upscale_batch_and_the_api_take_the_same_options_with_the_same_defaults(
     assert set(batch) & set(API) == set(UPSCALE_OPTIONS) | {"overwrite"}
 
 
-@pytest.mark.parametrize("command, args, own", [
-    (probe, ["in.mkv"], {"file", "as_json", "debug"}),
-    (bench, ["in.mkv"], {"file", "as_json", "debug", "frames"}),  # bench --frames: frames to time, default 8
-])
+@pytest.mark.parametrize(
+    "command, args, own",
+    [
+        (probe, ["in.mkv"], {"file", "as_json", "debug"}),
+        (bench, ["in.mkv"], {"file", "as_json", "debug", "frames"}),  # bench --frames: frames to time, default 8
+    ],
+)
 def test_probe_and_bench_take_upscale_options_with_upscale_defaults(command, args, own):
     values = parsed(command, *args)
     assert set(values) - own <= set(API)
@@ -85,11 +100,32 @@ def test_extract_offers_the_media_options_with_upscale_defaults():
 
 # A value other than the default for every option (a new option must be added here).
 OTHER = {
-    "model": "lanczos-x2", "backend": "onnx", "device": "cpu", "precision": "fp32", "tile": 64, "batch": 2,
-    "deinterlace": "on", "field_rate": "double", "field_order": "bff", "ivtc": True, "force_ivtc": True,
-    "crop": "8,0,8,0", "width": 640, "height": 480, "codec": "libx265", "crf": 20, "preset": "fast",
-    "pix_fmt": "yuv420p10le", "start": 1.0, "duration": 2.0, "frames": 5, "compare": "still.png", "overwrite": True,
-    "allow_download": True, "decode_threads": 2, "queue": 4,
+    "model": "lanczos-x2",
+    "backend": "onnx",
+    "device": "cpu",
+    "precision": "fp32",
+    "tile": 64,
+    "batch": 2,
+    "deinterlace": "on",
+    "field_rate": "double",
+    "field_order": "bff",
+    "ivtc": True,
+    "force_ivtc": True,
+    "crop": "8,0,8,0",
+    "width": 640,
+    "height": 480,
+    "codec": "libx265",
+    "crf": 20,
+    "preset": "fast",
+    "pix_fmt": "yuv420p10le",
+    "start": 1.0,
+    "duration": 2.0,
+    "frames": 5,
+    "compare": "still.png",
+    "overwrite": True,
+    "allow_download": True,
+    "decode_threads": 2,
+    "queue": 4,
 }
 # The options that do not change what a run writes, and why (vhsup/options.py has the rule).
 SAME_OUTPUT = {
@@ -127,14 +163,42 @@ def test_batch_settings_hashes_of_finished_libraries_still_match():
     """Hashes written by vhsup before the options had one declaration: where the rule stayed, so does the hash."""
     assert _batch_hash({"model": "bicubic-x2"}) == "614a5f0270916112"
     assert _batch_hash({"model": "bicubic-x2"}, ext="mp4") == "0748cfb084b6144f"
-    assert _batch_hash({"model": "lanczos-x3", "height": 1080, "crop": "8,0,8,0", "codec": "libx265", "crf": 20,
-                        "preset": "slow", "pix_fmt": "yuv420p10le", "deinterlace": "on", "field_rate": "double",
-                        "ivtc": False}) == "c241e040b58e5299"
-    assert _batch_hash({"model": "bicubic-x2", "field_order": "bff", "force_ivtc": True, "ivtc": True}) == \
-        "220d8508d596753e"
+    assert (
+        _batch_hash(
+            {
+                "model": "lanczos-x3",
+                "height": 1080,
+                "crop": "8,0,8,0",
+                "codec": "libx265",
+                "crf": 20,
+                "preset": "slow",
+                "pix_fmt": "yuv420p10le",
+                "deinterlace": "on",
+                "field_rate": "double",
+                "ivtc": False,
+            }
+        )
+        == "c241e040b58e5299"
+    )
+    assert (
+        _batch_hash({"model": "bicubic-x2", "field_order": "bff", "force_ivtc": True, "ivtc": True})
+        == "220d8508d596753e"
+    )
     # tile, batch, device and downloads never counted, and still do not; default precision and backend neither.
-    assert _batch_hash({"model": "bicubic-x2", "tile": 128, "batch": 2, "device": "cpu", "precision": "auto",
-                        "backend": "torch", "allow_download": True}) == "614a5f0270916112"
+    assert (
+        _batch_hash(
+            {
+                "model": "bicubic-x2",
+                "tile": 128,
+                "batch": 2,
+                "device": "cpu",
+                "precision": "auto",
+                "backend": "torch",
+                "allow_download": True,
+            }
+        )
+        == "614a5f0270916112"
+    )
 
 
 def test_train_help_states_the_default_a_run_gets():
@@ -154,4 +218,6 @@ def test_train_help_states_the_default_a_run_gets():
         help_text = param.get_help_record(ctx)[1]
         assert f"[default: {value:g}]" in help_text if isinstance(value, float) else f"[default: {value}]" in help_text
         checked.append(param.name)
-    assert {"steps", "batch", "patch", "learning_rate", "ema", "switched_breadth", "d_feat", "val_split"} <= set(checked)
+    assert {"steps", "batch", "patch", "learning_rate", "ema", "switched_breadth", "d_feat", "val_split"} <= set(
+        checked
+    )

@@ -99,8 +99,16 @@ def test_hevc_in_mp4_and_mov_is_tagged_hvc1(mp4_clip, tmp_path, codec, ext):
 def test_h264_and_hevc_in_avi_are_refused_before_anything_is_written(mp4_clip, tmp_path, codec):
     dst = tmp_path / "out.avi"
     with pytest.raises(VhsupError, match=r"avi stores no presentation times.*frame late.*--codec ffv1") as e:
-        VideoEncoder(dst, src=mp4_clip.path, width=160, height=120, rate=mp4_clip.rate, sar=Fraction(1),
-                     colour=BT601_NTSC, settings=settings_for(codec))
+        VideoEncoder(
+            dst,
+            src=mp4_clip.path,
+            width=160,
+            height=120,
+            rate=mp4_clip.rate,
+            sar=Fraction(1),
+            colour=BT601_NTSC,
+            settings=settings_for(codec),
+        )
     assert str(dst) in str(e.value) and "\n" not in str(e.value)
     assert list(tmp_path.iterdir()) == []
 
@@ -183,13 +191,16 @@ def test_text_subtitles_become_mov_text_in_mp4_and_mov(subs_clip, tmp_path, ext)
     assert report.subtitle_streams == 1
     assert any(n.startswith('#3 subtitle srt (eng, "Flash captions") converted to mov_text') for n in notices)
     with av.open(str(dst)) as c:
-        assert [(s.codec_context.name, s.metadata.get("language")) for s in c.streams.subtitles] == [("mov_text", "eng")]
+        assert [(s.codec_context.name, s.metadata.get("language")) for s in c.streams.subtitles] == [
+            ("mov_text", "eng")
+        ]
     assert_cues_follow_the_pictures(dst, subs_clip, pics)
 
 
 def test_mov_text_becomes_subrip_in_matroska(clips, tmp_path):
-    clip = clips.make("subs.mp4", vcodec="libx264", size=(128, 96), audio="aac", subtitles=True, frames=36,
-                      start_time=Fraction(1, 2))
+    clip = clips.make(
+        "subs.mp4", vcodec="libx264", size=(128, 96), audio="aac", subtitles=True, frames=36, start_time=Fraction(1, 2)
+    )
     dst = tmp_path / "subs.mkv"
     pics = pictures(clip.path)
     report, _ = encode(clip.path, dst, pics)
@@ -304,7 +315,12 @@ OVERRUN = re.compile(r"^#1 audio (\S+) .*runs (\d+\.\d\d) s past the last video 
     "name,kw,ext,kept",
     [
         # A DVD rip whose AC-3 runs 0.93 s past the video, copied into Matroska.
-        ("overrun.vob", {"vcodec": "mpeg2video", "size": (352, 240), "interlaced": "tff", "audio": "ac3"}, ".mkv", "ac3"),
+        (
+            "overrun.vob",
+            {"vcodec": "mpeg2video", "size": (352, 240), "interlaced": "tff", "audio": "ac3"},
+            ".mkv",
+            "ac3",
+        ),
         # PCM that MP4 players cannot take: re-encoded to AAC, cut to the sample.
         ("overrun.mkv", {"vcodec": "ffv1", "size": (128, 96), "audio": "pcm_s16le"}, ".mp4", "aac"),
     ],
@@ -329,8 +345,15 @@ def test_no_overrun_notice_when_the_audio_ends_with_the_video_or_a_range_cuts_it
     _, notices = encode(dvd_clip.path, tmp_path / "plain.mkv", pictures(dvd_clip.path))
     assert not [n for n in notices if "past the last video frame" in n]
     # A range that ends before the video does cuts the audio on purpose.
-    clip = clips.make("overrun.vob", vcodec="mpeg2video", size=(352, 240), interlaced="tff", audio="ac3",
-                      frames=30, audio_tail=Fraction(93, 100))
+    clip = clips.make(
+        "overrun.vob",
+        vcodec="mpeg2video",
+        size=(352, 240),
+        interlaced="tff",
+        audio="ac3",
+        frames=30,
+        audio_tail=Fraction(93, 100),
+    )
     pics = pictures(clip.path)
     end = pics[15].time
     _, notices = encode(clip.path, tmp_path / "range.mkv", pics[:15], time_range=(pics[0].time, end))
@@ -340,8 +363,9 @@ def test_no_overrun_notice_when_the_audio_ends_with_the_video_or_a_range_cuts_it
 # -- presets -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("codec,takes_preset", [("libx264", True), ("libx265", True), ("ffv1", False),
-                                                 ("prores_ks", False)])
+@pytest.mark.parametrize(
+    "codec,takes_preset", [("libx264", True), ("libx265", True), ("ffv1", False), ("prores_ks", False)]
+)
 def test_a_preset_the_encoder_ignores_is_reported(mp4_clip, tmp_path, codec, takes_preset):
     dst = tmp_path / ("out.mov" if codec == "prores_ks" else "out.mkv")
     _, notices = encode(mp4_clip.path, dst, pictures(mp4_clip.path)[:2], settings=EncodeSettings(codec, preset="slow"))
@@ -351,6 +375,10 @@ def test_a_preset_the_encoder_ignores_is_reported(mp4_clip, tmp_path, codec, tak
 
 def test_nvenc_presets_are_checked_before_the_gpu_is_needed(mp4_clip, tmp_path):
     with pytest.raises(VhsupError, match="h264_nvenc preset must be one of p1, p2"):
-        encode(mp4_clip.path, tmp_path / "o.mkv", pictures(mp4_clip.path)[:1],
-               settings=EncodeSettings("h264_nvenc", preset="slow"))
+        encode(
+            mp4_clip.path,
+            tmp_path / "o.mkv",
+            pictures(mp4_clip.path)[:1],
+            settings=EncodeSettings("h264_nvenc", preset="slow"),
+        )
     assert list(tmp_path.iterdir()) == []

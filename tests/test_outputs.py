@@ -45,7 +45,9 @@ def test_compare_onto_the_input_is_refused_and_the_input_survives(victim, tmp_pa
     before = _listing(tmp_path)
     r = _upscale(str(victim), "-o", str(tmp_path / "out.mkv"), "--compare", str(victim), *FAST)
     assert r.exit_code == 2
-    assert r.stderr.strip() == f"vhsup: error: {victim}: --compare picture would overwrite the input; choose another name"
+    assert (
+        r.stderr.strip() == f"vhsup: error: {victim}: --compare picture would overwrite the input; choose another name"
+    )
     assert _listing(tmp_path) == before  # the video is intact and no output was started
 
 
@@ -72,7 +74,9 @@ def test_an_existing_still_needs_overwrite_and_is_checked_before_the_upscale(vic
     still.write_bytes(b"someone's picture")
     r = _upscale(str(victim), "-o", str(out), "--compare", str(still), *FAST)
     assert r.exit_code == 2
-    assert r.stderr.strip() == f"vhsup: error: {still}: --compare picture already exists; pass --overwrite to replace it"
+    assert (
+        r.stderr.strip() == f"vhsup: error: {still}: --compare picture already exists; pass --overwrite to replace it"
+    )
     assert still.read_bytes() == b"someone's picture" and not out.exists()
     r = _upscale(str(victim), "-o", str(out), "--compare", str(still), "--overwrite", *FAST)
     assert r.exit_code == 0, r.stderr

@@ -320,8 +320,9 @@ def test_an_onnx_file_runs_through_onnxruntime(odd_clip, tmp_path):
     assert r.exit_code == 0, r.stderr
     assert r.stdout.startswith(f"wrote {model}") and "max |onnx - torch|" in r.stdout
     notes: list[str] = []
-    res = upscale_video(odd_clip.path, tmp_path / "o.mkv", model=str(model), frames=2, notice=notes.append,
-                        preset="ultrafast")
+    res = upscale_video(
+        odd_clip.path, tmp_path / "o.mkv", model=str(model), frames=2, notice=notes.append, preset="ultrafast"
+    )
     assert res.frames_out == 2 and res.width == 396 and res.backend == "onnx"
     assert any("onnxruntime" in n for n in notes)
     r = CliRunner().invoke(main, ["models", "export", "compact-x4", str(model)])
@@ -331,6 +332,7 @@ def test_an_onnx_file_runs_through_onnxruntime(odd_clip, tmp_path):
 def test_deinterlace_can_be_forced_on_or_off(dvd_clip, odd_clip, tmp_path):
     off = upscale_video(dvd_clip.path, tmp_path / "off.mkv", deinterlace="off", **FAST)
     assert off.deinterlace == "none (progressive)" and off.frames_out == dvd_clip.frames
+
     # combing survives when deinterlacing is off: the moving box's edge alternates line by line
     def comb_energy(path):
         rgb = next(iter(mediagen.decode_video(path)))[1].astype(np.float32)

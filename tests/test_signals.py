@@ -34,8 +34,14 @@ LEFTOVER_MARKS = (".vhsup-partial-", ".part.")
 def _start(*args: str) -> subprocess.Popen:
     """``python -m vhsup ARGS`` in its own session, so a signal to its group reaches only it and its workers."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "vhsup", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "vhsup", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
 
 
 def _wait_until(proc: subprocess.Popen, ready: Callable[[], bool], what: str, within: float = 120) -> None:
@@ -113,8 +119,20 @@ def test_sighup_to_the_group_stops_chunk_workers_and_removes_their_partials(clip
     clip = clips.make("hup.mkv", vcodec="ffv1", size=(128, 96), frames=60, audio="flac")
     before = _sha(clip.path)
     dst = tmp_path / "out.mkv"
-    proc = _start("upscale", str(clip.path), "-o", str(dst), "--model", "compact-x4", "--tile", "0",
-                  "--workers", "2", "--codec", "ffv1")
+    proc = _start(
+        "upscale",
+        str(clip.path),
+        "-o",
+        str(dst),
+        "--model",
+        "compact-x4",
+        "--tile",
+        "0",
+        "--workers",
+        "2",
+        "--codec",
+        "ffv1",
+    )
     # Both workers writing their chunk: a signal now must stop them mid-file.
     _wait_until(proc, lambda: len(_leftovers(tmp_path)) >= 2, "two partial chunks")
     workers = _children(proc.pid)
@@ -199,13 +217,38 @@ def test_sigterm_checkpoints_a_training_run_that_resume_continues(tmp_path):
     for i in range(6):
         cv2.imwrite(str(frames / f"f{i}.png"), mediagen.shapes_frame(rng, 48, 64)[:, :, ::-1])
     torch.manual_seed(0)
-    net = build("compact", {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 8, "num_conv": 2, "upscale": 4, "act": "prelu"})
+    net = build(
+        "compact", {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 8, "num_conv": 2, "upscale": 4, "act": "prelu"}
+    )
     model = tmp_path / "tiny.safetensors"
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(model))
     run = tmp_path / "run"
-    proc = _start("train", "--frames", str(frames), "--model", str(model), "--out", str(run), "--patch", "32",
-                  "--batch", "2", "--steps", "100000", "--no-perceptual", "--no-gan", "--val-every", "0",
-                  "--save-every", "100000", "--degradation", "none", "--ema", "0", "--quiet")
+    proc = _start(
+        "train",
+        "--frames",
+        str(frames),
+        "--model",
+        str(model),
+        "--out",
+        str(run),
+        "--patch",
+        "32",
+        "--batch",
+        "2",
+        "--steps",
+        "100000",
+        "--no-perceptual",
+        "--no-gan",
+        "--val-every",
+        "0",
+        "--save-every",
+        "100000",
+        "--degradation",
+        "none",
+        "--ema",
+        "0",
+        "--quiet",
+    )
 
     def trained() -> bool:
         log = run / "metrics.jsonl"
@@ -217,12 +260,15 @@ def test_sigterm_checkpoints_a_training_run_that_resume_continues(tmp_path):
     saved = ckpt.list_checkpoints(run)
     assert len(saved) == 1
     step = saved[0][0]
-    assert err.strip().splitlines()[-1] == (f"vhsup: SIGTERM: stopped at step {step} of 100000; the checkpoint is "
-                                            f"saved: continue with `vhsup train --resume {run}`")
+    assert err.strip().splitlines()[-1] == (
+        f"vhsup: SIGTERM: stopped at step {step} of 100000; the checkpoint is "
+        f"saved: continue with `vhsup train --resume {run}`"
+    )
     assert _leftovers(run) == []
 
-    res = CliRunner().invoke(train_cmd, ["--resume", str(run), "--steps", str(step + 2), "--quiet"],
-                             catch_exceptions=False)
+    res = CliRunner().invoke(
+        train_cmd, ["--resume", str(run), "--steps", str(step + 2), "--quiet"], catch_exceptions=False
+    )
     assert res.exit_code == 0, res.output
     steps = [r["step"] for r in MetricsLog.read(run) if r["kind"] == "train"]
     assert steps == list(range(1, step + 3))
@@ -232,15 +278,17 @@ def test_sigterm_checkpoints_a_training_run_that_resume_continues(tmp_path):
 @pytest.mark.parametrize("sig, status", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_signals_are_left_alone_outside_a_command(sig, status):
     """Importing vhsup (the Python API) installs no handler; the CLI's go away when it returns."""
-    code = (f"import signal, vhsup.cli, vhsup.batch, vhsup.chunked, vhsup.train.cli\n"
-            f"assert signal.getsignal({int(sig)}) is signal.SIG_DFL\n"
-            f"from vhsup.signals import interrupts, exit_status\n"
-            f"try:\n"
-            f"    with interrupts():\n"
-            f"        signal.raise_signal({int(sig)})\n"
-            f"except KeyboardInterrupt:\n"
-            f"    pass\n"
-            f"assert exit_status() == {status}, exit_status()\n"
-            f"assert signal.getsignal({int(sig)}) is signal.SIG_DFL\n")
+    code = (
+        f"import signal, vhsup.cli, vhsup.batch, vhsup.chunked, vhsup.train.cli\n"
+        f"assert signal.getsignal({int(sig)}) is signal.SIG_DFL\n"
+        f"from vhsup.signals import interrupts, exit_status\n"
+        f"try:\n"
+        f"    with interrupts():\n"
+        f"        signal.raise_signal({int(sig)})\n"
+        f"except KeyboardInterrupt:\n"
+        f"    pass\n"
+        f"assert exit_status() == {status}, exit_status()\n"
+        f"assert signal.getsignal({int(sig)}) is signal.SIG_DFL\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr

@@ -65,8 +65,8 @@ CASES = [  # (cin, cout, k, stride, padding, h, w)
     (5, 6, 3, 2, 1, 9, 11),
     (4, 7, 1, 1, 0, 6, 5),
     (4, 7, 1, 2, 0, 7, 6),
-    (3, 4, 3, 1, 0, 8, 7),   # "valid" conv
-    (3, 4, 3, 2, 2, 8, 7),   # padding larger than k // 2
+    (3, 4, 3, 1, 0, 8, 7),  # "valid" conv
+    (3, 4, 3, 2, 2, 8, 7),  # padding larger than k // 2
     (3, 4, 5, 1, 2, 9, 9),
 ]
 
@@ -138,6 +138,7 @@ def test_bad_index_shape_is_refused():
 
 # -- the custom op: registration, fake tensors, torch.compile -------------------------------
 
+
 def test_custom_op_passes_opcheck():
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, 6, 6, generator=gen, requires_grad=True)
@@ -153,8 +154,15 @@ def test_fake_tensor_gives_the_output_shape_without_computing():
 
     with FakeTensorMode():
         x = torch.empty(2, 3, 17, 15)
-        out = switched_conv2d(x, torch.empty(8, 5, 3, 3, 3), torch.empty(8, 5),
-                              torch.zeros(2, 9, 8, dtype=torch.long), stride=2, padding=1, impl="cpu")
+        out = switched_conv2d(
+            x,
+            torch.empty(8, 5, 3, 3, 3),
+            torch.empty(8, 5),
+            torch.zeros(2, 9, 8, dtype=torch.long),
+            stride=2,
+            padding=1,
+            impl="cpu",
+        )
         assert tuple(out.shape) == (2, 5, 9, 8)
 
 
@@ -180,13 +188,16 @@ def test_torch_compile_traces_the_layer_and_the_op():
     _compiled_matches_eager("aot_eager")
 
 
-@pytest.mark.skipif(os.environ.get("VHSUP_TEST_INDUCTOR") != "1",
-                    reason="inductor's cold C++ build takes about a minute here; set VHSUP_TEST_INDUCTOR=1")
+@pytest.mark.skipif(
+    os.environ.get("VHSUP_TEST_INDUCTOR") != "1",
+    reason="inductor's cold C++ build takes about a minute here; set VHSUP_TEST_INDUCTOR=1",
+)
 def test_torch_compile_inductor():
     _compiled_matches_eager("inductor")
 
 
 # -- dispatch ---------------------------------------------------------------------------------
+
 
 def _graph(t: torch.Tensor) -> set[str]:
     """Names of the autograd nodes behind ``t``: which implementation produced it."""
@@ -227,8 +238,13 @@ def test_bad_or_unavailable_impl_is_a_clear_error(monkeypatch):
             pick_impl("cpu")
     monkeypatch.delenv("VHSUP_SWITCHED_IMPL")
     with pytest.raises(VhsupError, match="unknown"):
-        switched_conv2d(torch.randn(1, 2, 5, 5), torch.randn(2, 3, 2, 3, 3), None,
-                        torch.zeros(1, 3, 3, dtype=torch.long), impl="gpu")
+        switched_conv2d(
+            torch.randn(1, 2, 5, 5),
+            torch.randn(2, 3, 2, 3, 3),
+            None,
+            torch.zeros(1, 3, 3, dtype=torch.long),
+            impl="gpu",
+        )
 
 
 _INTERPRETED_OP = """
@@ -277,12 +293,14 @@ def test_triton_op_through_dispatch_and_autograd_under_the_interpreter():
         pytest.skip("vhsup/kernels/triton_switched.py is not there yet")
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
     env.pop("VHSUP_SWITCHED_IMPL", None)
-    run = subprocess.run([sys.executable, "-c", _INTERPRETED_OP], env=env, cwd=root, capture_output=True,
-                         text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-c", _INTERPRETED_OP], env=env, cwd=root, capture_output=True, text=True, timeout=300
+    )
     assert run.returncode == 0 and "OK" in run.stdout, run.stderr[-3000:]
 
 
 # -- the layer: hard routing, selector gradient, gradcheck ----------------------------------
+
 
 def test_hard_route_forward_is_one_hot_and_backward_divides_by_the_choice():
     probs = torch.tensor([[0.2, 0.5, 0.3], [0.6, 0.1, 0.3]]).view(2, 3, 1, 1).requires_grad_()
@@ -409,12 +427,14 @@ def test_layer_under_cpu_autocast_matches_reference_and_keeps_fp32_grads():
 
 # -- conversion -------------------------------------------------------------------------------
 
+
 class SmallCNN(nn.Module):
     def __init__(self):
         super().__init__()
         self.head = nn.Conv2d(3, 8, 3, padding=1)
-        self.body = nn.Sequential(nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
-                                  nn.Conv2d(8, 8, 1, bias=False), nn.ReLU())
+        self.body = nn.Sequential(
+            nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.LeakyReLU(0.2), nn.Conv2d(8, 8, 1, bias=False), nn.ReLU()
+        )
         self.grouped = nn.Conv2d(8, 8, 3, padding=1, groups=2)
         self.tail = nn.Conv2d(8, 3, 3, padding=1)
 
@@ -463,6 +483,7 @@ def test_converted_copies_diverge_under_training():
 
 # -- switch norm ------------------------------------------------------------------------------
 
+
 def _toy_shares(switch_norm: bool, seed: int, breadth: int = 8, steps: int = 200) -> torch.Tensor:
     """Fit one random 3x3 conv with a switched conv; return each kernel's share
     of the pixels of fresh data afterwards (eval mode).
@@ -494,7 +515,7 @@ def test_switch_norm_prevents_collapse(seed):
     fair = 1 / breadth
     with_norm = _toy_shares(True, seed, breadth)
     without = _toy_shares(False, seed, breadth)
-    effective = lambda s: 1 / (s ** 2).sum().item()  # noqa: E731 - kernels in use, by perplexity
+    effective = lambda s: 1 / (s**2).sum().item()  # noqa: E731 - kernels in use, by perplexity
     # With the norm: no kernel serves more than twice its fair share.
     assert with_norm.max() <= 2 * fair, with_norm
     assert effective(with_norm) > 0.75 * breadth
@@ -537,10 +558,25 @@ def test_switch_norm_history_is_averaged_across_ranks():
     root = Path(__file__).resolve().parents[1]
     procs = []
     for rank in range(2):
-        env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
-               "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": "2"}
-        procs.append(subprocess.Popen([sys.executable, "-c", _DDP_RANK], env=env, cwd=root,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(root),
+            "OMP_NUM_THREADS": "1",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "RANK": str(rank),
+            "WORLD_SIZE": "2",
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", _DDP_RANK],
+                env=env,
+                cwd=root,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     results = []
     for p in procs:
         out, err = p.communicate(timeout=120)
@@ -616,6 +652,7 @@ def test_loading_without_the_history_warns_instead_of_failing():
 
 
 # -- GPU ----------------------------------------------------------------------------------------
+
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)])

@@ -83,8 +83,12 @@ def test_saved_switched_models_are_redetected_and_compute_the_same(tmp_path, kwa
         m = registry.load_model(str(path))
     scale = kwargs["scale"]
     d = m.descriptor
-    assert (d.arch, d.scale, d.params, d.context) == ("switchedsr", scale, n_params(net),
-                                                      switchedsr_reach(kwargs["num_block"], scale))
+    assert (d.arch, d.scale, d.params, d.context) == (
+        "switchedsr",
+        scale,
+        n_params(net),
+        switchedsr_reach(kwargs["num_block"], scale),
+    )
     x = torch.rand(2, 3, *hw)
     with torch.no_grad():
         want = net(x)
@@ -95,10 +99,13 @@ def test_saved_switched_models_are_redetected_and_compute_the_same(tmp_path, kwa
         assert max(len(torch.unique(layer.last_index)) for _, layer in switched_layers(m.module)) > 1
 
 
-@pytest.mark.parametrize("arch, kwargs, pick", [
-    ("compact", {"num_feat": 6, "num_conv": 2, "upscale": 2, "act": "prelu"}, ("body.2", "body.4")),
-    ("srresnet", {"num_feat": 5, "num_block": 1, "upscale": 2}, ("conv_first", "body.0.conv2")),
-])
+@pytest.mark.parametrize(
+    "arch, kwargs, pick",
+    [
+        ("compact", {"num_feat": 6, "num_conv": 2, "upscale": 2, "act": "prelu"}, ("body.2", "body.4")),
+        ("srresnet", {"num_feat": 5, "num_block": 1, "upscale": 2}, ("conv_first", "body.0.conv2")),
+    ],
+)
 def test_converted_models_load_by_detection(tmp_path, arch, kwargs, pick):
     """A plain vhsup network with some convs switched (staged training)
     comes back from its file as the same converted network."""
@@ -108,8 +115,10 @@ def test_converted_models_load_by_detection(tmp_path, arch, kwargs, pick):
     path = tmp_path / "converted.safetensors"
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, path)
     got_arch, hyper = detect(load_state_dict_file(path), path)
-    assert (got_arch, hyper) == (arch, {"num_in_ch": 3, "num_out_ch": 3, **kwargs,
-                                        "switched": {"breadth": 3, "layers": sorted(pick)}})
+    assert (got_arch, hyper) == (
+        arch,
+        {"num_in_ch": 3, "num_out_ch": 3, **kwargs, "switched": {"breadth": 3, "layers": sorted(pick)}},
+    )
     m = registry.load_model(str(path))
     assert sorted(name for name, _ in switched_layers(m.module)) == sorted(pick)
     x = torch.rand(1, 3, 7, 6)
@@ -124,8 +133,10 @@ def test_a_file_without_the_switch_norm_history_loads_with_a_warning(tmp_path):
             layer.norm.history[:, 0] = 50.0
     path = tmp_path / "nohistory.safetensors"
     save_file({k: v for k, v in net.state_dict().items() if ".norm." not in k}, path)
-    assert detect(load_state_dict_file(path)) == ("switchedsr", {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 6,
-                                                                  "num_block": 1, "breadth": 4, "scale": 2})
+    assert detect(load_state_dict_file(path)) == (
+        "switchedsr",
+        {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 6, "num_block": 1, "breadth": 4, "scale": 2},
+    )
     with pytest.warns(SwitchNormBufferWarning, match="switch-norm"):
         m = registry.load_model(str(path))
     x = torch.rand(1, 3, 12, 12)
@@ -234,8 +245,9 @@ def test_selector_map_of_a_photo_through_an_untrained_switched_x4(tmp_path):
     src = tmp_path / "frame.png"
     assert cv2.imwrite(str(src), cv2.cvtColor(pic, cv2.COLOR_RGB2BGR))
     out = tmp_path / "map.png"
-    r = CliRunner().invoke(main, ["models", "selector-map", str(src), "--model", "switched-x4", "--untrained",
-                                  "-o", str(out), "--json"])
+    r = CliRunner().invoke(
+        main, ["models", "selector-map", str(src), "--model", "switched-x4", "--untrained", "-o", str(out), "--json"]
+    )
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
     names = [f"body.{b}.conv{i}" for b in range(5) for i in (1, 2)]
@@ -282,8 +294,19 @@ def test_selector_map_refusals(tmp_path):
     assert "--overwrite" in run("--model", "switched-x4", "--untrained")
     assert not (tmp_path / "map2.png").exists()
     (tmp_path / "junk.png").write_bytes(b"not a picture")
-    r = runner.invoke(main, ["models", "selector-map", str(tmp_path / "junk.png"), "--model", "switched-x4",
-                             "--untrained", "-o", str(tmp_path / "map2.png")])
+    r = runner.invoke(
+        main,
+        [
+            "models",
+            "selector-map",
+            str(tmp_path / "junk.png"),
+            "--model",
+            "switched-x4",
+            "--untrained",
+            "-o",
+            str(tmp_path / "map2.png"),
+        ],
+    )
     assert r.exit_code == 2 and "cannot decode" in r.stderr
     assert not (tmp_path / "map2.png").exists()
 

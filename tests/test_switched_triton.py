@@ -28,7 +28,7 @@ torch = pytest.importorskip("torch")
 
 ROOT = Path(__file__).resolve().parents[1]
 
-_SCRIPT = r'''
+_SCRIPT = r"""
 import json, sys
 import torch
 import torch.nn.functional as F
@@ -115,7 +115,7 @@ else:
     case("cuda_k1", **shape, k=1, p=0)
     case("cuda_unused", n=2, cin=64, cout=64, h=32, w=32, b=8, present=5)
 print("RESULTS " + json.dumps(results))
-'''
+"""
 
 
 def _run(mode: str) -> dict:
@@ -124,11 +124,12 @@ def _run(mode: str) -> dict:
     if mode == "interp":
         env["TRITON_INTERPRET"] = "1"
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, "-c", _SCRIPT, mode, str(seed)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", _SCRIPT, mode, str(seed)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULTS ")]
     assert proc.returncode == 0 and lines, f"seed {seed}: kernel script failed:\n{proc.stderr[-4000:]}"
-    res = json.loads(lines[-1][len("RESULTS "):])
+    res = json.loads(lines[-1][len("RESULTS ") :])
     res["seed"] = seed
     return res
 

@@ -12,9 +12,17 @@ from vhsup.tiling import axis_weights, crop_size, plan_tiles, split_axis
 # (size, tile, context, multiple): frame sides of DVD/VHS shape and awkward
 # small ones, tiles that do and do not divide them.
 CASES = [
-    (480, 128, 16, 1), (720, 200, 16, 1), (576, 256, 10, 1), (97, 24, 8, 1),
-    (61, 16, 16, 1), (100, 33, 5, 1), (64, 64, 16, 1), (482, 128, 16, 2),
-    (484, 100, 16, 4), (60, 16, 3, 4), (37, 8, 8, 1),
+    (480, 128, 16, 1),
+    (720, 200, 16, 1),
+    (576, 256, 10, 1),
+    (97, 24, 8, 1),
+    (61, 16, 16, 1),
+    (100, 33, 5, 1),
+    (64, 64, 16, 1),
+    (482, 128, 16, 2),
+    (484, 100, 16, 4),
+    (60, 16, 3, 4),
+    (37, 8, 8, 1),
 ]
 
 
@@ -23,7 +31,7 @@ def test_cores_cover_each_pixel_once_and_respect_tile(size, tile, context, multi
     spans = split_axis(size, tile, context, multiple=multiple)
     owned = np.zeros(size, int)
     for s in spans:
-        owned[s.core0:s.core1] += 1
+        owned[s.core0 : s.core1] += 1
         assert s.core1 - s.core0 <= max(tile, 1) or len(spans) == 1
     assert (owned == 1).all()
 
@@ -58,7 +66,7 @@ def test_blend_weights_sum_to_one_and_fade_smoothly(size, tile, context, multipl
         # No weight outside the blend range: those pixels lack context.
         outside = (out < s.blend0 * scale) | (out >= s.blend1 * scale)
         assert (w[outside] == 0).all()
-        total[s.crop0 * scale:s.crop1 * scale] += w
+        total[s.crop0 * scale : s.crop1 * scale] += w
         if len(spans) > 1:
             f = max(s.core0 - s.blend0, s.blend1 - s.core1)
             if f:
@@ -76,8 +84,9 @@ def test_two_dimensional_weights_form_a_partition_of_unity():
     total = np.zeros((h * scale, w * scale))
     for t in tiles:
         y0, y1, x0, x1 = t.crop
-        total[y0 * scale:y1 * scale, x0 * scale:x1 * scale] += np.outer(axis_weights(t.y, scale),
-                                                                          axis_weights(t.x, scale))
+        total[y0 * scale : y1 * scale, x0 * scale : x1 * scale] += np.outer(
+            axis_weights(t.y, scale), axis_weights(t.x, scale)
+        )
     np.testing.assert_allclose(total, 1.0, atol=1e-6)
     assert {(t.crop[1] - t.crop[0], t.crop[3] - t.crop[2]) for t in tiles} == {crop_size(h, w, 32, 8)}
 
@@ -99,7 +108,7 @@ def test_short_cores_shrink_the_feather_but_still_sum_to_one():
     assert len(spans) > 10
     total = np.zeros(50 * 3)
     for s in spans:
-        total[s.crop0 * 3:s.crop1 * 3] += axis_weights(s, 3)
+        total[s.crop0 * 3 : s.crop1 * 3] += axis_weights(s, 3)
         assert s.core0 - s.blend0 <= 2 and s.blend1 - s.core1 <= 2
     np.testing.assert_allclose(total, 1.0, atol=1e-6)
 
@@ -114,15 +123,22 @@ def test_bad_geometry_is_refused():
 def test_random_geometries_hold_all_invariants():
     rng = np.random.default_rng(7)
     for size, tile, context, multiple, scale in itertools.islice(
-            zip(rng.integers(8, 700, 300), rng.integers(0, 300, 300), rng.integers(0, 40, 300),
-                rng.choice([1, 2, 4], 300), rng.choice([1, 2, 3, 4], 300)), 300):
+        zip(
+            rng.integers(8, 700, 300),
+            rng.integers(0, 300, 300),
+            rng.integers(0, 40, 300),
+            rng.choice([1, 2, 4], 300),
+            rng.choice([1, 2, 3, 4], 300),
+        ),
+        300,
+    ):
         size = int(size) // multiple * multiple or multiple
         spans = split_axis(size, int(tile), int(context), multiple=int(multiple))
         owned = np.zeros(size, int)
         total = np.zeros(size * scale)
         for s in spans:
-            owned[s.core0:s.core1] += 1
-            total[s.crop0 * scale:s.crop1 * scale] += axis_weights(s, int(scale))
+            owned[s.core0 : s.core1] += 1
+            total[s.crop0 * scale : s.crop1 * scale] += axis_weights(s, int(scale))
             assert s.crop0 == 0 or s.blend0 - s.crop0 >= context
             assert s.crop1 == size or s.crop1 - s.blend1 >= context
         assert (owned == 1).all()

@@ -95,9 +95,24 @@ def resnet_file(tmp_path_factory) -> Path:
 
 
 def _cfg(data, out: Path, **kw):
-    values = dict(frames=str(data["frames"]), model=str(data["model"]), out=str(out), patch=32, batch=2, steps=4,
-                  perceptual="none", gan=False, val_every=0, save_every=1000, preset="none", quiet=True,
-                  tensorboard=False, ema=0.0, learning_rate=1e-3, d_feat=8)
+    values = dict(
+        frames=str(data["frames"]),
+        model=str(data["model"]),
+        out=str(out),
+        patch=32,
+        batch=2,
+        steps=4,
+        perceptual="none",
+        gan=False,
+        val_every=0,
+        save_every=1000,
+        preset="none",
+        quiet=True,
+        tensorboard=False,
+        ema=0.0,
+        learning_rate=1e-3,
+        d_feat=8,
+    )
     values.update(kw)
     return resolve(None, values)
 
@@ -171,11 +186,47 @@ def _run_cli(args: list[str]) -> str:
 
 def test_resume_continues_bit_for_bit(data, resnet_file, tmp_path):
     whole, part = tmp_path / "whole", tmp_path / "part"
-    _run_cli(["--frames", str(data["frames"]), "--model", str(data["model"]), "--patch", "32", "--batch", "2",
-              "--accumulate", "2", "--pixel-steps", "2", "--perceptual", "resnet18", "--perceptual-weights",
-              str(resnet_file), "--d-feat", "8", "--tc-start", "3", "--tc-shift", "2", "--ema", "0.9",
-              "--learning-rate", "1e-3", "--degradation", "generic", "--quiet", "--save-every", "100",
-              "--out", str(whole), "--steps", "8", "--val-every", "0"])
+    _run_cli(
+        [
+            "--frames",
+            str(data["frames"]),
+            "--model",
+            str(data["model"]),
+            "--patch",
+            "32",
+            "--batch",
+            "2",
+            "--accumulate",
+            "2",
+            "--pixel-steps",
+            "2",
+            "--perceptual",
+            "resnet18",
+            "--perceptual-weights",
+            str(resnet_file),
+            "--d-feat",
+            "8",
+            "--tc-start",
+            "3",
+            "--tc-shift",
+            "2",
+            "--ema",
+            "0.9",
+            "--learning-rate",
+            "1e-3",
+            "--degradation",
+            "generic",
+            "--quiet",
+            "--save-every",
+            "100",
+            "--out",
+            str(whole),
+            "--steps",
+            "8",
+            "--val-every",
+            "0",
+        ]
+    )
     # The second run repeats the first from its resolved config.toml, stops
     # half way (validating and checkpointing there), then resumes.
     _run_cli(["--config", str(whole / "config.toml"), "--out", str(part), "--steps", "4", "--val-every", "4"])
@@ -208,7 +259,9 @@ def test_accumulated_micro_batches_give_the_big_batch_gradient(data, tmp_path):
     common = dict(pixel_steps=0, gan=True, preset="generic")
     acc = Trainer(_cfg(data, tmp_path / "a", accumulate=4, batch=2, **common))
     big = Trainer(_cfg(data, tmp_path / "b", accumulate=1, batch=8, **common))
-    assert _states_equal(acc.G.state_dict(), big.G.state_dict()) and _states_equal(acc.D.state_dict(), big.D.state_dict())
+    assert _states_equal(acc.G.state_dict(), big.G.state_dict()) and _states_equal(
+        acc.D.state_dict(), big.D.state_dict()
+    )
     micro = acc.next_batches()
     assert len(micro) == 4 and micro[0].lr.shape == (2, 3, 8, 8)
     whole = Batch(lr=torch.cat([b.lr for b in micro]), hr=torch.cat([b.hr for b in micro]))
@@ -243,12 +296,15 @@ def _saved_bytes(net, x) -> tuple[int, torch.Tensor]:
     return total, out
 
 
-@pytest.mark.parametrize("arch,hyper,size", [
-    ("compact", TINY, 12),
-    ("rrdbnet", dict(num_in_ch=3, num_out_ch=3, scale=4, num_feat=8, num_block=4, num_grow_ch=4), 8),
-    ("srresnet", dict(num_in_ch=3, num_out_ch=3, num_feat=8, num_block=3, upscale=4), 8),
-    ("resunet", dict(num_in_ch=3, num_out_ch=3, upscale=2, channels=[4, 8, 8], blocks_per_stage=2), 16),
-])
+@pytest.mark.parametrize(
+    "arch,hyper,size",
+    [
+        ("compact", TINY, 12),
+        ("rrdbnet", dict(num_in_ch=3, num_out_ch=3, scale=4, num_feat=8, num_block=4, num_grow_ch=4), 8),
+        ("srresnet", dict(num_in_ch=3, num_out_ch=3, num_feat=8, num_block=3, upscale=4), 8),
+        ("resunet", dict(num_in_ch=3, num_out_ch=3, upscale=2, channels=[4, 8, 8], blocks_per_stage=2), 16),
+    ],
+)
 def test_activation_checkpointing_keeps_gradients_and_saves_memory(arch, hyper, size):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(5)
@@ -259,8 +315,13 @@ def test_activation_checkpointing_keeps_gradients_and_saves_memory(arch, hyper, 
     assert enable_checkpointing(ckpted) > 0
     assert list(ckpted.state_dict()) == keys  # saved weights keep their names
     x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(1))
-    target = torch.rand(2, 3, size * hyper.get("upscale", hyper.get("scale")), size * hyper.get("upscale", hyper.get("scale")),
-                        generator=torch.Generator().manual_seed(2))
+    target = torch.rand(
+        2,
+        3,
+        size * hyper.get("upscale", hyper.get("scale")),
+        size * hyper.get("upscale", hyper.get("scale")),
+        generator=torch.Generator().manual_seed(2),
+    )
     bytes_plain, out_plain = _saved_bytes(plain, x)
     bytes_ckpt, out_ckpt = _saved_bytes(ckpted, x)
     assert bytes_ckpt < bytes_plain
@@ -277,8 +338,18 @@ def test_activation_checkpointing_keeps_gradients_and_saves_memory(arch, hyper, 
 
 
 def test_nan_guard_skips_the_step_and_names_the_loss(data, vgg_file, tmp_path):
-    t = Trainer(_cfg(data, tmp_path / "nan", pixel_steps=0, gan=True, preset="generic", ema=0.5,
-                     perceptual="vgg19", perceptual_weights=str(vgg_file)))
+    t = Trainer(
+        _cfg(
+            data,
+            tmp_path / "nan",
+            pixel_steps=0,
+            gan=True,
+            preset="generic",
+            ema=0.5,
+            perceptual="vgg19",
+            perceptual_weights=str(vgg_file),
+        )
+    )
     clean = t.next_batches()
     t.train_step(clean)  # Adam and the discriminator get some state first
     before = _snapshot(t)
@@ -301,8 +372,10 @@ def test_frames_smaller_than_the_patch_are_named_or_skipped(data, tmp_path):
         Trainer(_cfg(data, tmp_path / "r1", frames=str(frames), val_frames=str(data["frames"])))
     assert "zz_small.png" in str(exc.value) and "30x20" in str(exc.value)
     notes: list[str] = []
-    t = Trainer(_cfg(data, tmp_path / "r2", frames=str(frames), val_frames=str(data["frames"]), small="skip"),
-                notice=notes.append)
+    t = Trainer(
+        _cfg(data, tmp_path / "r2", frames=str(frames), val_frames=str(data["frames"]), small="skip"),
+        notice=notes.append,
+    )
     assert len(t.frames) == 8
     assert any("skipped 1 of 9 frames" in n for n in notes)
 
@@ -336,10 +409,16 @@ def test_16bit_and_rgba_frames_are_converted_with_a_notice(data, tmp_path):
     assert read_rgb8(frames / "deep.png").tolist() == ((deep.astype(np.uint32) * 255 + 32767) // 65535).tolist()
     assert np.array_equal(read_rgb8(frames / "alpha.png"), rgb)
     notes: list[str] = []
-    result = Trainer(_cfg(data, tmp_path / "run", frames=str(frames), steps=2, val_split=0.1),
-                     notice=notes.append).run()
+    result = Trainer(
+        _cfg(data, tmp_path / "run", frames=str(frames), steps=2, val_split=0.1), notice=notes.append
+    ).run()
     conv = [n for n in notes if "converted" in n]
-    assert len(conv) == 1 and "1 with 16-bit" in conv[0] and "1 with an alpha channel" in conv[0] and "of 10 files" in conv[0]
+    assert (
+        len(conv) == 1
+        and "1 with 16-bit" in conv[0]
+        and "1 with an alpha channel" in conv[0]
+        and "of 10 files" in conv[0]
+    )
     assert all(math.isfinite(s.losses["pixel"]) and not s.skipped for s in result.history)
 
 
@@ -355,19 +434,23 @@ def test_unreadable_frame_is_named(data, tmp_path):
 # --- config -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text,key", [
-    ("[train]\nlerning_rate = 1e-4\n", "train.lerning_rate"),
-    ("[data]\npatch = -3\n", "data.patch"),
-    ("[data]\nbatch = \"four\"\n", "data.batch"),
-    ("[loss]\nperceptual = \"alexnet\"\n", "loss.perceptual"),
-    ("[degradation.generic.first]\nblur_sigma = [3.0, 1.0]\n", "degradation.generic.first.blur_sigma"),
-    ("[trian]\nsteps = 5\n", "[trian]"),
-])
+@pytest.mark.parametrize(
+    "text,key",
+    [
+        ("[train]\nlerning_rate = 1e-4\n", "train.lerning_rate"),
+        ("[data]\npatch = -3\n", "data.patch"),
+        ('[data]\nbatch = "four"\n', "data.batch"),
+        ('[loss]\nperceptual = "alexnet"\n', "loss.perceptual"),
+        ("[degradation.generic.first]\nblur_sigma = [3.0, 1.0]\n", "degradation.generic.first.blur_sigma"),
+        ("[trian]\nsteps = 5\n", "[trian]"),
+    ],
+)
 def test_config_errors_are_one_line_naming_file_and_key(data, tmp_path, text, key):
     path = tmp_path / "bad.toml"
     path.write_text(text)
-    res = CliRunner().invoke(train_cmd, ["--config", str(path), "--frames", str(data["frames"]), "--out",
-                                         str(tmp_path / "run")])
+    res = CliRunner().invoke(
+        train_cmd, ["--config", str(path), "--frames", str(data["frames"]), "--out", str(tmp_path / "run")]
+    )
     assert res.exit_code == 2
     lines = [line for line in res.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("vhsup: error: ")
@@ -379,8 +462,9 @@ def test_a_file_of_another_architecture_is_refused_in_one_line(data, tmp_path):
     # upscale may run such a file through spandrel; train cannot rebuild it
     model = tmp_path / "other.pth"
     torch.save({"conv_1.sk.weight": torch.zeros(8, 3, 3, 3), "upsampler.0.weight": torch.zeros(12, 8, 3, 3)}, model)
-    res = CliRunner().invoke(train_cmd, ["--frames", str(data["frames"]), "--model", str(model), "--out",
-                                         str(tmp_path / "run")])
+    res = CliRunner().invoke(
+        train_cmd, ["--frames", str(data["frames"]), "--model", str(model), "--out", str(tmp_path / "run")]
+    )
     assert res.exit_code == 2
     lines = [line for line in res.output.splitlines() if line.strip()]
     assert len(lines) == 1 and str(model) in lines[0]
@@ -390,8 +474,10 @@ def test_a_file_of_another_architecture_is_refused_in_one_line(data, tmp_path):
 
 def test_flags_override_the_config_and_the_resolved_config_round_trips(data, tmp_path):
     path = tmp_path / "x.toml"
-    path.write_text('[data]\nbatch = 2\nframes = "frames"\n[train]\nmilestones = [100, 200]\n'
-                    '[degradation]\npreset = "dvd"\n[degradation.mpeg2]\nprob = 0.25\n')
+    path.write_text(
+        '[data]\nbatch = 2\nframes = "frames"\n[train]\nmilestones = [100, 200]\n'
+        '[degradation]\npreset = "dvd"\n[degradation.mpeg2]\nprob = 0.25\n'
+    )
     from_file = resolve(load_config(path), {}, config_path=path)
     assert from_file.batch == 2 and from_file.frames == str((tmp_path / "frames").resolve())
     assert from_file.degradation["preset"] == "dvd" and from_file.degradation["mpeg2"]["prob"] == 0.25
@@ -416,8 +502,9 @@ def test_failed_or_interrupted_save_keeps_the_previous_checkpoint(tmp_path):
     ckpt.save_checkpoint(path, models={"G": good}, optimizers={}, extra_tensors={}, meta={"step": 1})
     before = path.read_bytes()
     with pytest.raises(ValueError):  # a save that fails leaves the old file as it was
-        ckpt.save_checkpoint(path, models={"G": {"w": torch.zeros(6)}}, optimizers={}, extra_tensors={},
-                             meta={"step": object()})
+        ckpt.save_checkpoint(
+            path, models={"G": {"w": torch.zeros(6)}}, optimizers={}, extra_tensors={}, meta={"step": object()}
+        )
     assert path.read_bytes() == before
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temp files left
     # A process killed while writing step 2 leaves a truncated temp file beside it.
@@ -434,8 +521,23 @@ def test_failed_or_interrupted_save_keeps_the_previous_checkpoint(tmp_path):
 
 def test_show_degradations_writes_a_grid_and_trains_nothing(data, tmp_path):
     out = tmp_path / "run"
-    res = CliRunner().invoke(train_cmd, ["--frames", str(data["frames"]), "--model", str(data["model"]), "--out",
-                                         str(out), "--show-degradations", "3", "--degradation", "vhs", "--patch", "32"])
+    res = CliRunner().invoke(
+        train_cmd,
+        [
+            "--frames",
+            str(data["frames"]),
+            "--model",
+            str(data["model"]),
+            "--out",
+            str(out),
+            "--show-degradations",
+            "3",
+            "--degradation",
+            "vhs",
+            "--patch",
+            "32",
+        ],
+    )
     assert res.exit_code == 0, res.output
     png = out / "degradations.png"
     img = cv2.imread(str(png))
@@ -443,14 +545,23 @@ def test_show_degradations_writes_a_grid_and_trains_nothing(data, tmp_path):
     assert not (out / "checkpoints").exists()
 
 
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="AMP training needs a CUDA device")
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_cuda_mixed_precision_trains_with_fp32_losses(data, tmp_path, precision):
     if precision == "bf16" and not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no bf16")
-    t = Trainer(_cfg(data, tmp_path / "run", steps=6, pixel_steps=2, gan=True, device="cuda", precision=precision,
-                     checkpointing=True))
+    t = Trainer(
+        _cfg(
+            data,
+            tmp_path / "run",
+            steps=6,
+            pixel_steps=2,
+            gan=True,
+            device="cuda",
+            precision=precision,
+            checkpointing=True,
+        )
+    )
     assert t.device.type == "cuda" and t.precision == precision
     assert t.scaler_g.is_enabled() == (precision == "fp16")
     result = t.run()

@@ -36,8 +36,10 @@ def _command() -> list[str]:
     return ["-m", "vhsup", "train"] if "train" in main.commands else ["-m", "vhsup.train.cli"]
 
 
-@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                    reason="torch.distributed with gloo is needed")
+@pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+    reason="torch.distributed with gloo is needed",
+)
 def test_two_processes_keep_identical_weights(tmp_path):
     frames = tmp_path / "frames"
     frames.mkdir()
@@ -45,8 +47,13 @@ def test_two_processes_keep_identical_weights(tmp_path):
     for i in range(9):
         img = np.zeros((48, 48, 3), np.uint8)
         img[:] = rng.integers(30, 220, 3)
-        cv2.circle(img, tuple(int(v) for v in rng.integers(8, 40, 2)), int(rng.integers(4, 12)),
-                   tuple(int(v) for v in rng.integers(0, 256, 3)), 2)
+        cv2.circle(
+            img,
+            tuple(int(v) for v in rng.integers(8, 40, 2)),
+            int(rng.integers(4, 12)),
+            tuple(int(v) for v in rng.integers(0, 256, 3)),
+            2,
+        )
         cv2.imwrite(str(frames / f"f{i}.png"), img)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -55,11 +62,49 @@ def test_two_processes_keep_identical_weights(tmp_path):
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(model))
     out, dump = tmp_path / "run", tmp_path / "dump"
     env = {**os.environ, DUMP_ENV: str(dump), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *_command(),
-           "--frames", str(frames), "--model", str(model), "--out", str(out), "--device", "cpu",
-           "--steps", "4", "--pixel-steps", "1", "--batch", "2", "--accumulate", "2", "--patch", "32",
-           "--no-perceptual", "--d-feat", "8", "--tc-start", "2", "--tc-shift", "2", "--ema", "0.5",
-           "--degradation", "generic", "--val-split", "0.1", "--learning-rate", "1e-3", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        *_command(),
+        "--frames",
+        str(frames),
+        "--model",
+        str(model),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--steps",
+        "4",
+        "--pixel-steps",
+        "1",
+        "--batch",
+        "2",
+        "--accumulate",
+        "2",
+        "--patch",
+        "32",
+        "--no-perceptual",
+        "--d-feat",
+        "8",
+        "--tc-start",
+        "2",
+        "--tc-shift",
+        "2",
+        "--ema",
+        "0.5",
+        "--degradation",
+        "generic",
+        "--val-split",
+        "0.1",
+        "--learning-rate",
+        "1e-3",
+        "--quiet",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "effective batch 8 = 2 per micro-batch x 2 accumulated x 2 processes" in proc.stderr

@@ -69,17 +69,36 @@ def one_thread():
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("swdata")
-    return {"frames": _frames(root / "frames", 6),
-            # SwitchedSR starts close to the bilinear upscale on purpose; this one
-            # starts with a strong random correction, so training has a clear way down.
-            "sr": _save("switchedsr", TINY_SR, root / "tiny_switchedsr.safetensors", correction=50.0),
-            "compact": _save("compact", TINY_COMPACT, root / "tiny_compact.safetensors")}
+    return {
+        "frames": _frames(root / "frames", 6),
+        # SwitchedSR starts close to the bilinear upscale on purpose; this one
+        # starts with a strong random correction, so training has a clear way down.
+        "sr": _save("switchedsr", TINY_SR, root / "tiny_switchedsr.safetensors", correction=50.0),
+        "compact": _save("compact", TINY_COMPACT, root / "tiny_compact.safetensors"),
+    }
 
 
 def _cfg(data, out: Path, **kw):
-    values = dict(frames=str(data["frames"]), model=str(data["compact"]), out=str(out), patch=32, batch=2, steps=4,
-                  perceptual="none", gan=False, val_every=0, save_every=1000, preset="none", quiet=True,
-                  tensorboard=False, ema=0.0, learning_rate=1e-3, val_split=0.2, switched=True, switched_breadth=4)
+    values = dict(
+        frames=str(data["frames"]),
+        model=str(data["compact"]),
+        out=str(out),
+        patch=32,
+        batch=2,
+        steps=4,
+        perceptual="none",
+        gan=False,
+        val_every=0,
+        save_every=1000,
+        preset="none",
+        quiet=True,
+        tensorboard=False,
+        ema=0.0,
+        learning_rate=1e-3,
+        val_split=0.2,
+        switched=True,
+        switched_breadth=4,
+    )
     values.update(kw)
     return resolve(None, values)
 
@@ -98,8 +117,10 @@ def _one_line_error(args: list[str]) -> str:
 def test_switchedsr_trains_validates_and_its_best_file_upscales_a_clip(data, clips, tmp_path):
     from vhsup.pipeline import upscale_video
 
-    result = Trainer(_cfg(data, tmp_path / "run", model=str(data["sr"]), switched=False, steps=16, batch=4,
-                          learning_rate=2e-3), notice=lambda m: None).run()
+    result = Trainer(
+        _cfg(data, tmp_path / "run", model=str(data["sr"]), switched=False, steps=16, batch=4, learning_rate=2e-3),
+        notice=lambda m: None,
+    ).run()
     pixel = [s.losses["pixel"] for s in result.history]
     assert len(pixel) == 16 and all(math.isfinite(v) for v in pixel)
     assert np.mean(pixel[-4:]) < np.mean(pixel[:4])
@@ -156,12 +177,41 @@ def test_switched_run_diverges_the_copies_and_resumes_bit_for_bit(data, clips, t
     from vhsup.pipeline import upscale_video
 
     whole, part = tmp_path / "whole", tmp_path / "part"
-    args = ["--frames", str(data["frames"]), "--model", str(data["compact"]), "--switched", "--switched-breadth", "4",
-            "--patch", "32", "--batch", "2", "--accumulate", "2", "--no-gan", "--no-perceptual", "--ema", "0.5",
-            "--learning-rate", "2e-3", "--degradation", "none", "--val-split", "0.2", "--save-every", "100",
-            "--quiet", "--val-every", "0"]
-    for run_args in (["--out", str(whole), "--steps", "6"], ["--out", str(part), "--steps", "3"],
-                     ["--resume", str(part), "--steps", "6", "--quiet"]):
+    args = [
+        "--frames",
+        str(data["frames"]),
+        "--model",
+        str(data["compact"]),
+        "--switched",
+        "--switched-breadth",
+        "4",
+        "--patch",
+        "32",
+        "--batch",
+        "2",
+        "--accumulate",
+        "2",
+        "--no-gan",
+        "--no-perceptual",
+        "--ema",
+        "0.5",
+        "--learning-rate",
+        "2e-3",
+        "--degradation",
+        "none",
+        "--val-split",
+        "0.2",
+        "--save-every",
+        "100",
+        "--quiet",
+        "--val-every",
+        "0",
+    ]
+    for run_args in (
+        ["--out", str(whole), "--steps", "6"],
+        ["--out", str(part), "--steps", "3"],
+        ["--resume", str(part), "--steps", "6", "--quiet"],
+    ):
         full = run_args if run_args[0] == "--resume" else args + run_args
         res = CliRunner().invoke(train_cmd, full, catch_exceptions=False)
         assert res.exit_code == 0, res.output
@@ -208,8 +258,10 @@ def test_activation_checkpointing_routes_switched_convs_as_without_it(data, tmp_
     # The recompute must replay the switch norm's history as it was, neither
     # recording usage again nor seeing the consistency loss's later forward.
     extra = dict(tc_start=0, tc_shift=2) if tc else {}
-    runs = [Trainer(_cfg(data, tmp_path / f"r{c}", steps=3, checkpointing=c, **extra), notice=lambda m: None)
-            for c in (False, True)]
+    runs = [
+        Trainer(_cfg(data, tmp_path / f"r{c}", steps=3, checkpointing=c, **extra), notice=lambda m: None)
+        for c in (False, True)
+    ]
     for t in runs:
         t.run()
     plain, ckpted = (t.G.state_dict() for t in runs)
@@ -217,20 +269,34 @@ def test_activation_checkpointing_routes_switched_convs_as_without_it(data, tmp_
     assert not [k for k in plain if not torch.equal(plain[k], ckpted[k])]
 
 
-@pytest.mark.parametrize("extra,needle", [
-    (["--switched", "--switched-layers", "body.2,trunk.*"], "--switched-layers 'trunk.*' matches no conv"),
-    (["--switched", "--switched-layers", "body.1"], "'body.1' matches no conv"),  # the PReLU, not a conv
-    (["--switched-layers", "body.2"], "add --switched"),
-    (["--switched", "--switched-breadth", "1"], "--switched-breadth"),
-    (["--switched", "--model", "SR"], "built from switched convs already"),
-])
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["--switched", "--switched-layers", "body.2,trunk.*"], "--switched-layers 'trunk.*' matches no conv"),
+        (["--switched", "--switched-layers", "body.1"], "'body.1' matches no conv"),  # the PReLU, not a conv
+        (["--switched-layers", "body.2"], "add --switched"),
+        (["--switched", "--switched-breadth", "1"], "--switched-breadth"),
+        (["--switched", "--model", "SR"], "built from switched convs already"),
+    ],
+)
 def test_bad_switched_settings_are_one_line_errors(data, tmp_path, extra, needle):
     if "SR" in extra:
         extra = [str(data["sr"]) if a == "SR" else a for a in extra]
     else:
         extra = ["--model", str(data["compact"]), *extra]
-    line = _one_line_error(["--frames", str(data["frames"]), "--out", str(tmp_path / "run"), "--patch", "32",
-                            "--no-gan", "--quiet", *extra])
+    line = _one_line_error(
+        [
+            "--frames",
+            str(data["frames"]),
+            "--out",
+            str(tmp_path / "run"),
+            "--patch",
+            "32",
+            "--no-gan",
+            "--quiet",
+            *extra,
+        ]
+    )
     assert needle in line
     assert not (tmp_path / "run").exists()
 
@@ -254,8 +320,10 @@ def _command() -> list[str]:
     return ["-m", "vhsup", "train"] if "train" in main.commands else ["-m", "vhsup.train.cli"]
 
 
-@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                    reason="torch.distributed with gloo is needed")
+@pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+    reason="torch.distributed with gloo is needed",
+)
 def test_two_processes_keep_identical_switch_norm_history(data, tmp_path):
     out, dump = tmp_path / "run", tmp_path / "dump"
     env = {**os.environ, DUMP_ENV: str(dump), "OMP_NUM_THREADS": "1"}
@@ -263,11 +331,50 @@ def test_two_processes_keep_identical_switch_norm_history(data, tmp_path):
     # backward) and activation checkpointing (a recomputed forward inside
     # backward) all run the switch norms; every process must end up with the
     # same history, and the same weights.
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *_command(),
-           "--frames", str(data["frames"]), "--model", str(data["compact"]), "--switched", "--switched-breadth", "4",
-           "--out", str(out), "--device", "cpu", "--steps", "3", "--batch", "2", "--accumulate", "2", "--patch", "32",
-           "--no-gan", "--no-perceptual", "--tc-start", "1", "--tc-shift", "2", "--checkpointing", "--ema", "0.5",
-           "--degradation", "generic", "--val-split", "0.2", "--learning-rate", "1e-3", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        *_command(),
+        "--frames",
+        str(data["frames"]),
+        "--model",
+        str(data["compact"]),
+        "--switched",
+        "--switched-breadth",
+        "4",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--steps",
+        "3",
+        "--batch",
+        "2",
+        "--accumulate",
+        "2",
+        "--patch",
+        "32",
+        "--no-gan",
+        "--no-perceptual",
+        "--tc-start",
+        "1",
+        "--tc-shift",
+        "2",
+        "--checkpointing",
+        "--ema",
+        "0.5",
+        "--degradation",
+        "generic",
+        "--val-split",
+        "0.2",
+        "--learning-rate",
+        "1e-3",
+        "--quiet",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "3 convs now hold 4 kernels" in proc.stderr

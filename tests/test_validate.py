@@ -65,8 +65,9 @@ def test_metrics_match_skimage_on_real_photos(border):
         if border:
             ya, yb = ya[border:-border, border:-border], yb[border:-border, border:-border]
         want_p = peak_signal_noise_ratio(ya, yb, data_range=255)
-        want_s = structural_similarity(ya, yb, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-                                       data_range=255)
+        want_s = structural_similarity(
+            ya, yb, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255
+        )
         # Asked for within 1e-3; the implementation agrees to float rounding, so hold it to that.
         assert abs(psnr_y(photo, noisy, border=border) - want_p) < 1e-6
         assert abs(ssim_y(photo, noisy, border=border) - want_s) < 1e-6
@@ -89,8 +90,10 @@ class HalfwayToTruth(torch.nn.Module):
     def __init__(self, pairs, scale):
         super().__init__()
         self.scale = scale
-        self.known = [(torch.from_numpy(lr).permute(2, 0, 1).float() / 255,
-                       torch.from_numpy(hr).permute(2, 0, 1).float() / 255) for lr, hr in pairs]
+        self.known = [
+            (torch.from_numpy(lr).permute(2, 0, 1).float() / 255, torch.from_numpy(hr).permute(2, 0, 1).float() / 255)
+            for lr, hr in pairs
+        ]
 
     def forward(self, x):
         outs = []
@@ -124,8 +127,17 @@ def test_validator_scores_bicubic_as_baseline_and_a_better_model_higher():
 def _compact(num_feat=8, num_conv=2, upscale=2, seed=0):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = build("compact", {"num_in_ch": 3, "num_out_ch": 3, "num_feat": num_feat, "num_conv": num_conv,
-                                "upscale": upscale, "act": "prelu"})
+        net = build(
+            "compact",
+            {
+                "num_in_ch": 3,
+                "num_out_ch": 3,
+                "num_feat": num_feat,
+                "num_conv": num_conv,
+                "upscale": upscale,
+                "act": "prelu",
+            },
+        )
         for p in net.parameters():  # a net that changes the picture, not near-identity
             p.data.add_(torch.randn_like(p) * 0.05)
     return net
@@ -137,7 +149,9 @@ def test_validation_leaves_the_training_module_as_it_was(tmp_path):
     net.body[1].eval()  # a submodule with its own flag must keep it
     for p in net.parameters():
         p.grad = torch.ones_like(p)
-    before = {n: (p.data_ptr(), p.stride(), p.dtype, p.device, p.requires_grad, p.clone()) for n, p in net.named_parameters()}
+    before = {
+        n: (p.data_ptr(), p.stride(), p.dtype, p.device, p.requires_grad, p.clone()) for n, p in net.named_parameters()
+    }
     flags = {n: m.training for n, m in net.named_modules()}
     pairs = _pairs(2)
     whole = Validator(pairs, 2, tile=0).evaluate(net)
@@ -181,8 +195,10 @@ def test_grid_has_lr_start_current_hr_columns(tmp_path):
     for (lr, hr), row in zip(pairs, boxes):
         assert list(row) == ["lr", "start", "current", "hr"]
         xs = [row[k][0] for k in row]
-        assert xs == sorted(xs) and all(b[0] - a[0] >= hr.shape[1] for a, b in zip(row.values(), list(row.values())[1:]))
-        cells = {k: png[y:y + h, x:x + w] for k, (x, y, w, h) in row.items()}
+        assert xs == sorted(xs) and all(
+            b[0] - a[0] >= hr.shape[1] for a, b in zip(row.values(), list(row.values())[1:])
+        )
+        cells = {k: png[y : y + h, x : x + w] for k, (x, y, w, h) in row.items()}
         assert all(c.shape == hr.shape for c in cells.values())
         assert np.array_equal(cells["hr"], hr)
         assert np.array_equal(cells["lr"], np.repeat(np.repeat(lr, 2, axis=0), 2, axis=1))
@@ -236,11 +252,21 @@ def _trained_file(tmp_path):
     hyper = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 16, "num_conv": 4, "upscale": 4, "act": "prelu"}
     metrics = {"psnr_y": 27.5, "ssim": 0.81, "psnr_y_bicubic": 26.0, "ssim_bicubic": 0.77, "step": 1200}
     # Laid out as the trainer's resolved config.toml: [run], [data], [degradation].
-    config = {"run": {"model": "compact-x4", "steps": 5000, "seed": 7, "resume": None},
-              "data": {"mode": "synthetic", "frames": "frames/", "lr": "", "hr": ""},
-              "degradation": {"preset": "vhs", "noise": [1.0, 2.5]}}
-    card = write_model_card(weights, arch="compact", hyper=hyper, scale=4, base="compact-x4",
-                            description="Good Eats DVD fine-tune", metrics=metrics, config=config)
+    config = {
+        "run": {"model": "compact-x4", "steps": 5000, "seed": 7, "resume": None},
+        "data": {"mode": "synthetic", "frames": "frames/", "lr": "", "hr": ""},
+        "degradation": {"preset": "vhs", "noise": [1.0, 2.5]},
+    }
+    card = write_model_card(
+        weights,
+        arch="compact",
+        hyper=hyper,
+        scale=4,
+        base="compact-x4",
+        description="Good Eats DVD fine-tune",
+        metrics=metrics,
+        config=config,
+    )
     return net, weights, card
 
 
@@ -285,11 +311,14 @@ def test_card_is_used_by_load_model_and_models_info(tmp_path):
     assert info["name"] == "best" and info["card"] is None and info["hyper"]["num_feat"] == 16
 
 
-@pytest.mark.parametrize("edit, words", [
-    (("scale = 4", "scale = 2"), "scale 2"),
-    (('arch = "compact"', 'arch = "rrdbnet"'), "arch 'rrdbnet'"),
-    (("num_conv = 4", "num_conv = 5"), "hyper.num_conv"),
-])
+@pytest.mark.parametrize(
+    "edit, words",
+    [
+        (("scale = 4", "scale = 2"), "scale 2"),
+        (('arch = "compact"', 'arch = "rrdbnet"'), "arch 'rrdbnet'"),
+        (("num_conv = 4", "num_conv = 5"), "hyper.num_conv"),
+    ],
+)
 def test_card_that_contradicts_the_weights_is_refused(tmp_path, edit, words):
     _net, weights, card_path = _trained_file(tmp_path)
     text = card_path.read_text()
@@ -307,7 +336,14 @@ def test_from_scratch_and_cardless_bases_do_not_claim_a_licence(tmp_path):
     weights = tmp_path / "r" / "best.safetensors"
     weights.parent.mkdir()
     hyper = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 8, "num_conv": 1, "upscale": 2, "act": "prelu"}
-    kw = {"arch": "compact", "hyper": hyper, "scale": 2, "description": "", "metrics": {}, "config": {"from_scratch": True}}
+    kw = {
+        "arch": "compact",
+        "hyper": hyper,
+        "scale": 2,
+        "description": "",
+        "metrics": {},
+        "config": {"from_scratch": True},
+    }
     c = tomllib.loads(write_model_card(weights, base="compact-x4", **kw).read_text())
     assert c["licence"].startswith("unspecified") and c["attribution"][-1].startswith("trained from scratch")
     kw["config"] = {"data": {"frames": "", "lr": "frames/lr", "hr": "frames/hr"}}
@@ -319,7 +355,16 @@ def test_from_scratch_and_cardless_bases_do_not_claim_a_licence(tmp_path):
 
 
 def test_toml_writer_round_trips():
-    d = {"name": 'odd "name"\\ \x7f \U0001f4fc', "n": 3, "f": 0.1, "inf": math.inf, "b": False,
-         "list": [1, 2.5, "x"], "long": ["a" * 60, "b\nc" * 20, "d"], "t": {"a": 1, "deep": {"k y": "v"}, "arr": [{"p": 1}]}, "empty": {}}
+    d = {
+        "name": 'odd "name"\\ \x7f \U0001f4fc',
+        "n": 3,
+        "f": 0.1,
+        "inf": math.inf,
+        "b": False,
+        "list": [1, 2.5, "x"],
+        "long": ["a" * 60, "b\nc" * 20, "d"],
+        "t": {"a": 1, "deep": {"k y": "v"}, "arr": [{"p": 1}]},
+        "empty": {},
+    }
     back = tomllib.loads(dump_toml(d))
     assert back == d

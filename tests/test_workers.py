@@ -45,8 +45,12 @@ def _describe_worker(job: str, report) -> dict:
         raise VhsupError("not a video file", "/tapes/bad.avi")
     if job == "oom":
         os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's OOM killer would
-    return {"gpu": os.environ.get("CUDA_VISIBLE_DEVICES"), "threads": torch.get_num_threads(),
-            "omp": os.environ.get("OMP_NUM_THREADS"), "pid": os.getpid()}
+    return {
+        "gpu": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "threads": torch.get_num_threads(),
+        "omp": os.environ.get("OMP_NUM_THREADS"),
+        "pid": os.getpid(),
+    }
 
 
 def test_pool_workers_get_their_gpu_and_cores_report_failures_and_leave_on_their_own():
@@ -68,8 +72,12 @@ def test_pool_workers_get_their_gpu_and_cores_report_failures_and_leave_on_their
     assert all(d["threads"] == share and d["omp"] == str(share) for d in done.values())
     # A job's error comes back as it was raised; a worker killed mid-job is replaced for the jobs left.
     [failed] = [e for e in events if e.kind == "failed"]
-    assert (failed.key, failed.body.kind, failed.body.text, failed.body.path) == \
-        ("bad", "VhsupError", "not a video file", "/tapes/bad.avi")
+    assert (failed.key, failed.body.kind, failed.body.text, failed.body.path) == (
+        "bad",
+        "VhsupError",
+        "not a video file",
+        "/tapes/bad.avi",
+    )
     [died] = [e for e in events if e.kind == "died"]
     assert died.key == "oom" and died.body == -signal.SIGKILL
     assert "SIGKILL" in workers.death_reason(died.body)
@@ -104,7 +112,8 @@ def test_chunked_runs_and_batches_hand_out_gpus_by_the_one_rule(clips, tmp_path,
     src.mkdir()
     for name in ("a.mp4", "b.mp4"):
         (src / name).write_bytes(clips.make(name, vcodec="libx264", size=(64, 48), frames=6).path.read_bytes())
-    summary = run_batch(BatchConfig(src=src, out=tmp_path / "hd", jobs=2,
-                                    options={"model": "bicubic", "preset": "ultrafast"}))
+    summary = run_batch(
+        BatchConfig(src=src, out=tmp_path / "hd", jobs=2, options={"model": "bicubic", "preset": "ultrafast"})
+    )
     assert [j.state for j in summary.jobs] == ["done", "done"] and summary.exit_status == 0
     assert two_gpus[1:] == [(["4", "7"], 2, ["4", "7"])]

@@ -44,9 +44,14 @@ def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
         return False
 
 
-def check_output(path: str | os.PathLike[str], *, what: str = "output",
-                 inputs: Iterable[str | os.PathLike[str]] = (),
-                 others: Iterable[str | os.PathLike[str]] = (), overwrite: bool = False) -> Path:
+def check_output(
+    path: str | os.PathLike[str],
+    *,
+    what: str = "output",
+    inputs: Iterable[str | os.PathLike[str]] = (),
+    others: Iterable[str | os.PathLike[str]] = (),
+    overwrite: bool = False,
+) -> Path:
     """Refuse, in one line naming ``path``, an output that would lose or clobber something.
 
     ``inputs`` are files the run reads; ``others`` are the other files the

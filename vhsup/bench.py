@@ -22,12 +22,31 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def run_bench(file: str | os.PathLike[str], *, model: str | None = None, frames: int = 8, backend: str = "torch",
-              device: str = "auto",
-              precision: str = "auto", tile: int | str = "auto", batch: int | str = "auto",
-              codec: str = "libx264", preset: str | None = None) -> dict:
-    opts = Options(model=model, backend=backend, device=device, precision=precision, tile=tile, batch=batch, codec=codec,
-                   preset=preset, frames=frames, overwrite=True)
+def run_bench(
+    file: str | os.PathLike[str],
+    *,
+    model: str | None = None,
+    frames: int = 8,
+    backend: str = "torch",
+    device: str = "auto",
+    precision: str = "auto",
+    tile: int | str = "auto",
+    batch: int | str = "auto",
+    codec: str = "libx264",
+    preset: str | None = None,
+) -> dict:
+    opts = Options(
+        model=model,
+        backend=backend,
+        device=device,
+        precision=precision,
+        tile=tile,
+        batch=batch,
+        codec=codec,
+        preset=preset,
+        frames=frames,
+        overwrite=True,
+    )
     run = Run(Path(file), opts)
     engine = run.engine
     source = list(run.source_pictures())

@@ -122,15 +122,27 @@ class ChunkPlan:
 
     def to_json(self) -> dict:
         return {
-            "version": _FORMAT_VERSION, "key": self.key, "origin": _fs(self.origin), "frames_in": self.frames_in,
-            "total": self.total, "end": _fs(self.end), "chunks": [c.to_json() for c in self.chunks],
+            "version": _FORMAT_VERSION,
+            "key": self.key,
+            "origin": _fs(self.origin),
+            "frames_in": self.frames_in,
+            "total": self.total,
+            "end": _fs(self.end),
+            "chunks": [c.to_json() for c in self.chunks],
             "estimate": self.estimate,
         }
 
     @classmethod
     def from_json(cls, d: dict) -> ChunkPlan:
-        return cls([Chunk.from_json(c) for c in d["chunks"]], Fraction(d["origin"]), int(d["frames_in"]),
-                   int(d["total"]), _fp(d["end"]), str(d["key"]), int(d["estimate"]))
+        return cls(
+            [Chunk.from_json(c) for c in d["chunks"]],
+            Fraction(d["origin"]),
+            int(d["frames_in"]),
+            int(d["total"]),
+            _fp(d["end"]),
+            str(d["key"]),
+            int(d["estimate"]),
+        )
 
 
 def _fs(x: Fraction | None) -> str | None:
@@ -215,15 +227,29 @@ def _settings_key(src: Path, opts: Options, fmt: str) -> str:
     from vhsup import __version__
 
     blob = json.dumps(
-        {"src": str(src.resolve()), "size": st.st_size, "mtime": st.st_mtime_ns, "opts": output_settings(opts),
-         "fmt": fmt, "vhsup": __version__, "format": _FORMAT_VERSION},
-        sort_keys=True, default=str,
+        {
+            "src": str(src.resolve()),
+            "size": st.st_size,
+            "mtime": st.st_mtime_ns,
+            "opts": output_settings(opts),
+            "fmt": fmt,
+            "vhsup": __version__,
+            "format": _FORMAT_VERSION,
+        },
+        sort_keys=True,
+        default=str,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
 def plan_chunks(
-    src: Path, opts: Options, *, pieces: int, chunk_seconds: float | None, info: VideoInfo, key: str,
+    src: Path,
+    opts: Options,
+    *,
+    pieces: int,
+    chunk_seconds: float | None,
+    info: VideoInfo,
+    key: str,
     notice: Notice | None = None,
 ) -> ChunkPlan:
     """Cut the (range of the) video into about ``pieces`` chunks at keyframes,
@@ -341,15 +367,26 @@ def run_chunk(job: dict, report: Callable[[tuple], None]) -> dict:
     video, side = _chunk_paths(Path(job["work"]), chunk.index)
     opts = Options(**job["options"])
     progress = throttled(lambda done, _total: report(("progress", chunk.index, done)), 0.2)
-    run = Run(Path(job["src"]), opts, notice=lambda m: report(("notice", chunk.index, m)), progress=progress,
-              span=(chunk.start, chunk.end))
+    run = Run(
+        Path(job["src"]),
+        opts,
+        notice=lambda m: report(("notice", chunk.index, m)),
+        progress=progress,
+        span=(chunk.start, chunk.end),
+    )
     result = run.write(video, stage_for=job["fmt"], origin=origin)
     frames, first, last_t = _count_chunk(video, origin)
     if frames != result.frames_out:
         raise RuntimeError(f"chunk {chunk.index}: {result.frames_out} pictures encoded, {frames} in the file")
     meta = {
-        "key": job["key"], "chunk": chunk.to_json(), "frames": frames, "first": _fs(first), "last": _fs(last_t),
-        "bytes": video.stat().st_size, "sar": _fs(run.plan.geometry.out_sar), "result": result.to_json(),
+        "key": job["key"],
+        "chunk": chunk.to_json(),
+        "frames": frames,
+        "first": _fs(first),
+        "last": _fs(last_t),
+        "bytes": video.stat().st_size,
+        "sar": _fs(run.plan.geometry.out_sar),
+        "result": result.to_json(),
     }
     tmp = side.with_name(f".{side.name}.{os.getpid()}")
     tmp.write_text(json.dumps(meta, indent=1))
@@ -442,8 +479,16 @@ def _check_accounting(plan: ChunkPlan, metas: dict[int, dict], notice: Notice) -
             raise RuntimeError(f"chunks {a.index} and {b.index} do not abut")
 
 
-def _join(src: Path, dst: Path, work: Path, plan: ChunkPlan, metas: dict[int, dict], opts: Options,
-          info: VideoInfo, notice: Notice):
+def _join(
+    src: Path,
+    dst: Path,
+    work: Path,
+    plan: ChunkPlan,
+    metas: dict[int, dict],
+    opts: Options,
+    info: VideoInfo,
+    notice: Notice,
+):
     """Copy the chunks' packets into ``dst`` and mux the source's other streams
     once over the whole span. Returns the encoder's report."""
     from vhsup.media.colour import output_colour, source_colour
@@ -461,9 +506,19 @@ def _join(src: Path, dst: Path, work: Path, plan: ChunkPlan, metas: dict[int, di
         template = head.streams.video[0]
         extradata = bytes(template.codec_context.extradata or b"")
         encoder = VideoEncoder(
-            dst, src=src, width=width, height=height, rate=rate, sar=sar, colour=colour, settings=settings,
-            time_range=(Fraction(metas[plan.chunks[0].index]["first"]), plan.end), origin=plan.origin,
-            overwrite=opts.overwrite, notice=notice, template=template,
+            dst,
+            src=src,
+            width=width,
+            height=height,
+            rate=rate,
+            sar=sar,
+            colour=colour,
+            settings=settings,
+            time_range=(Fraction(metas[plan.chunks[0].index]["first"]), plan.end),
+            origin=plan.origin,
+            overwrite=opts.overwrite,
+            notice=notice,
+            template=template,
         )
         last_dts: int | None = None
         copied = 0
@@ -502,8 +557,9 @@ def _join(src: Path, dst: Path, work: Path, plan: ChunkPlan, metas: dict[int, di
                     p.dts = p.pts
                     last_dts = _put(encoder, p, plan.origin, last_dts)
             if n != metas[chunk.index]["frames"]:
-                raise RuntimeError(f"chunk {chunk.index}: sidecar says {metas[chunk.index]['frames']} pictures, "
-                                   f"the file holds {n}")
+                raise RuntimeError(
+                    f"chunk {chunk.index}: sidecar says {metas[chunk.index]['frames']} pictures, the file holds {n}"
+                )
             copied += n
         expected = sum(metas[c.index]["frames"] for c in plan.chunks)
         if copied != expected:
@@ -585,8 +641,7 @@ def upscale_chunked(
     if plan is None:
         if work.exists():
             shutil.rmtree(work)
-        plan = plan_chunks(src_path, opts, pieces=workers, chunk_seconds=chunk_seconds, info=info, key=key,
-                           notice=say)
+        plan = plan_chunks(src_path, opts, pieces=workers, chunk_seconds=chunk_seconds, info=info, key=key, notice=say)
         try:
             work.mkdir()
             (work / _PLAN_FILE).write_text(json.dumps(plan.to_json(), indent=1))
@@ -608,13 +663,24 @@ def upscale_chunked(
         if chunk.index in metas:
             continue
         chunk_opts = replace(
-            opts, start=None, duration=None, frames=limit, overwrite=True,
+            opts,
+            start=None,
+            duration=None,
+            frames=limit,
+            overwrite=True,
             compare=opts.compare if chunk.index == middle else None,
         )
-        jobs.append({
-            "src": str(src_path), "work": str(work), "fmt": fmt, "key": key, "origin": _fs(plan.origin),
-            "chunk": chunk.to_json(), "options": {**asdict(chunk_opts), "crop": str(crop) if crop else None},
-        })
+        jobs.append(
+            {
+                "src": str(src_path),
+                "work": str(work),
+                "fmt": fmt,
+                "key": key,
+                "origin": _fs(plan.origin),
+                "chunk": chunk.to_json(),
+                "options": {**asdict(chunk_opts), "crop": str(crop) if crop else None},
+            }
+        )
 
     messages = _Messages(sum(m["frames"] for m in metas.values()), plan.estimate, say, progress)
     try:
@@ -635,8 +701,14 @@ def upscale_chunked(
         for text in r.get("notices", []):
             say(text)
     return Result.written(
-        results[0], input=str(src_path), output=str(dst_path), frames_in=plan.frames_in,
+        results[0],
+        input=str(src_path),
+        output=str(dst_path),
+        frames_in=plan.frames_in,
         frames_out=sum(metas[c.index]["frames"] for c in plan.chunks),
-        decode_errors=sum(r["decode_errors"] for r in results), seconds=time.perf_counter() - t0, report=report,
-        notices=notices, compare=next((r["compare"] for r in results if r.get("compare")), None),
+        decode_errors=sum(r["decode_errors"] for r in results),
+        seconds=time.perf_counter() - t0,
+        report=report,
+        notices=notices,
+        compare=next((r["compare"] for r in results if r.get("compare")), None),
     )

@@ -76,13 +76,21 @@ def probe(file: Path, as_json, debug, **options) -> None:
         ("video", f"{info.codec} {info.width}x{info.height} {info.pix_fmt}, {float(info.fps):.3f} fps ({info.fps})"),
         ("aspect", f"SAR {info.sar.numerator}:{info.sar.denominator}, DAR {aspect_label(info.dar)}"),
         ("colour", info.colour),
-        ("fields", f"{'interlaced ' + v.field_order.upper() if v.interlaced else 'progressive'}  [{v.source}: {v.evidence}]"),
+        (
+            "fields",
+            f"{'interlaced ' + v.field_order.upper() if v.interlaced else 'progressive'}  [{v.source}: {v.evidence}]",
+        ),
         ("telecine", f"{telecined}  [{info.telecine.evidence}]"),
         ("duration", f"{info.duration:.3f} s" if info.duration else "unknown"),
         ("frames", frames),
     ]
     for a in info.audio:
-        rows.append((f"audio #{a.index}", f"{a.codec} {a.channels} ch {a.sample_rate} Hz" + (f" [{a.language}]" if a.language else "")))
+        rows.append(
+            (
+                f"audio #{a.index}",
+                f"{a.codec} {a.channels} ch {a.sample_rate} Hz" + (f" [{a.language}]" if a.language else ""),
+            )
+        )
     for s in info.subtitles:
         rows.append((f"subtitle #{s.index}", s.codec + (f" [{s.language}]" if s.language else "")))
     p = plan.to_json()
@@ -90,8 +98,11 @@ def probe(file: Path, as_json, debug, **options) -> None:
         ("plan: fields", p["deinterlace"]),
         ("plan: crop", f"{p['crop']} ({p['crop_source']})"),
         ("plan: model", f"{name} x{plan.scale}"),
-        ("plan: output", f"{p['output_size'][0]}x{p['output_size'][1]} SAR {p['output_sar']} (display {p['display_aspect']}), "
-                         f"{float(plan.filters.rate):.3f} fps, ~{plural(p['frames_out_estimate'], 'frame')}"),
+        (
+            "plan: output",
+            f"{p['output_size'][0]}x{p['output_size'][1]} SAR {p['output_sar']} (display {p['display_aspect']}), "
+            f"{float(plan.filters.rate):.3f} fps, ~{plural(p['frames_out_estimate'], 'frame')}",
+        ),
         ("plan: time", f"~{_fmt_time(estimate)} on {_device_name()}" if estimate else "unknown"),
     ]
     rows += [("plan: notice", message) for message in plan.notices]
@@ -131,11 +142,21 @@ def _fmt_time(seconds: float) -> str:
 
 @main.command()
 @click.argument("file", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
-              help="Output file; container from the extension (default: <input>.<model>.mkv).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Output file; container from the extension (default: <input>.<model>.mkv).",
+)
 @cli_params.upscale_options("upscale")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Split the video at keyframes and upscale the chunks in this many processes (one GPU each).")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Split the video at keyframes and upscale the chunks in this many processes (one GPU each).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary at the end.")
 @_debug_option
@@ -159,8 +180,13 @@ def upscale(file: Path, output, quiet, as_json, debug, workers, **options) -> No
     if show:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        columns = (TextColumn("[bold]upscaling"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[fps]} fps"), TimeRemainingColumn())
+        columns = (
+            TextColumn("[bold]upscaling"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[fps]} fps"),
+            TimeRemainingColumn(),
+        )
         with Progress(*columns, console=err, transient=True) as bar:
             task = bar.add_task("upscale", total=None, fps="-")
             clock: dict[str, float | None] = {"t0": None}
@@ -184,11 +210,13 @@ def upscale(file: Path, output, quiet, as_json, debug, workers, **options) -> No
         out.print_json(json.dumps(result.to_json()))
         return
     if not quiet:
-        out.print(f"{result.output}: {plural(result.frames_out, 'frame')} {result.width}x{result.height} "
-                  f"(display {result.display_aspect}) with {result.model} on {result.device}, "
-                  f"{result.fps_out} fps, {result.audio_streams} audio / {result.subtitle_streams} subtitle "
-                  f"{'stream' if result.audio_streams + result.subtitle_streams == 1 else 'streams'} kept",
-                  markup=False)
+        out.print(
+            f"{result.output}: {plural(result.frames_out, 'frame')} {result.width}x{result.height} "
+            f"(display {result.display_aspect}) with {result.model} on {result.device}, "
+            f"{result.fps_out} fps, {result.audio_streams} audio / {result.subtitle_streams} subtitle "
+            f"{'stream' if result.audio_streams + result.subtitle_streams == 1 else 'streams'} kept",
+            markup=False,
+        )
         if result.compare:
             out.print(f"side-by-side still: {result.compare}", markup=False)
 
@@ -295,31 +323,56 @@ def models_export(name, output: Path, precision, opset, no_check, overwrite, all
 
     source = Path(name) if Path(name).suffix else None
     check_output(output, what="ONNX file", inputs=[source] if source else [], overwrite=overwrite)
-    report = export_onnx(load_model(name, allow_download=allow_download), output, precision=precision,
-                         opset=opset, check=not no_check)
+    report = export_onnx(
+        load_model(name, allow_download=allow_download), output, precision=precision, opset=opset, check=not no_check
+    )
     if as_json:
         out.print_json(json.dumps(report.as_dict(), default=str))
         return
     err_txt = f"; max |onnx - torch| = {report.max_abs_error:.2e}" if report.max_abs_error is not None else ""
-    out.print(f"wrote {report.path} ({report.size_bytes / 1e6:.1f} MB, {report.precision}, opset {report.opset}, "
-              f"x{report.scale}){err_txt}", markup=False)
+    out.print(
+        f"wrote {report.path} ({report.size_bytes / 1e6:.1f} MB, {report.precision}, opset {report.opset}, "
+        f"x{report.scale}){err_txt}",
+        markup=False,
+    )
 
 
 @models.command("selector-map")
 @click.argument("picture", type=click.Path(path_type=Path))
-@click.option("--model", "model_spec", required=True,
-              help="A switched model: a weights file, or a model name (with --untrained for a random one).")
+@click.option(
+    "--model",
+    "model_spec",
+    required=True,
+    help="A switched model: a weights file, or a model name (with --untrained for a random one).",
+)
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="The PNG to write.")
-@click.option("--untrained", is_flag=True,
-              help="Map a freshly initialised instance of the named model (e.g. switched-x4, which has no weights).")
+@click.option(
+    "--untrained",
+    is_flag=True,
+    help="Map a freshly initialised instance of the named model (e.g. switched-x4, which has no weights).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Random initialisation for --untrained.")
-@click.option("--max-side", type=click.IntRange(min=16), default=512, show_default=True,
-              help="Shrink larger pictures to this many pixels on the longer side first.")
+@click.option(
+    "--max-side",
+    type=click.IntRange(min=16),
+    default=512,
+    show_default=True,
+    help="Shrink larger pictures to this many pixels on the longer side first.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @click.option("--json", "as_json", is_flag=True)
 @_debug_option
-def models_selector_map(picture: Path, model_spec: str, output: Path, untrained: bool, seed: int, max_side: int,
-                        overwrite: bool, as_json: bool, debug: bool) -> None:
+def models_selector_map(
+    picture: Path,
+    model_spec: str,
+    output: Path,
+    untrained: bool,
+    seed: int,
+    max_side: int,
+    overwrite: bool,
+    as_json: bool,
+    debug: bool,
+) -> None:
     """Colour-map which kernel each switched conv of a model picks on PICTURE (PNG, JPEG, ...).
 
     One panel per switched layer, beside the input, with a legend of the kernel colours.
@@ -334,24 +387,38 @@ def models_selector_map(picture: Path, model_spec: str, output: Path, untrained:
     rgb = read_picture(picture)
     if untrained:
         if model_spec not in registry.model_names():
-            raise VhsupError(f"--untrained needs a model name ({', '.join(registry.model_names())}), not {model_spec!r}")
+            raise VhsupError(
+                f"--untrained needs a model name ({', '.join(registry.model_names())}), not {model_spec!r}"
+            )
         loaded = registry.build_model(model_spec, seed=seed)
     else:
         try:
             loaded = registry.load_model(model_spec)
         except VhsupError as exc:
             if model_spec in registry.model_names() and not registry.has_pretrained_weights(model_spec):
-                raise VhsupError(f"{exc.reason}; or pass --untrained to map a randomly initialised one", exc.path) from None
+                raise VhsupError(
+                    f"{exc.reason}; or pass --untrained to map a randomly initialised one", exc.path
+                ) from None
             raise
     try:
-        result = write_selector_map(output, loaded.module, rgb, size_multiple=loaded.descriptor.size_multiple,
-                                    max_side=max_side)
+        result = write_selector_map(
+            output, loaded.module, rgb, size_multiple=loaded.descriptor.size_multiple, max_side=max_side
+        )
     except VhsupError as exc:
         if exc.path is None:
             raise VhsupError(f"{loaded.descriptor.name}: {exc.reason}", model_spec if not untrained else None) from None
         raise
-    rows: list[dict[str, Any]] = [{"layer": m.name, "breadth": m.breadth, "height": int(m.index.shape[0]), "width": int(m.index.shape[1]),
-             "kernels_used": m.used, "usage": [round(float(u), 4) for u in m.usage]} for m in result.layers]
+    rows: list[dict[str, Any]] = [
+        {
+            "layer": m.name,
+            "breadth": m.breadth,
+            "height": int(m.index.shape[0]),
+            "width": int(m.index.shape[1]),
+            "kernels_used": m.used,
+            "usage": [round(float(u), 4) for u in m.usage],
+        }
+        for m in result.layers
+    ]
     if as_json:
         out.print_json(json.dumps({"output": str(output), "model": loaded.descriptor.name, "layers": rows}))
         return

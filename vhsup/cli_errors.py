@@ -48,8 +48,11 @@ def invoke_reporting(invoke: Callable[[click.Context], object], ctx: click.Conte
     except Exception as exc:  # noqa: BLE001 - a bug or an FFmpeg surprise: still one line
         if debug:
             raise
-        err.print(f"vhsup: error: unexpected failure: {type(exc).__name__}: {' '.join(str(exc).split())} "
-                  "(run again with --debug for the traceback)", markup=False)
+        err.print(
+            f"vhsup: error: unexpected failure: {type(exc).__name__}: {' '.join(str(exc).split())} "
+            "(run again with --debug for the traceback)",
+            markup=False,
+        )
         ctx.exit(1)
     finally:
         CLI.reset(cli)

@@ -49,8 +49,11 @@ _PARSERS: dict[str, Callable[[str], int | str]] = {"tile": tile, "count": batch}
 def _click_option(d: Declared, command: str) -> Callable[[F], F]:
     opt = d.opt
     flag = opt.flag or "--" + d.name.replace("_", "-")
-    kwargs: dict[str, Any] = {"default": d.default, "help": opt.help_in(command) or None,
-                              "show_default": d.default not in (None, False)}
+    kwargs: dict[str, Any] = {
+        "default": d.default,
+        "help": opt.help_in(command) or None,
+        "show_default": d.default not in (None, False),
+    }
     if opt.kind == "flag":
         kwargs["is_flag"] = True
         if d.default is False:

@@ -30,8 +30,10 @@ def run_demo(out_dir: Path, *, model: str | None = None, echo: Callable[[str], N
     cuda = torch.cuda.is_available()
     t0 = time.perf_counter()
     sample = make_vhs_sample(out_dir / "vhs-sample.avi", seconds=2.0)
-    echo(f"built {sample.path}: {plural(sample.frames, 'frame')} of interlaced NTSC DV with stereo PCM "
-         f"({time.perf_counter() - t0:.1f} s)")
+    echo(
+        f"built {sample.path}: {plural(sample.frames, 'frame')} of interlaced NTSC DV with stereo PCM "
+        f"({time.perf_counter() - t0:.1f} s)"
+    )
     window: dict[str, Any] = {} if cuda else {"start": 0.8, "frames": 8}
     dst = out_dir / f"vhs-sample.{model or ('esrgan-x4' if cuda else 'compact-x4')}.mkv"
     still = out_dir / "compare.png"
@@ -45,9 +47,11 @@ def run_demo(out_dir: Path, *, model: str | None = None, echo: Callable[[str], N
         result = upscale_video(sample.path, dst, model=model, compare=still, overwrite=True, notice=notice, **window)
     except VhsupError:
         raise
-    echo(f"wrote {result.output}: {plural(result.frames_out, 'frame')} {result.width}x{result.height} "
-         f"(display {result.display_aspect}), {result.deinterlace}, {plural(result.audio_streams, 'audio stream')}, "
-         f"{result.fps_out} fps with {result.model} on {result.device}")
+    echo(
+        f"wrote {result.output}: {plural(result.frames_out, 'frame')} {result.width}x{result.height} "
+        f"(display {result.display_aspect}), {result.deinterlace}, {plural(result.audio_streams, 'audio stream')}, "
+        f"{result.fps_out} fps with {result.model} on {result.device}"
+    )
     echo(f"side-by-side still (bicubic vs {result.model}): {result.compare}")
     echo(f"demo finished in {time.perf_counter() - t0:.1f} s")
     return result.to_json()

@@ -65,13 +65,21 @@ MEMORY_SHARE = {"cuda": 0.6, "cpu": 0.4}
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 _PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 _OOM_TYPES = tuple(
-    {t for t in (getattr(torch, "OutOfMemoryError", None),
-                 getattr(torch.cuda, "OutOfMemoryError", None)) if t is not None}
+    {
+        t
+        for t in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None))
+        if t is not None
+    }
 ) + (MemoryError,)
 # How the CPU allocator (and other backends) word an allocation failure; they
 # raise a plain RuntimeError, not an OutOfMemoryError.
-_OOM_WORDS = ("out of memory", "can't allocate memory", "not enough memory",
-              "failed to allocate memory", "alloc_failed")
+_OOM_WORDS = (
+    "out of memory",
+    "can't allocate memory",
+    "not enough memory",
+    "failed to allocate memory",
+    "alloc_failed",
+)
 
 
 @contextlib.contextmanager
@@ -87,7 +95,8 @@ def typed_out_of_memory() -> Iterator[None]:
         raise
     except Exception as exc:
         if isinstance(exc, _OOM_TYPES) or (
-                isinstance(exc, RuntimeError) and any(w in str(exc).lower() for w in _OOM_WORDS)):
+            isinstance(exc, RuntimeError) and any(w in str(exc).lower() for w in _OOM_WORDS)
+        ):
             raise OutOfMemory(" ".join(str(exc).split()) or type(exc).__name__) from exc
         raise
 
@@ -146,8 +155,14 @@ def _pad_size(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-def plan_tile(model_desc: ModelDescriptor, frame_hw: tuple[int, int], device: torch.device | str,
-              free_bytes: int | None = None, *, precision: str = "fp32") -> int:
+def plan_tile(
+    model_desc: ModelDescriptor,
+    frame_hw: tuple[int, int],
+    device: torch.device | str,
+    free_bytes: int | None = None,
+    *,
+    precision: str = "fp32",
+) -> int:
     """Tile edge (input px) for ``--tile auto``; 0 when the whole frame fits.
 
     Sizes from ``free_bytes`` (default: free device memory on CUDA,
@@ -162,7 +177,7 @@ def plan_tile(model_desc: ModelDescriptor, frame_hw: tuple[int, int], device: to
     if free_bytes is None:
         free_bytes = _free_bytes(device)
     h, w = (_pad_size(n, model_desc.size_multiple) for n in frame_hw)
-    s2 = model_desc.scale ** 2
+    s2 = model_desc.scale**2
     # The engine's own per-frame buffers: the float frame and the fp32 output
     # accumulator, which live whatever the tile.
     frame_bytes = h * w * (3 * 4 + 3 * 4 * s2)
@@ -204,9 +219,16 @@ class SREngine:
     Not thread-safe: one thread feeds one engine.
     """
 
-    def __init__(self, model: LoadedModel, *, device: str = "auto", precision: str = "auto",
-                 tile: int | str = "auto", batch: int | str = "auto",
-                 notice: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        model: LoadedModel,
+        *,
+        device: str = "auto",
+        precision: str = "auto",
+        tile: int | str = "auto",
+        batch: int | str = "auto",
+        notice: Callable[[str], None] | None = None,
+    ):
         desc = model.descriptor
         self.descriptor = desc
         self.scale = int(desc.scale)
@@ -215,8 +237,10 @@ class SREngine:
         self._notice = notice or (lambda _msg: None)
         self.stats = {"oom_backoffs": 0, "nan_retries": 0, "forward_passes": 0}
         if desc.in_channels != 3 or desc.out_channels != 3:
-            raise VhsupError(f"model {desc.name} has {desc.in_channels}->{desc.out_channels} "
-                             "channels; only RGB models (3->3) can upscale video")
+            raise VhsupError(
+                f"model {desc.name} has {desc.in_channels}->{desc.out_channels} "
+                "channels; only RGB models (3->3) can upscale video"
+            )
 
         self._tile_auto = tile == "auto"
         self._batch_auto = batch == "auto"
@@ -309,7 +333,7 @@ class SREngine:
             assert free is not None  # measured above whenever the batch is automatic
             ch, cw = self._crop(hp, wp)
             per_item = ch * cw * activation_bytes_per_px(self.descriptor, self.precision)
-            frame_bytes = hp * wp * 12 * (1 + self.scale ** 2)
+            frame_bytes = hp * wp * 12 * (1 + self.scale**2)
             budget = free * MEMORY_SHARE.get(self.device.type, 0.4) - frame_bytes
             cap = MAX_AUTO_BATCH.get(self.device.type, 2)
             self.batch = int(min(cap, max(1, budget // per_item)))
@@ -340,14 +364,15 @@ class SREngine:
             advice = "try --device cpu" if self.device.type == "cuda" else "close other programs"
             raise VhsupError(
                 f"out of memory on {self.device} with model {self.descriptor.name} even at "
-                f"{least} and batch 1 ({failure}); {advice}")
-        self._notice(f"out of memory on {self.device} at {old}; "
-                     f"retrying with tile {self.tile or 'off'}, batch {self.batch}")
+                f"{least} and batch 1 ({failure}); {advice}"
+            )
+        self._notice(
+            f"out of memory on {self.device} at {old}; retrying with tile {self.tile or 'off'}, batch {self.batch}"
+        )
 
     # -- running ----------------------------------------------------------
 
-    def _run(self, frames: list[np.ndarray], pending: list[int],
-             done: list[np.ndarray | None]) -> None:
+    def _run(self, frames: list[np.ndarray], pending: list[int], done: list[np.ndarray | None]) -> None:
         """Fill ``done`` for ``pending`` frames with the current settings.
 
         Tiles of consecutive frames share batches; a frame's input and its
@@ -363,7 +388,7 @@ class SREngine:
         inputs: dict[int, torch.Tensor] = {}
         accs: dict[int, torch.Tensor] = {}
         for start in range(0, len(jobs), self.batch):
-            chunk = jobs[start:start + self.batch]
+            chunk = jobs[start : start + self.batch]
             crops = []
             for i, k in chunk:
                 if i not in inputs:
@@ -385,8 +410,9 @@ class SREngine:
                 # Only the part with non-zero weight is added.
                 ry = slice((t.y.blend0 - t.y.crop0) * s, (t.y.blend1 - t.y.crop0) * s)
                 rx = slice((t.x.blend0 - t.x.crop0) * s, (t.x.blend1 - t.x.crop0) * s)
-                acc[:, t.y.blend0 * s:t.y.blend1 * s, t.x.blend0 * s:t.x.blend1 * s].addcmul_(
-                    out[j, :, ry, rx], wy[ry, None] * wx[None, rx])
+                acc[:, t.y.blend0 * s : t.y.blend1 * s, t.x.blend0 * s : t.x.blend1 * s].addcmul_(
+                    out[j, :, ry, rx], wy[ry, None] * wx[None, rx]
+                )
                 if k == len(tiles) - 1:
                     done[i] = self._download(accs.pop(i), h, w)
                     del inputs[i]
@@ -399,9 +425,14 @@ class SREngine:
         key = (hp, wp, self.tile)
         if self._layout is None or self._layout[0] != key:
             tiles = tiling.plan_tiles(hp, wp, self.tile, self._context, multiple=self._multiple)
-            weights = [] if len(tiles) == 1 else [
-                tuple(torch.from_numpy(a).to(self.device) for a in tiling.tile_weights(t, self.scale))
-                for t in tiles]
+            weights = (
+                []
+                if len(tiles) == 1
+                else [
+                    tuple(torch.from_numpy(a).to(self.device) for a in tiling.tile_weights(t, self.scale))
+                    for t in tiles
+                ]
+            )
             self._layout = (key, tiles, weights)
         return self._layout[1], self._layout[2]
 
@@ -425,7 +456,7 @@ class SREngine:
     def _download(self, y: torch.Tensor, h: int, w: int) -> np.ndarray:
         """float (3,H*s,W*s) on the device -> uint8 HxWx3 on the host."""
         s = self.scale
-        y = y[:, :h * s, :w * s].nan_to_num(0.0).clamp_(0.0, 1.0).mul_(255.0).round_()
+        y = y[:, : h * s, : w * s].nan_to_num(0.0).clamp_(0.0, 1.0).mul_(255.0).round_()
         return y.to(torch.uint8).permute(1, 2, 0).contiguous().cpu().numpy()
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -441,8 +472,7 @@ class SREngine:
                 precision = self.precision
                 if self.stats["nan_retries"] >= NAN_STRIKES:
                     self.precision = "fp32"
-                    self._notice(f"{precision} overflowed to inf/NaN {NAN_STRIKES} times; "
-                                 "using fp32 from now on")
+                    self._notice(f"{precision} overflowed to inf/NaN {NAN_STRIKES} times; using fp32 from now on")
                 else:
                     self._notice(f"{precision} output held inf/NaN; recomputing that batch in fp32")
                 del y
@@ -452,8 +482,10 @@ class SREngine:
         n, _, h, w = x.shape
         expect = (n, 3, h * self.scale, w * self.scale)
         if tuple(y.shape) != expect:
-            raise VhsupError(f"model {self.descriptor.name} returned shape {tuple(y.shape)} "
-                             f"for input {tuple(x.shape)}; expected {expect} (wrong scale?)")
+            raise VhsupError(
+                f"model {self.descriptor.name} returned shape {tuple(y.shape)} "
+                f"for input {tuple(x.shape)}; expected {expect} (wrong scale?)"
+            )
         return y.float()
 
 

@@ -166,7 +166,7 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
         raise VhsupError("ONNX model not found", path) from None
     except Exception as exc:  # noqa: BLE001 - protobuf raises many kinds
         raise VhsupError(f"not a readable ONNX model: {_first_line(exc)}", path) from None
-    return {p.key[len(META_PREFIX):]: p.value for p in proto.metadata_props if p.key.startswith(META_PREFIX)}
+    return {p.key[len(META_PREFIX) :]: p.value for p in proto.metadata_props if p.key.startswith(META_PREFIX)}
 
 
 def descriptor_from_metadata(meta: dict[str, str]) -> ModelDescriptor | None:
@@ -197,15 +197,20 @@ def cache_key(model: LoadedModel, precision: str, opset: int | None = None) -> s
     desc = dataclasses.asdict(model.descriptor)
     desc.pop("source", None)  # where the weights came from does not change them
     h = hashlib.sha256()
-    h.update(json.dumps({
-        "format": EXPORT_FORMAT,
-        "precision": precision,
-        "opset": opset or DEFAULT_OPSET,
-        "torch": torch.__version__.split("+")[0],
-        "descriptor": desc,
-        "structure": repr(model.module),
-        "types": sorted({type(m).__qualname__ for m in model.module.modules()}),
-    }, sort_keys=True).encode())
+    h.update(
+        json.dumps(
+            {
+                "format": EXPORT_FORMAT,
+                "precision": precision,
+                "opset": opset or DEFAULT_OPSET,
+                "torch": torch.__version__.split("+")[0],
+                "descriptor": desc,
+                "structure": repr(model.module),
+                "types": sorted({type(m).__qualname__ for m in model.module.modules()}),
+            },
+            sort_keys=True,
+        ).encode()
+    )
     h.update(exact_sha256(model.module.state_dict()).encode())
     return h.hexdigest()
 
@@ -236,8 +241,7 @@ def _export(net: nn.Module, example: torch.Tensor, path: Path, opset: int, name:
                 },
             )
     except Exception as exc:  # the exporter raises many kinds
-        raise VhsupError(f"model {name} cannot be exported to ONNX (opset {opset}): {_first_line(exc)}",
-                         final) from exc
+        raise VhsupError(f"model {name} cannot be exported to ONNX (opset {opset}): {_first_line(exc)}", final) from exc
 
 
 def _check_interface(proto, name: str, final: Path) -> None:
@@ -248,13 +252,19 @@ def _check_interface(proto, name: str, final: Path) -> None:
     """
     inputs = [i.name for i in proto.graph.input]
     if inputs != [INPUT_NAME]:
-        raise VhsupError(f"the export of {name} does not read its input (the model leaves torch while "
-                         "tracing, so its result was frozen into a constant)", final)
+        raise VhsupError(
+            f"the export of {name} does not read its input (the model leaves torch while "
+            "tracing, so its result was frozen into a constant)",
+            final,
+        )
     dims = proto.graph.input[0].type.tensor_type.shape.dim
     fixed = [i for i in (0, 2, 3) if not dims[i].dim_param]
     if fixed:
-        raise VhsupError(f"the export of {name} has frozen input sizes (dimensions {fixed}); vhsup needs "
-                         "dynamic batch, height and width", final)
+        raise VhsupError(
+            f"the export of {name} has frozen input sizes (dimensions {fixed}); vhsup needs "
+            "dynamic batch, height and width",
+            final,
+        )
 
 
 def _compare(net: nn.Module, path: Path, shapes, name: str, final: Path) -> float:
@@ -263,8 +273,9 @@ def _compare(net: nn.Module, path: Path, shapes, name: str, final: Path) -> floa
     try:
         import onnxruntime as ort
     except ImportError:
-        raise VhsupError("checking an ONNX export needs onnxruntime: pip install 'vhsup[onnx]' "
-                         "(or turn the check off)") from None
+        raise VhsupError(
+            "checking an ONNX export needs onnxruntime: pip install 'vhsup[onnx]' (or turn the check off)"
+        ) from None
     so = ort.SessionOptions()
     so.intra_op_num_threads = max(1, torch.get_num_threads())
     so.log_severity_level = 4
@@ -281,20 +292,31 @@ def _compare(net: nn.Module, path: Path, shapes, name: str, final: Path) -> floa
         try:
             got = sess.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
         except Exception as exc:
-            raise VhsupError(f"the export of {name} fails in onnxruntime at input {shape}: "
-                             f"{_first_line(exc)}", final) from exc
+            raise VhsupError(
+                f"the export of {name} fails in onnxruntime at input {shape}: {_first_line(exc)}", final
+            ) from exc
         if got.shape != ref.shape:
-            raise VhsupError(f"the export of {name} gives shape {got.shape} for input {shape}, torch gives "
-                             f"{ref.shape} (a shape was frozen while tracing?)", final)
+            raise VhsupError(
+                f"the export of {name} gives shape {got.shape} for input {shape}, torch gives "
+                f"{ref.shape} (a shape was frozen while tracing?)",
+                final,
+            )
         if not np.isfinite(got).all():
-            raise VhsupError(f"the export of {name} gives inf/NaN at input {shape} "
-                             "(overflow in fp16? export fp32)", final)
+            raise VhsupError(
+                f"the export of {name} gives inf/NaN at input {shape} (overflow in fp16? export fp32)", final
+            )
         worst = max(worst, float(np.abs(got.astype(np.float64) - ref).max()))
     return worst
 
 
-def export_onnx(model: LoadedModel, path: str | os.PathLike[str], *, precision: str = "fp32",
-                opset: int | None = None, check: bool = True) -> ExportReport:
+def export_onnx(
+    model: LoadedModel,
+    path: str | os.PathLike[str],
+    *,
+    precision: str = "fp32",
+    opset: int | None = None,
+    check: bool = True,
+) -> ExportReport:
     """Write ``model`` as an ONNX file with dynamic batch, height and width.
 
     Args:
@@ -345,8 +367,18 @@ def _plain_fp32():
         yield
 
 
-def _export_checked(onnx, ref: nn.Module, net: nn.Module, final: Path, desc: ModelDescriptor, precision: str,
-                    opset: int, shapes, check: bool, started: float) -> ExportReport:
+def _export_checked(
+    onnx,
+    ref: nn.Module,
+    net: nn.Module,
+    final: Path,
+    desc: ModelDescriptor,
+    precision: str,
+    opset: int,
+    shapes,
+    check: bool,
+    started: float,
+) -> ExportReport:
     error = None
     with replacing(final, "ONNX model") as tmp:
         _export(net, torch.rand(shapes[0]), tmp, opset, desc.name, final)
@@ -356,8 +388,10 @@ def _export_checked(onnx, ref: nn.Module, net: nn.Module, final: Path, desc: Mod
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
         proto.producer_name = "vhsup"
-        proto.doc_string = (f"vhsup {desc.name}: {desc.arch} x{desc.scale}, {precision} "
-                            "weights, float32 input (N,3,H,W) RGB in [0,1], float32 output unclamped")
+        proto.doc_string = (
+            f"vhsup {desc.name}: {desc.arch} x{desc.scale}, {precision} "
+            "weights, float32 input (N,3,H,W) RGB in [0,1], float32 output unclamped"
+        )
         try:
             onnx.save(proto, str(tmp))
         except OSError as exc:
@@ -366,12 +400,16 @@ def _export_checked(onnx, ref: nn.Module, net: nn.Module, final: Path, desc: Mod
             try:
                 onnx.checker.check_model(str(tmp), full_check=True)
             except Exception as exc:  # checker and shape inference errors
-                raise VhsupError(f"the export of {desc.name} is not a valid ONNX model: {_first_line(exc)}",
-                                 final) from exc
+                raise VhsupError(
+                    f"the export of {desc.name} is not a valid ONNX model: {_first_line(exc)}", final
+                ) from exc
             error = _compare(ref, tmp, shapes, desc.name, final)
             if error > TOLERANCE[precision]:
-                raise VhsupError(f"the {precision} export of {desc.name} differs from torch by {error:.3g} "
-                                 f"(more than {TOLERANCE[precision]:g})", final)
+                raise VhsupError(
+                    f"the {precision} export of {desc.name} differs from torch by {error:.3g} "
+                    f"(more than {TOLERANCE[precision]:g})",
+                    final,
+                )
     return ExportReport(
         path=final,
         name=desc.name,

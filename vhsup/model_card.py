@@ -88,7 +88,7 @@ def _weights(value: Any, path: str | os.PathLike[str]) -> WeightsRef | None:
     if value is None or value == "none":
         return None
     if not isinstance(value, Mapping):
-        raise VhsupError(f"model card's weights must be a table or \"none\", not {value!r}", path)
+        raise VhsupError(f'model card\'s weights must be a table or "none", not {value!r}', path)
     for key in ("id", "tensors_sha256"):
         if not value.get(key):
             raise VhsupError(f"model card's [weights] has no {key!r}", path)
@@ -97,8 +97,14 @@ def _weights(value: Any, path: str | os.PathLike[str]) -> WeightsRef | None:
         return None if value.get(key) is None else str(value[key])
 
     size = value.get("file_size")
-    return WeightsRef(id=str(value["id"]), tensors_sha256=str(value["tensors_sha256"]), ncnn=text("ncnn"),
-                      url=text("url"), file_sha256=text("file_sha256"), file_size=None if size is None else int(size))
+    return WeightsRef(
+        id=str(value["id"]),
+        tensors_sha256=str(value["tensors_sha256"]),
+        ncnn=text("ncnn"),
+        url=text("url"),
+        file_sha256=text("file_sha256"),
+        file_size=None if size is None else int(size),
+    )
 
 
 def parse_card(data: Mapping[str, Any], path: str | os.PathLike[str], *, needs_context: bool = True) -> ModelCard:

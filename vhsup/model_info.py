@@ -102,7 +102,8 @@ def describe_file(path: Path) -> dict:
         "cache_file": None,
         "licence": d.licence,
         "attribution": list(c.attribution) if c else [],
-        "description": (c.description if c else "") or f"{d.arch} x{d.scale} weights file (no model card beside it{built_by})",
+        "description": (c.description if c else "")
+        or f"{d.arch} x{d.scale} weights file (no model card beside it{built_by})",
         "notes": " ".join(c.notes.split()) if c else "",
         "path": str(path),
         "loader": d.loader,

@@ -80,9 +80,18 @@ class Opt:
         return dict(self.help_for).get(command, self.help)
 
 
-def _opt(default: Any, help: str = "", *, kind: Kind = "text", choices: tuple[str, ...] = (), flag: str = "",
-         commands: frozenset[str] = frozenset(), output: bool = False, added_later: bool = False,
-         help_for: tuple[tuple[str, str], ...] = ()) -> Any:
+def _opt(
+    default: Any,
+    help: str = "",
+    *,
+    kind: Kind = "text",
+    choices: tuple[str, ...] = (),
+    flag: str = "",
+    commands: frozenset[str] = frozenset(),
+    output: bool = False,
+    added_later: bool = False,
+    help_for: tuple[tuple[str, str], ...] = (),
+) -> Any:
     if choices:
         kind = "choice"
     meta = Opt(help, kind, choices, flag, frozenset(commands), output, added_later, help_for)
@@ -93,47 +102,103 @@ def _opt(default: Any, help: str = "", *, kind: Kind = "text", choices: tuple[st
 class Options:
     """Everything ``vhsup upscale`` can be told. Defaults are what a user gets."""
 
-    model: str | None = _opt(None, "Model name or weights file (default: esrgan-x4 on CUDA, compact-x4 on CPU).",
-                             commands=_PLAN | _ENGINE, output=True)
-    backend: str = _opt("torch", "onnx: onnxruntime (TensorRT, CUDA or CPU provider; needs the onnx extra).",
-                        choices=("torch", "onnx"), commands=_ENGINE, output=True, added_later=True)
+    model: str | None = _opt(
+        None,
+        "Model name or weights file (default: esrgan-x4 on CUDA, compact-x4 on CPU).",
+        commands=_PLAN | _ENGINE,
+        output=True,
+    )
+    backend: str = _opt(
+        "torch",
+        "onnx: onnxruntime (TensorRT, CUDA or CPU provider; needs the onnx extra).",
+        choices=("torch", "onnx"),
+        commands=_ENGINE,
+        output=True,
+        added_later=True,
+    )
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N.", commands=_ENGINE)
-    precision: str = _opt("auto", "auto: bf16 or fp16 on CUDA where the model and GPU allow, else fp32.",
-                          choices=("auto", "fp32", "fp16", "bf16"), commands=_ENGINE, output=True, added_later=True)
-    tile: int | str = _opt("auto", "auto, 0 (whole frames) or a tile edge in input pixels.", kind="tile",
-                           commands=_ENGINE)
+    precision: str = _opt(
+        "auto",
+        "auto: bf16 or fp16 on CUDA where the model and GPU allow, else fp32.",
+        choices=("auto", "fp32", "fp16", "bf16"),
+        commands=_ENGINE,
+        output=True,
+        added_later=True,
+    )
+    tile: int | str = _opt(
+        "auto", "auto, 0 (whole frames) or a tile edge in input pixels.", kind="tile", commands=_ENGINE
+    )
     batch: int | str = _opt("auto", "Frames or tiles per forward pass.", kind="count", commands=_ENGINE)
     deinterlace: str = _opt("auto", choices=("auto", "on", "off"), commands=_MEDIA, output=True)
-    field_rate: str = _opt("single", "double: one frame per field (59.94p from 29.97i).", choices=("single", "double"),
-                           commands=_PLAN, output=True)
-    field_order: str = _opt("auto", "auto: the flags, or the pictures' order where they clearly contradict the flags.",
-                            choices=("auto", "tff", "bff"), commands=_MEDIA, output=True, added_later=True)
-    ivtc: bool = _opt(False, "Undo 3:2 telecine (film on NTSC video) to 23.976p.", kind="flag", commands=_MEDIA,
-                      output=True)
+    field_rate: str = _opt(
+        "single",
+        "double: one frame per field (59.94p from 29.97i).",
+        choices=("single", "double"),
+        commands=_PLAN,
+        output=True,
+    )
+    field_order: str = _opt(
+        "auto",
+        "auto: the flags, or the pictures' order where they clearly contradict the flags.",
+        choices=("auto", "tff", "bff"),
+        commands=_MEDIA,
+        output=True,
+        added_later=True,
+    )
+    ivtc: bool = _opt(
+        False, "Undo 3:2 telecine (film on NTSC video) to 23.976p.", kind="flag", commands=_MEDIA, output=True
+    )
     # Changes no picture, but turns a refusal (no telecine seen) into an output: a failed file is retried.
-    force_ivtc: bool = _opt(False, "With --ivtc: run it even where the picture does not look telecined "
-                            "(drops one frame in five).", kind="flag", commands=_MEDIA, output=True, added_later=True)
-    crop: str | Crop | None = _opt(None, "auto (measure the black borders and head-switching lines), "
-                                   "or L,T,R,B pixels to remove.", commands=_MEDIA, output=True)
+    force_ivtc: bool = _opt(
+        False,
+        "With --ivtc: run it even where the picture does not look telecined (drops one frame in five).",
+        kind="flag",
+        commands=_MEDIA,
+        output=True,
+        added_later=True,
+    )
+    crop: str | Crop | None = _opt(
+        None,
+        "auto (measure the black borders and head-switching lines), or L,T,R,B pixels to remove.",
+        commands=_MEDIA,
+        output=True,
+    )
     width: int | None = _opt(None, "Output width, aspect kept.", kind="int", commands=_PLAN, output=True)
     height: int | None = _opt(None, "Output height, aspect kept (e.g. 1080).", kind="int", commands=_PLAN, output=True)
-    codec: str = _opt("libx264", choices=VIDEO_CODECS, commands=_ENGINE, output=True,
-                      help_for=((BENCH, "Encoder for the end-to-end timing."),))
+    codec: str = _opt(
+        "libx264",
+        choices=VIDEO_CODECS,
+        commands=_ENGINE,
+        output=True,
+        help_for=((BENCH, "Encoder for the end-to-end timing."),),
+    )
     crf: int | None = _opt(None, "Quality for x264/x265 (default 18).", kind="int", commands=_RUN, output=True)
     preset: str | None = _opt(None, "Encoder preset (x264/x265 default: medium).", commands=_ENGINE, output=True)
     pix_fmt: str = _opt("yuv420p", choices=("yuv420p", "yuv420p10le"), commands=_RUN, output=True)
-    start: float | None = _opt(None, "Start at this many seconds.", kind="float", commands=frozenset({UPSCALE}),
-                               output=True, added_later=True)
-    duration: float | None = _opt(None, "Upscale this many seconds.", kind="float", commands=frozenset({UPSCALE}),
-                                  output=True, added_later=True)
-    frames: int | None = _opt(None, "Upscale at most this many frames.", kind="int", commands=frozenset({UPSCALE}),
-                              output=True, added_later=True)
+    start: float | None = _opt(
+        None, "Start at this many seconds.", kind="float", commands=frozenset({UPSCALE}), output=True, added_later=True
+    )
+    duration: float | None = _opt(
+        None, "Upscale this many seconds.", kind="float", commands=frozenset({UPSCALE}), output=True, added_later=True
+    )
+    frames: int | None = _opt(
+        None,
+        "Upscale at most this many frames.",
+        kind="int",
+        commands=frozenset({UPSCALE}),
+        output=True,
+        added_later=True,
+    )
     compare: str | os.PathLike[str] | None = _opt(
-        None, "Also write a side-by-side PNG (bicubic vs the model) of one frame.", kind="path",
-        commands=frozenset({UPSCALE}))
+        None,
+        "Also write a side-by-side PNG (bicubic vs the model) of one frame.",
+        kind="path",
+        commands=frozenset({UPSCALE}),
+    )
     overwrite: bool = _opt(False, "Replace an existing output.", kind="flag", commands=frozenset({UPSCALE}))
-    allow_download: bool = _opt(False, "Allow fetching weights from the official release URL.", kind="flag",
-                                flag="--download", commands=_RUN)
+    allow_download: bool = _opt(
+        False, "Allow fetching weights from the official release URL.", kind="flag", flag="--download", commands=_RUN
+    )
     decode_threads: int = _opt(0, "Decoder threads (0: the decoder's choice).", kind="int")
     queue: int = _opt(8, "Frames held between the decode, infer and encode threads.", kind="int")
 

@@ -103,19 +103,50 @@ class Result:
     backend: str = "torch"
 
     #: The fields that say how a run was set up, the same for every chunk of a chunked run.
-    SETUP: ClassVar[tuple[str, ...]] = ("model", "device", "precision", "tile", "width", "height", "display_aspect",
-                                        "output_rate", "deinterlace", "crop", "backend")
+    SETUP: ClassVar[tuple[str, ...]] = (
+        "model",
+        "device",
+        "precision",
+        "tile",
+        "width",
+        "height",
+        "display_aspect",
+        "output_rate",
+        "deinterlace",
+        "crop",
+        "backend",
+    )
 
     @classmethod
-    def written(cls, setup: dict, *, input: str, output: str, frames_in: int, frames_out: int, decode_errors: int,
-                seconds: float, report: EncodeReport, notices: list[str], compare: str | None) -> Result:
+    def written(
+        cls,
+        setup: dict,
+        *,
+        input: str,
+        output: str,
+        frames_in: int,
+        frames_out: int,
+        decode_errors: int,
+        seconds: float,
+        report: EncodeReport,
+        notices: list[str],
+        compare: str | None,
+    ) -> Result:
         """The summary of a run that wrote ``output``: ``setup`` gives the :attr:`SETUP` fields,
         ``report`` (the encoder's) the streams, ``seconds`` the speed."""
         return cls(
-            input=input, output=output, frames_in=frames_in, frames_out=frames_out,
-            fps_out=round(frames_out / seconds, 3) if seconds else 0.0, audio_streams=report.audio_streams,
-            subtitle_streams=report.subtitle_streams, decode_errors=decode_errors, seconds=round(seconds, 3),
-            transcoded=list(report.transcoded), notices=list(notices), compare=compare,
+            input=input,
+            output=output,
+            frames_in=frames_in,
+            frames_out=frames_out,
+            fps_out=round(frames_out / seconds, 3) if seconds else 0.0,
+            audio_streams=report.audio_streams,
+            subtitle_streams=report.subtitle_streams,
+            decode_errors=decode_errors,
+            seconds=round(seconds, 3),
+            transcoded=list(report.transcoded),
+            notices=list(notices),
+            compare=compare,
             **{name: setup[name] for name in cls.SETUP},
         )
 
@@ -152,11 +183,19 @@ def source_range(info: VideoInfo, opts: Options) -> tuple[Fraction | None, Fract
 
 def field_plan(info: VideoInfo, opts: Options) -> FilterPlan:
     """The field handling (deinterlace, field order, inverse telecine) ``opts`` asks for on ``info``."""
-    return plan_filters(info, deinterlace=opts.deinterlace, field_rate=opts.field_rate, ivtc=opts.ivtc,
-                        field_order=opts.field_order, force_ivtc=opts.force_ivtc)
+    return plan_filters(
+        info,
+        deinterlace=opts.deinterlace,
+        field_rate=opts.field_rate,
+        ivtc=opts.ivtc,
+        field_order=opts.field_order,
+        force_ivtc=opts.force_ivtc,
+    )
 
 
-def make_plan(src: str | os.PathLike[str], opts: Options, *, scale: int, model: str, info: VideoInfo | None = None) -> Plan:
+def make_plan(
+    src: str | os.PathLike[str], opts: Options, *, scale: int, model: str, info: VideoInfo | None = None
+) -> Plan:
     """Probe and decide fields, crop, range and sizes for a model of ``scale``."""
     path = Path(src)
     info = info or probe(path)
@@ -178,8 +217,19 @@ def make_plan(src: str | os.PathLike[str], opts: Options, *, scale: int, model: 
         estimate = min(estimate, int(round(max(0.0, t1 - t0) * float(filters.rate))))
     if limit is not None:
         estimate = min(estimate, limit) if estimate else limit
-    return Plan(info, filters, geometry, model, scale, start, end, limit, max(estimate, 0), crop_source,
-                notices=list(filters.notes))
+    return Plan(
+        info,
+        filters,
+        geometry,
+        model,
+        scale,
+        start,
+        end,
+        limit,
+        max(estimate, 0),
+        crop_source,
+        notices=list(filters.notes),
+    )
 
 
 def _load(opts: Options, notice: Notice | None = None):
@@ -200,14 +250,17 @@ def _load(opts: Options, notice: Notice | None = None):
 
     source = name if is_onnx_file else load_model(name, allow_download=opts.allow_download)
     # The engine's precision still applies: the ONNX module follows its autocast.
-    return name, load_onnx_model(source, precision="fp32" if opts.precision in ("auto", "fp32") else "fp16",
-                                 notice=notice)
+    return name, load_onnx_model(
+        source, precision="fp32" if opts.precision in ("auto", "fp32") else "fp16", notice=notice
+    )
 
 
 def _engine(loaded, opts: Options, notice: Notice):
     from vhsup.engine import SREngine
 
-    return SREngine(loaded, device=opts.device, precision=opts.precision, tile=opts.tile, batch=opts.batch, notice=notice)
+    return SREngine(
+        loaded, device=opts.device, precision=opts.precision, tile=opts.tile, batch=opts.batch, notice=notice
+    )
 
 
 class Run:
@@ -221,9 +274,14 @@ class Run:
     that every output picture falls in exactly one chunk.
     """
 
-    def __init__(self, src: str | os.PathLike[str], opts: Options, notice: Notice | None = None,
-                 progress: Callable[[int, int], None] | None = None,
-                 span: tuple[Fraction | None, Fraction | None] | None = None):
+    def __init__(
+        self,
+        src: str | os.PathLike[str],
+        opts: Options,
+        notice: Notice | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        span: tuple[Fraction | None, Fraction | None] | None = None,
+    ):
         self.src = Path(src)
         self.opts = opts
         self.notices: list[str] = []
@@ -262,7 +320,9 @@ class Run:
             frames = decode_from(container, plan.start, threads=self.opts.decode_threads, stats=self.stats)
             progressive = progressive_frames(frames, stream, plan.filters)
             colour = source_colour(info.height, info.colorspace, info.color_range)
-            yield from pictures(progressive, colour, plan.geometry.crop, start=plan.start, end=plan.end, limit=plan.limit)
+            yield from pictures(
+                progressive, colour, plan.geometry.crop, start=plan.start, end=plan.end, limit=plan.limit
+            )
         finally:
             container.close()
 
@@ -331,10 +391,19 @@ class Run:
                     if plan.limit is not None:
                         end = self.origin + Fraction(plan.limit) / plan.filters.rate
                     encoder = VideoEncoder(
-                        dst, src=self.src, width=g.out_w, height=g.out_h, rate=plan.filters.rate, sar=g.out_sar,
-                        colour=colour, settings=settings, time_range=(self.origin, end),
+                        dst,
+                        src=self.src,
+                        width=g.out_w,
+                        height=g.out_h,
+                        rate=plan.filters.rate,
+                        sar=g.out_sar,
+                        colour=colour,
+                        settings=settings,
+                        time_range=(self.origin, end),
                         origin=self.origin if origin is None else origin,
-                        overwrite=opts.overwrite, notice=self.notice, stage_for=stage_for,
+                        overwrite=opts.overwrite,
+                        notice=self.notice,
+                        stage_for=stage_for,
                     )
                     worker = Worker(encode, maxsize=4, name="encode")
                 assert worker is not None  # made with the encoder, at the first picture
@@ -357,23 +426,52 @@ class Run:
             from vhsup.preview import write_compare
 
             src_rgb, sr_rgb = self.compare_pair
-            compare_path = str(write_compare(Path(opts.compare), src_rgb, sr_rgb, model_name=self.model_name,
-                                             scale=self.engine.scale, display_sar=g.sar))
+            compare_path = str(
+                write_compare(
+                    Path(opts.compare),
+                    src_rgb,
+                    sr_rgb,
+                    model_name=self.model_name,
+                    scale=self.engine.scale,
+                    display_sar=g.sar,
+                )
+            )
         if self.stats.errors:
-            self.notice(f"{self.src}: {plural(self.stats.errors, 'decode error')}; "
-                        f"{plural(self.stats.frames, 'frame')} decoded and upscaled")
+            self.notice(
+                f"{self.src}: {plural(self.stats.errors, 'decode error')}; "
+                f"{plural(self.stats.frames, 'frame')} decoded and upscaled"
+            )
         if self.stats.no_picture:
-            self.notice(f"{self.src}: {plural(self.stats.no_picture, 'AVI video chunk')} gave no picture "
-                        "(not-coded drop frames or damage); the picture before each stays on screen for its slot")
+            self.notice(
+                f"{self.src}: {plural(self.stats.no_picture, 'AVI video chunk')} gave no picture "
+                "(not-coded drop frames or damage); the picture before each stays on screen for its slot"
+            )
         dev = self.engine.describe()
-        setup = {"model": self.model_name, "device": str(dev.get("device")), "precision": str(dev.get("precision")),
-                 "tile": int(dev.get("tile", 0)), "width": g.out_w, "height": g.out_h,
-                 "display_aspect": aspect_label(g.dar), "output_rate": str(plan.filters.rate),
-                 "deinterlace": plan.filters.describe(), "crop": str(g.crop), "backend": self.backend}
-        return Result.written(setup, input=str(self.src), output=str(dst), frames_in=self.stats.frames,
-                              frames_out=self.frames_out, decode_errors=self.stats.errors,
-                              seconds=time.perf_counter() - t0, report=report, notices=self.notices,
-                              compare=compare_path)
+        setup = {
+            "model": self.model_name,
+            "device": str(dev.get("device")),
+            "precision": str(dev.get("precision")),
+            "tile": int(dev.get("tile", 0)),
+            "width": g.out_w,
+            "height": g.out_h,
+            "display_aspect": aspect_label(g.dar),
+            "output_rate": str(plan.filters.rate),
+            "deinterlace": plan.filters.describe(),
+            "crop": str(g.crop),
+            "backend": self.backend,
+        }
+        return Result.written(
+            setup,
+            input=str(self.src),
+            output=str(dst),
+            frames_in=self.stats.frames,
+            frames_out=self.frames_out,
+            decode_errors=self.stats.errors,
+            seconds=time.perf_counter() - t0,
+            report=report,
+            notices=self.notices,
+            compare=compare_path,
+        )
 
 
 def check_outputs(src: Path, dst: Path, opts: Options) -> None:
@@ -389,9 +487,14 @@ def check_outputs(src: Path, dst: Path, opts: Options) -> None:
         check_still_name(Path(opts.compare))
 
 
-def upscale_video(src: str | os.PathLike[str], dst: str | os.PathLike[str] | None = None, *,
-                  notice: Notice | None = None, progress: Callable[[int, int], None] | None = None,
-                  **options: object) -> Result:
+def upscale_video(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str] | None = None,
+    *,
+    notice: Notice | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    **options: object,
+) -> Result:
     """Upscale ``src`` into ``dst`` (default: ``<stem>.<model>.mkv`` beside it).
 
     Options are the fields of :class:`Options` (the CLI's flags). Returns a

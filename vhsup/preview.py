@@ -52,8 +52,11 @@ def check_still_name(path: Path) -> Path:
     """Refuse a still name whose extension is no picture format vhsup writes."""
     path = Path(path)
     if path.suffix.lower() not in STILL_FORMATS:
-        raise VhsupError(f"cannot tell the picture format from {path.suffix or 'a name without extension'!r}; "
-                         f"use one of {', '.join(sorted(STILL_FORMATS))}", path)
+        raise VhsupError(
+            f"cannot tell the picture format from {path.suffix or 'a name without extension'!r}; "
+            f"use one of {', '.join(sorted(STILL_FORMATS))}",
+            path,
+        )
     return path
 
 

@@ -251,8 +251,14 @@ def describe_network(net: torch.nn.Module, scale: int) -> ModelDescriptor:
         context, multiple = spec.context(hyper), spec.size_multiple(hyper)
     except (VhsupError, KeyError, TypeError, ValueError):
         arch, context, multiple = "unknown", TRUNK_CONTEXT, 1
-    return ModelDescriptor(name=f"{arch} (in training)", arch=arch, scale=int(scale), context=int(context),
-                           size_multiple=int(multiple), params=_count(net))
+    return ModelDescriptor(
+        name=f"{arch} (in training)",
+        arch=arch,
+        scale=int(scale),
+        context=int(context),
+        size_multiple=int(multiple),
+        params=_count(net),
+    )
 
 
 def _check_usable(in_ch: int, out_ch: int, scale: int, path: Path) -> None:

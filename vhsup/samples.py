@@ -195,9 +195,7 @@ def _check_request(path: Path, seconds: float, width: int, height: int, standard
         raise VhsupError(f"sample length must be between 0 and 600 s, not {seconds}", path)
     full = _FULL_HEIGHT[standard]
     if fmt == "dv" and (width, height) != (720, full):
-        raise VhsupError(
-            f"DV is always 720x{full} for {standard.upper()}; {width}x{height} needs fmt='mpeg2'", path
-        )
+        raise VhsupError(f"DV is always 720x{full} for {standard.upper()}; {width}x{height} needs fmt='mpeg2'", path)
     if fmt == "mpeg2" and (width not in _MPEG2_WIDTHS or height not in (full, full // 2)):
         raise VhsupError(
             f"{width}x{height} is not a DVD size for {standard.upper()}: width 720, 704 or 352, "
@@ -377,14 +375,17 @@ def _vsoften(img: np.ndarray) -> np.ndarray:
 # The tape: record, play back, digitise.
 
 # BT.601 R'G'B' (0-255) -> Y' (16-235) and Cb/Cr (-112..112), limited range.
-_RGB_TO_YCC = np.array(
-    [
-        [65.481, 128.553, 24.966, 16.0 * 255],
-        [-37.797, -74.203, 112.0, 0.0],
-        [112.0, -93.786, -18.214, 0.0],
-    ],
-    dtype=np.float32,
-) / 255.0
+_RGB_TO_YCC = (
+    np.array(
+        [
+            [65.481, 128.553, 24.966, 16.0 * 255],
+            [-37.797, -74.203, 112.0, 0.0],
+            [112.0, -93.786, -18.214, 0.0],
+        ],
+        dtype=np.float32,
+    )
+    / 255.0
+)
 
 
 def _lowpass_fir(cutoff: float, taps: int) -> np.ndarray:
@@ -632,4 +633,3 @@ def _encode(tmp, fmt, width, height, rate, sar, interlaced, frames, scene, vhs, 
             out.mux(pkt)
         for pkt in a.encode():
             out.mux(pkt)
-

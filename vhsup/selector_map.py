@@ -34,10 +34,22 @@ MAX_SIDE = 512
 # Distinct, saturated colours first (readable on the dark canvas and far
 # from its greys); beyond them the palette is extended by golden-angle hues.
 _BASE_PALETTE = (
-    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40),
-    (148, 103, 189), (23, 190, 207), (227, 119, 194), (188, 189, 34),
-    (140, 86, 75), (255, 255, 255), (174, 199, 232), (255, 187, 120),
-    (152, 223, 138), (255, 152, 150), (197, 176, 213), (158, 218, 229),
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (23, 190, 207),
+    (227, 119, 194),
+    (188, 189, 34),
+    (140, 86, 75),
+    (255, 255, 255),
+    (174, 199, 232),
+    (255, 187, 120),
+    (152, 223, 138),
+    (255, 152, 150),
+    (197, 176, 213),
+    (158, 218, 229),
 )
 
 
@@ -217,8 +229,9 @@ def cap_size(picture: np.ndarray, max_side: int) -> np.ndarray:
     return cv2.resize(picture, size, interpolation=cv2.INTER_AREA)
 
 
-def selector_map(module: torch.nn.Module, picture: np.ndarray, *, size_multiple: int = 1,
-                 max_side: int = MAX_SIDE) -> SelectorMap:
+def selector_map(
+    module: torch.nn.Module, picture: np.ndarray, *, size_multiple: int = 1, max_side: int = MAX_SIDE
+) -> SelectorMap:
     """Maps of every switched layer of ``module`` on ``picture`` (RGB uint8), composed."""
     original = picture.shape[:2]
     small = cap_size(picture, max_side)
@@ -231,8 +244,9 @@ def selector_map(module: torch.nn.Module, picture: np.ndarray, *, size_multiple:
     return result
 
 
-def write_selector_map(path: Path, module: torch.nn.Module, picture: np.ndarray, *, size_multiple: int = 1,
-                       max_side: int = MAX_SIDE) -> SelectorMap:
+def write_selector_map(
+    path: Path, module: torch.nn.Module, picture: np.ndarray, *, size_multiple: int = 1, max_side: int = MAX_SIDE
+) -> SelectorMap:
     """Compute the selector maps and write them as one PNG (atomically)."""
     result = selector_map(module, picture, size_multiple=size_multiple, max_side=max_side)
     write_png(Path(path), result.canvas)

@@ -95,8 +95,7 @@ def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
-def split_axis(size: int, tile: int, context: int, feather: int | None = None,
-               multiple: int = 1) -> list[Span]:
+def split_axis(size: int, tile: int, context: int, feather: int | None = None, multiple: int = 1) -> list[Span]:
     """Cut one axis of ``size`` pixels into spans with cores of at most ``tile``.
 
     Args:
@@ -138,16 +137,22 @@ def split_axis(size: int, tile: int, context: int, feather: int | None = None,
     for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
         start = (a - margin) // multiple * multiple
         start = min(max(start, 0), size - length)
-        spans.append(Span(
-            core0=a, core1=b, crop0=start, crop1=start + length,
-            blend0=a - f if i > 0 else 0,
-            blend1=b + f if i < n - 1 else size,
-        ))
+        spans.append(
+            Span(
+                core0=a,
+                core1=b,
+                crop0=start,
+                crop1=start + length,
+                blend0=a - f if i > 0 else 0,
+                blend1=b + f if i < n - 1 else size,
+            )
+        )
     return spans
 
 
-def plan_tiles(height: int, width: int, tile: int, context: int,
-               feather: int | None = None, multiple: int = 1) -> list[Tile]:
+def plan_tiles(
+    height: int, width: int, tile: int, context: int, feather: int | None = None, multiple: int = 1
+) -> list[Tile]:
     """All tiles of a ``height x width`` frame, row by row.
 
     Every tile's crop has the same shape, so the crops can be stacked into a
@@ -158,8 +163,9 @@ def plan_tiles(height: int, width: int, tile: int, context: int,
     return [Tile(y, x) for y in ys for x in xs]
 
 
-def crop_size(height: int, width: int, tile: int, context: int,
-              feather: int | None = None, multiple: int = 1) -> tuple[int, int]:
+def crop_size(
+    height: int, width: int, tile: int, context: int, feather: int | None = None, multiple: int = 1
+) -> tuple[int, int]:
     """Shape ``(h, w)`` of every crop :func:`plan_tiles` would give."""
     ys = split_axis(height, tile, context, feather, multiple)
     xs = split_axis(width, tile, context, feather, multiple)

@@ -5,8 +5,16 @@ from __future__ import annotations
 from fractions import Fraction
 
 #: Display shapes people know by name; a picture within 0.5% of one is shown as it (854x480 is "16:9").
-NAMED_ASPECTS = (Fraction(4, 3), Fraction(16, 9), Fraction(3, 2), Fraction(5, 4), Fraction(1, 1),
-                 Fraction(185, 100), Fraction(239, 100), Fraction(64, 27))
+NAMED_ASPECTS = (
+    Fraction(4, 3),
+    Fraction(16, 9),
+    Fraction(3, 2),
+    Fraction(5, 4),
+    Fraction(1, 1),
+    Fraction(185, 100),
+    Fraction(239, 100),
+    Fraction(64, 27),
+)
 _LABELS = {Fraction(185, 100): "1.85:1", Fraction(239, 100): "2.39:1", Fraction(64, 27): "21:9"}
 
 

@@ -232,8 +232,9 @@ class _Seat:
         self.conn, child = ctx.Pipe()
         # Not a daemon: a job may start processes of its own. The pool stops and joins its
         # workers itself, and they die with the parent (see _die_with_parent).
-        self.process = ctx.Process(target=_serve, args=(child, pool.task, os.getpid(), gpu, threads),
-                                   name=f"{pool.name}-{slot}", daemon=False)
+        self.process = ctx.Process(
+            target=_serve, args=(child, pool.task, os.getpid(), gpu, threads), name=f"{pool.name}-{slot}", daemon=False
+        )
         self.process.start()
         child.close()
         self.key: Key | None = None
@@ -285,8 +286,15 @@ class Pool:
     ``if __name__ == "__main__":``.
     """
 
-    def __init__(self, task: Task, workers: int, *, device: str = "auto", name: str = "vhsup-worker",
-                 gpus: Sequence[str] | None = None):
+    def __init__(
+        self,
+        task: Task,
+        workers: int,
+        *,
+        device: str = "auto",
+        name: str = "vhsup-worker",
+        gpus: Sequence[str] | None = None,
+    ):
         self.task = task
         self.size = max(1, workers)
         self.name = name

@@ -33,8 +33,15 @@ from .switchedsr import SwitchedSR
 #: RRDBNet's keys and more, so it comes first. (Networks built of switched
 #: convs are asked before a converted network is unswitched, wherever they
 #: stand here.)
-SPECS: tuple[ArchSpec, ...] = (mesrgan.SPEC, rrdbnet.SPEC, srresnet.SPEC, resunet.SPEC, switchedsr.SPEC,
-                               compact.SPEC, classical.SPEC)
+SPECS: tuple[ArchSpec, ...] = (
+    mesrgan.SPEC,
+    rrdbnet.SPEC,
+    srresnet.SPEC,
+    resunet.SPEC,
+    switchedsr.SPEC,
+    compact.SPEC,
+    classical.SPEC,
+)
 ARCHS = tuple(s.name for s in SPECS)
 _BY_NAME = {s.name: s for s in SPECS}
 DISCRIMINATORS = {"srgan": SRGANDiscriminator, "unet": UNetDiscriminatorSN}
@@ -75,8 +82,9 @@ def build(arch: str, hyper: Mapping) -> nn.Module:
     if switched is not None and not spec.weightless:
         layers = set(switched["layers"])
         extra = {"queue": int(switched["queue"])} if "queue" in switched else {}
-        done = convert_to_switched(net, breadth=int(switched["breadth"]), predicate=lambda name, _conv: name in layers,
-                                   **extra)
+        done = convert_to_switched(
+            net, breadth=int(switched["breadth"]), predicate=lambda name, _conv: name in layers, **extra
+        )
         if set(done) != layers:
             missing = ", ".join(sorted(layers - set(done)))
             raise ValueError(f"{arch} with {hyper} has no convs named {missing} to switch")

@@ -42,7 +42,9 @@ class SRGANDiscriminator(nn.Module):
     Keys: ``conv_first``, ``body.N.{conv, bn}`` (N = 0..6), ``fc1``, ``fc2``.
     """
 
-    def __init__(self, num_in_ch: int = 3, num_feat: int = 64, first_kernel: int = 9, pool: int = 6, hidden: int = 1024):
+    def __init__(
+        self, num_in_ch: int = 3, num_feat: int = 64, first_kernel: int = 9, pool: int = 6, hidden: int = 1024
+    ):
         super().__init__()
         if first_kernel % 2 == 0 or min(num_in_ch, num_feat, first_kernel, pool, hidden) < 1:
             raise ValueError("SRGANDiscriminator sizes must be positive and first_kernel odd")

@@ -147,11 +147,15 @@ class ResUNet(nn.Module):
         self.encoder_frozen = False
         self.freeze_encoder(freeze_encoder)
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         saved = state_dict.get(prefix + "out_scale")
         if saved is not None and saved.numel() == 1 and int(saved.item()) != self.upscale:
             error_msgs.append(f"out_scale: the weights are for x{int(saved.item())}, this ResUNet is x{self.upscale}")
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def freeze_encoder(self, frozen: bool = True) -> ResUNet:
         """Stop (or restart) training the stem and encoder.

@@ -143,8 +143,14 @@ class RRDBNet(nn.Module):
 
 # --- what the rest of vhsup knows about it ------------------------------------------
 
-OUTER_KEYS = ("conv_first.weight", "conv_body.weight", "conv_up1.weight", "conv_up2.weight", "conv_hr.weight",
-              "conv_last.weight")
+OUTER_KEYS = (
+    "conv_first.weight",
+    "conv_body.weight",
+    "conv_up1.weight",
+    "conv_up2.weight",
+    "conv_hr.weight",
+    "conv_last.weight",
+)
 #: The convs a LeakyReLU(0.2) follows: conv1..conv4 of every dense block and
 #: the three upsampler convs (how ncnn's fused activations pin its convs down).
 LEAKY_CONVS = re.compile(r"(^|\.)(conv[1-4]|conv_up1|conv_up2|conv_hr)$")
@@ -178,8 +184,11 @@ def convert_old_esrgan(sd: StateDict, path: PathArg = None) -> dict[str, torch.T
         raise unknown(path, "old ESRGAN layout with gaps in its RRDB numbering")
     if len(tops) != 4:
         n_up = max(len(tops) - 2, 0)
-        raise UnknownArchitecture(f"old-style ESRGAN model with {n_up} upsampling convs (scale {2**n_up}) is not "
-                                  "supported by vhsup's own loader; only x4", path)
+        raise UnknownArchitecture(
+            f"old-style ESRGAN model with {n_up} upsampling convs (scale {2**n_up}) is not "
+            "supported by vhsup's own loader; only x4",
+            path,
+        )
     names = dict(zip(tops, ("conv_up1", "conv_up2", "conv_hr", "conv_last")))
     names[0] = "conv_first"
     out: dict[str, torch.Tensor] = {}
@@ -213,7 +222,9 @@ def outer_hyper(sd: StateDict, path: PathArg) -> dict:
     else:
         scale, num_in_ch = 4, in_first
     if any(k.startswith("conv_up3") for k in sd):
-        raise UnknownArchitecture("RRDBNet with a third upsampling conv (x8) is not supported by vhsup's own loader", path)
+        raise UnknownArchitecture(
+            "RRDBNet with a third upsampling conv (x8) is not supported by vhsup's own loader", path
+        )
     blocks = numbered(sd, "body")
     if not blocks or not contiguous(blocks):
         raise unknown(path, "RRDBNet keys without a contiguous body.N numbering")

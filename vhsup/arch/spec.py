@@ -73,11 +73,12 @@ def one_by_one(modules: Iterable[nn.Module]) -> Blocks:
 def in_groups(modules: Iterable[nn.Module], size: int) -> Blocks:
     """Consecutive modules in segments of ``size`` (the last may be shorter)."""
     mods = list(modules)
-    return [tuple(mods[i:i + size]) for i in range(0, len(mods), size)]
+    return [tuple(mods[i : i + size]) for i in range(0, len(mods), size)]
 
 
 def read_int(key: str) -> Callable[[Hyper], int]:
     """A function reading one whole-number hyperparameter (the scale, say)."""
+
     def read(hyper: Hyper) -> int:
         return int(hyper[key])
 

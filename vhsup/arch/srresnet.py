@@ -143,8 +143,9 @@ def _read_hyper(sd: StateDict, path: PathArg) -> dict:
     if not contiguous(blocks) or not contiguous(ups):
         raise unknown(path, "SRResNet keys without contiguous body.N / upsample.N numbering")
     if len(ups) not in (1, 2, 3):
-        raise VhsupError(f"SRResNet with {len(ups)} sub-pixel steps (x{2 ** len(ups)}) is not supported; only x2, x4, x8",
-                         path)
+        raise VhsupError(
+            f"SRResNet with {len(ups)} sub-pixel steps (x{2 ** len(ups)}) is not supported; only x2, x4, x8", path
+        )
     return {
         "num_in_ch": int(first.shape[1]),
         "num_out_ch": int(last.shape[0]),

@@ -115,11 +115,13 @@ class SwitchNorm(nn.Module):
         scaled = probs / norm.view(1, -1, 1, 1)
         return scaled / scaled.sum(dim=1, keepdim=True)
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         absent = [prefix + name for name in ("history", "count") if prefix + name not in state_dict]
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
         if absent:
             # An older or hand-converted file: keep what this layer has (empty:
             # identity norm) and say so, instead of failing a strict load.
@@ -130,7 +132,9 @@ class SwitchNorm(nn.Module):
             warnings.warn(
                 f"switched layer {layer}: the weights carry no switch-norm usage history ({', '.join(absent)}); "
                 "kernel selection will differ from training and results may be poor",
-                SwitchNormBufferWarning, stacklevel=2)
+                SwitchNormBufferWarning,
+                stacklevel=2,
+            )
 
     def extra_repr(self) -> str:
         return f"breadth={self.breadth}, queue={self.queue}"
@@ -205,10 +209,23 @@ class SwitchedConv2d(nn.Module):
     After each forward, ``last_index`` holds the (N, Ho, Wo) chosen kernels.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 3, *, stride: int = 1, padding: int | None = None,
-                 breadth: int = 8, bias: bool = True, selector: nn.Module | None = None, queue: int = 256,
-                 switch_norm: bool = True, selector_layers: int = 1, selector_hidden: int | None = None,
-                 impl: str | None = None):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel_size: int = 3,
+        *,
+        stride: int = 1,
+        padding: int | None = None,
+        breadth: int = 8,
+        bias: bool = True,
+        selector: nn.Module | None = None,
+        queue: int = 256,
+        switch_norm: bool = True,
+        selector_layers: int = 1,
+        selector_hidden: int | None = None,
+        impl: str | None = None,
+    ):
         super().__init__()
         if breadth < 1:
             raise ValueError(f"breadth must be >= 1, got {breadth}")
@@ -219,8 +236,9 @@ class SwitchedConv2d(nn.Module):
         self.impl = impl
         self.weight = nn.Parameter(torch.empty(breadth, out_ch, in_ch, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.empty(breadth, out_ch)) if bias else None
-        self.selector = selector if selector is not None else _selector(in_ch, breadth, stride, selector_layers,
-                                                                         selector_hidden)
+        self.selector = (
+            selector if selector is not None else _selector(in_ch, breadth, stride, selector_layers, selector_hidden)
+        )
         self.norm = SwitchNorm(breadth, queue) if switch_norm else None
         self.last_index: torch.Tensor | None = None
         self.reset_parameters()
@@ -230,7 +248,7 @@ class SwitchedConv2d(nn.Module):
         for e in range(self.breadth):
             nn.init.kaiming_uniform_(self.weight.data[e], a=math.sqrt(5))
         if self.bias is not None:
-            bound = 1 / math.sqrt(self.in_channels * self.kernel_size ** 2)
+            bound = 1 / math.sqrt(self.in_channels * self.kernel_size**2)
             nn.init.uniform_(self.bias, -bound, bound)
 
     def _apply(self, fn, recurse=True):
@@ -277,8 +295,9 @@ class SwitchedConv2d(nn.Module):
         else:
             gate, index = self.route(probs)
         self.last_index = index.detach()
-        out = switched_conv2d(x, self.weight, self.bias, index, stride=self.stride, padding=self.padding,
-                              impl=self.impl)
+        out = switched_conv2d(
+            x, self.weight, self.bias, index, stride=self.stride, padding=self.padding, impl=self.impl
+        )
         return out if gate is None else out * gate.gather(1, index.unsqueeze(1)).to(out.dtype)
 
     @classmethod
@@ -290,8 +309,16 @@ class SwitchedConv2d(nn.Module):
         if why:
             raise ValueError(f"cannot convert {conv}: {why}")
         assert not isinstance(conv.padding, str)  # unconvertible() refused padding given as a string
-        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size[0], stride=conv.stride[0],
-                  padding=conv.padding[0], breadth=breadth, bias=conv.bias is not None, **kw)
+        new = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size[0],
+            stride=conv.stride[0],
+            padding=conv.padding[0],
+            breadth=breadth,
+            bias=conv.bias is not None,
+            **kw,
+        )
         new = new.to(device=conv.weight.device, dtype=conv.weight.dtype)
         with torch.no_grad():
             new.weight.copy_(conv.weight.detach().unsqueeze(0).expand_as(new.weight))
@@ -301,8 +328,10 @@ class SwitchedConv2d(nn.Module):
         return new.train(conv.training)
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, breadth={self.breadth}, bias={self.bias is not None}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, breadth={self.breadth}, bias={self.bias is not None}"
+        )
 
 
 def unconvertible(conv: nn.Module) -> str | None:
@@ -327,8 +356,9 @@ def switched_layers(model: nn.Module) -> list[tuple[str, SwitchedConv2d]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, SwitchedConv2d)]
 
 
-def convert_to_switched(model: nn.Module, *, breadth: int = 8,
-                        predicate: Callable[[str, nn.Conv2d], bool] | None = None, **kw) -> list[str]:
+def convert_to_switched(
+    model: nn.Module, *, breadth: int = 8, predicate: Callable[[str, nn.Conv2d], bool] | None = None, **kw
+) -> list[str]:
     """Replace convs of ``model`` in place by :meth:`SwitchedConv2d.from_conv`; return their names.
 
     ``predicate(name, conv)`` chooses which convs to convert; by default every
@@ -366,8 +396,9 @@ def convert_to_switched(model: nn.Module, *, breadth: int = 8,
 SWITCHED_HYPER = "switched"
 
 
-def unswitch_state_dict(sd: Mapping[str, torch.Tensor], path: str | os.PathLike[str] | None = None
-                        ) -> tuple[dict[str, torch.Tensor], dict] | None:
+def unswitch_state_dict(
+    sd: Mapping[str, torch.Tensor], path: str | os.PathLike[str] | None = None
+) -> tuple[dict[str, torch.Tensor], dict] | None:
     """The state dict of the plain network a converted one came from, and
     what :func:`vhsup.arch.build` needs to convert it again; None if ``sd``
     holds no switched convs (no 5-D weights).
@@ -382,14 +413,19 @@ def unswitch_state_dict(sd: Mapping[str, torch.Tensor], path: str | os.PathLike[
         return None
     breadths = {int(sd[f"{name}.weight"].shape[0]) for name in layers}
     if len(breadths) != 1:
-        raise VhsupError(f"switched convs of different breadths {sorted(breadths)} in one model are not supported", path)
+        raise VhsupError(
+            f"switched convs of different breadths {sorted(breadths)} in one model are not supported", path
+        )
     breadth = breadths.pop()
     queue = 256
     for name in layers:
         sel = sd.get(f"{name}.selector.weight")
         if sel is None or tuple(sel.shape) != (breadth, sd[f"{name}.weight"].shape[2], 1, 1):
-            raise VhsupError(f"switched conv {name} has no plain 1x1 selector (only the default selector is supported "
-                             "outside switched-x4)", path)
+            raise VhsupError(
+                f"switched conv {name} has no plain 1x1 selector (only the default selector is supported "
+                "outside switched-x4)",
+                path,
+            )
         history = sd.get(f"{name}.norm.history")
         if history is not None:
             queue = int(history.shape[0])

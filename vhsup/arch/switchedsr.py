@@ -165,14 +165,16 @@ def _read_hyper(sd: StateDict, path: PathArg) -> dict:
         raise unknown(path, "SwitchedSR block convs are not all switched (5-D weights)")
     breadths = {int(w.shape[0]) for w in convs.values()}
     if len(breadths) != 1:
-        raise VhsupError(f"SwitchedSR with switched convs of different breadths {sorted(breadths)} is not supported",
-                         path)
+        raise VhsupError(
+            f"SwitchedSR with switched convs of different breadths {sorted(breadths)} is not supported", path
+        )
     ups = {int(m.group(1)) for k in sd if (m := _UP.match(k))}
     if not contiguous(ups):
         raise unknown(path, "SwitchedSR keys without contiguous conv_up.N numbering")
     if len(ups) > 3:
-        raise VhsupError(f"SwitchedSR with {len(ups)} upsampling steps (x{2 ** len(ups)}) is not supported; only x1..x8",
-                         path)
+        raise VhsupError(
+            f"SwitchedSR with {len(ups)} upsampling steps (x{2 ** len(ups)}) is not supported; only x1..x8", path
+        )
     return {
         "num_in_ch": int(first.shape[1]),
         "num_out_ch": int(last.shape[0]),

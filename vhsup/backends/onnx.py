@@ -68,9 +68,18 @@ CPU = "CPUExecutionProvider"
 UNKNOWN_CONTEXT = 72
 #: How onnxruntime words an allocation failure (BFC arena, CUDA, the C++
 #: runtime). Matched in lower case.
-_ORT_OOM_WORDS = ("failed to allocate memory", "out of memory", "available memory of",
-                  "bfcarena", "bfc_arena", "cudaerrormemoryallocation", "cuda_error_out_of_memory",
-                  "bad_alloc", "cudnn_status_alloc_failed", "cublas_status_alloc_failed")
+_ORT_OOM_WORDS = (
+    "failed to allocate memory",
+    "out of memory",
+    "available memory of",
+    "bfcarena",
+    "bfc_arena",
+    "cudaerrormemoryallocation",
+    "cuda_error_out_of_memory",
+    "bad_alloc",
+    "cudnn_status_alloc_failed",
+    "cublas_status_alloc_failed",
+)
 _NP_DTYPES: dict[str, type[np.floating[Any]]] = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 _TORCH_DTYPES: dict[type[np.floating[Any]], torch.dtype] = {np.float32: torch.float32, np.float16: torch.float16}
 
@@ -88,8 +97,9 @@ def _ort():
     try:
         import onnxruntime
     except ImportError:
-        raise VhsupError("the onnx backend needs onnxruntime: pip install 'vhsup[onnx]' "
-                         "(or 'vhsup[onnx-gpu]' on NVIDIA machines)") from None
+        raise VhsupError(
+            "the onnx backend needs onnxruntime: pip install 'vhsup[onnx]' (or 'vhsup[onnx-gpu]' on NVIDIA machines)"
+        ) from None
     return onnxruntime
 
 
@@ -150,8 +160,11 @@ class Profile:
         def fmt(s: Shape) -> str:
             return f"{input_name}:{'x'.join(map(str, s))}"
 
-        return {"trt_profile_min_shapes": fmt(self.min), "trt_profile_opt_shapes": fmt(self.opt),
-                "trt_profile_max_shapes": fmt(self.max)}
+        return {
+            "trt_profile_min_shapes": fmt(self.min),
+            "trt_profile_opt_shapes": fmt(self.opt),
+            "trt_profile_max_shapes": fmt(self.max),
+        }
 
     @property
     def tag(self) -> str:
@@ -159,10 +172,17 @@ class Profile:
         return "_".join(f"{a}-{b}" for a, b in zip(self.min, self.max)) + f"_opt{'x'.join(map(str, self.opt))}"
 
 
-def provider_chain(available: Sequence[str], device: str | torch.device, *, fp16: bool = False,
-                   profile: Profile | None = None, input_name: str = "input",
-                   trt_engine_dir: Path | None = None, trt_timing_dir: Path | None = None,
-                   stream: int | None = None) -> list[tuple[str, dict[str, str]]]:
+def provider_chain(
+    available: Sequence[str],
+    device: str | torch.device,
+    *,
+    fp16: bool = False,
+    profile: Profile | None = None,
+    input_name: str = "input",
+    trt_engine_dir: Path | None = None,
+    trt_timing_dir: Path | None = None,
+    stream: int | None = None,
+) -> list[tuple[str, dict[str, str]]]:
     """Execution providers and their options for a tensor on ``device``.
 
     TensorRT, then CUDA, then CPU, keeping only what ``available`` (from
@@ -193,13 +213,19 @@ def provider_chain(available: Sequence[str], device: str | torch.device, *, fp16
             opts |= profile.options(input_name)
         chain.append((TRT, opts))
     if CUDA in available:
-        chain.append((CUDA, dict(shared) | {
-            # Tiles shrink after an out-of-memory error; an arena that grows
-            # by exactly what is asked wastes less than one that doubles.
-            "arena_extend_strategy": "kSameAsRequested",
-            # Shapes are fixed for a whole video: a one-off search pays off.
-            "cudnn_conv_algo_search": "EXHAUSTIVE",
-        }))
+        chain.append(
+            (
+                CUDA,
+                dict(shared)
+                | {
+                    # Tiles shrink after an out-of-memory error; an arena that grows
+                    # by exactly what is asked wastes less than one that doubles.
+                    "arena_extend_strategy": "kSameAsRequested",
+                    # Shapes are fixed for a whole video: a one-off search pays off.
+                    "cudnn_conv_algo_search": "EXHAUSTIVE",
+                },
+            )
+        )
     chain.append((CPU, {}))
     return chain
 
@@ -238,15 +264,23 @@ class OnnxModule(nn.Module):
             TensorRT builds, a host round trip).
     """
 
-    def __init__(self, files: Mapping[str, Path | str | Callable[[], Path]], scale: int, *, name: str = "onnx",
-                 out_channels: int = 3, threads: int | None = None,
-                 session_config: Mapping[str, str] | None = None,
-                 notice: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        files: Mapping[str, Path | str | Callable[[], Path]],
+        scale: int,
+        *,
+        name: str = "onnx",
+        out_channels: int = 3,
+        threads: int | None = None,
+        session_config: Mapping[str, str] | None = None,
+        notice: Callable[[str], None] | None = None,
+    ):
         super().__init__()
         if not files:
             raise ValueError("OnnxModule needs at least one file")
         self._files: dict[str, Path | Callable[[], Path]] = {
-            p: (Path(f) if isinstance(f, (str, os.PathLike)) else f) for p, f in files.items()}
+            p: (Path(f) if isinstance(f, (str, os.PathLike)) else f) for p, f in files.items()
+        }
         self.scale = int(scale)
         self.name = name
         self.out_channels = int(out_channels)
@@ -309,8 +343,11 @@ class OnnxModule(nn.Module):
         precision, trt_fp16 = self._choose(device, available)
         gpu = device.type == "cuda" and (TRT in available or CUDA in available)
         if device.type == "cuda" and not gpu:
-            self._say_once("host", "this onnxruntime has no CUDA or TensorRT provider; running the model "
-                                   "on the CPU (pip install onnxruntime-gpu)")
+            self._say_once(
+                "host",
+                "this onnxruntime has no CUDA or TensorRT provider; running the model "
+                "on the CPU (pip install onnxruntime-gpu)",
+            )
         stream = torch.cuda.current_stream(device).cuda_stream if gpu else None
         trt = gpu and TRT in available
         key = (device.type if gpu else "cpu", device.index if gpu else None, precision, trt_fp16, stream)
@@ -324,13 +361,19 @@ class OnnxModule(nn.Module):
             # Drop the old engine before building a wider one: both at once
             # may not fit, and this is typically after an out-of-memory error.
             self._runners.pop(key, None)
-        runner = self._open(precision, trt_fp16, device if gpu else torch.device("cpu"), available,
-                            profile, stream)
+        runner = self._open(precision, trt_fp16, device if gpu else torch.device("cpu"), available, profile, stream)
         self._runners[key] = runner
         return runner
 
-    def _open(self, precision: str, trt_fp16: bool, device: torch.device, available: Sequence[str],
-              profile: Profile | None, stream: int | None) -> _Runner:
+    def _open(
+        self,
+        precision: str,
+        trt_fp16: bool,
+        device: torch.device,
+        available: Sequence[str],
+        profile: Profile | None,
+        stream: int | None,
+    ) -> _Runner:
         ort = _ort()
         path = self.file(precision)
         so = ort.SessionOptions()
@@ -349,25 +392,35 @@ class OnnxModule(nn.Module):
                 engine_dir.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise VhsupError(f"cannot create the TensorRT cache: {exc.strerror or exc}", engine_dir) from exc
-            self.notice(f"preparing TensorRT for {self.name} at input {'x'.join(map(str, profile.max))} "
-                        f"({'fp16' if trt_fp16 else 'fp32'}); the first build takes minutes, then it is cached")
+            self.notice(
+                f"preparing TensorRT for {self.name} at input {'x'.join(map(str, profile.max))} "
+                f"({'fp16' if trt_fp16 else 'fp32'}); the first build takes minutes, then it is cached"
+            )
         # Input name first from the file, so foreign files work too.
-        chain = provider_chain(available, device, fp16=trt_fp16, profile=profile,
-                               input_name=_input_name(path), trt_engine_dir=engine_dir,
-                               trt_timing_dir=timing_dir, stream=stream)
+        chain = provider_chain(
+            available,
+            device,
+            fp16=trt_fp16,
+            profile=profile,
+            input_name=_input_name(path),
+            trt_engine_dir=engine_dir,
+            trt_timing_dir=timing_dir,
+            stream=stream,
+        )
         try:
-            sess = ort.InferenceSession(str(path), so, providers=[n for n, _ in chain],
-                                        provider_options=[o for _, o in chain])
+            sess = ort.InferenceSession(
+                str(path), so, providers=[n for n, _ in chain], provider_options=[o for _, o in chain]
+            )
         except Exception as exc:  # onnxruntime raises its own kinds
             if is_ort_oom(exc):
-                raise RuntimeError(f"onnxruntime failed to allocate memory (out of memory) loading "
-                                   f"{self.name}: {_first_line(exc)}") from exc
+                raise RuntimeError(
+                    f"onnxruntime failed to allocate memory (out of memory) loading {self.name}: {_first_line(exc)}"
+                ) from exc
             raise VhsupError(f"onnxruntime cannot load this model: {_first_line(exc)}", path) from exc
         inp, out = sess.get_inputs()[0], sess.get_outputs()[0]
         in_dtype, out_dtype = _NP_DTYPES.get(inp.type), _NP_DTYPES.get(out.type)
         if in_dtype is None or out_dtype is None:
-            raise VhsupError(f"model input {inp.type} / output {out.type}: vhsup needs float or float16 "
-                             "tensors", path)
+            raise VhsupError(f"model input {inp.type} / output {out.type}: vhsup needs float or float16 tensors", path)
         used = list(sess.get_providers())
         bound = device.type == "cuda" and used[0] in (TRT, CUDA)
         if used[0] != TRT:
@@ -376,8 +429,19 @@ class OnnxModule(nn.Module):
                 self._say_once("trt", f"TensorRT could not be used for {self.name}; using {used[0]}")
             # No profile to outgrow, so no rebuilds on new shapes.
             profile = None
-        return _Runner(sess, device, inp.name, out.name, in_dtype, out_dtype, bound, stream, profile,
-                       "fp16" if (trt_fp16 and used[0] == TRT) else precision, used)
+        return _Runner(
+            sess,
+            device,
+            inp.name,
+            out.name,
+            in_dtype,
+            out_dtype,
+            bound,
+            stream,
+            profile,
+            "fp16" if (trt_fp16 and used[0] == TRT) else precision,
+            used,
+        )
 
     # -- running --------------------------------------------------------------
 
@@ -466,8 +530,7 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:60] or "model"
 
 
-def cached_export(model: LoadedModel, precision: str, folder: Path | None = None,
-                  opset: int | None = None) -> Path:
+def cached_export(model: LoadedModel, precision: str, folder: Path | None = None, opset: int | None = None) -> Path:
     """The cached ONNX export of ``model`` at ``precision``, made if missing.
 
     Keyed by :func:`vhsup.export.cache_key` (weights, structure, descriptor,
@@ -504,8 +567,11 @@ def _probe_scale(path: Path) -> int:
     if len(dims) != 4 or dims[1] not in (3, "3") and not isinstance(dims[1], str):
         raise VhsupError(f"model input has shape {dims}; vhsup needs (N,3,H,W) RGB", path)
     if isinstance(dims[2], int) or isinstance(dims[3], int):
-        raise VhsupError(f"model input has a fixed size {dims}; vhsup needs dynamic height and width "
-                         "(export it with 'vhsup models export')", path)
+        raise VhsupError(
+            f"model input has a fixed size {dims}; vhsup needs dynamic height and width "
+            "(export it with 'vhsup models export')",
+            path,
+        )
     dtype = _NP_DTYPES.get(inp.type)
     if dtype is None:
         raise VhsupError(f"model input is {inp.type}; vhsup needs float or float16", path)
@@ -515,8 +581,9 @@ def _probe_scale(path: Path) -> int:
     except Exception as exc:
         raise VhsupError(f"model fails on a 16x16 test input: {_first_line(exc)}", path) from exc
     if y.ndim != 4 or y.shape[1] != 3 or y.shape[2] != y.shape[3] or y.shape[2] % side:
-        raise VhsupError(f"model turns a 16x16 RGB input into {tuple(y.shape)}; vhsup needs RGB out "
-                         "at a whole-number scale", path)
+        raise VhsupError(
+            f"model turns a 16x16 RGB input into {tuple(y.shape)}; vhsup needs RGB out at a whole-number scale", path
+        )
     return y.shape[2] // side
 
 
@@ -528,19 +595,32 @@ def _load_file(path: Path, *, threads: int | None, notice) -> LoadedModel:
     meta = read_metadata(path)
     desc = descriptor_from_metadata(meta)
     if desc is None:
-        desc = ModelDescriptor(name=path.stem, arch="onnx", scale=_probe_scale(path), context=UNKNOWN_CONTEXT,
-                               licence="unknown (user file)", source=str(path))
+        desc = ModelDescriptor(
+            name=path.stem,
+            arch="onnx",
+            scale=_probe_scale(path),
+            context=UNKNOWN_CONTEXT,
+            licence="unknown (user file)",
+            source=str(path),
+        )
     else:
         desc = dataclasses.replace(desc, source=str(path))
     precision = meta.get("precision", "fp32")
-    module = OnnxModule({precision: path}, desc.scale, name=desc.name, out_channels=desc.out_channels,
-                        threads=threads, notice=notice)
+    module = OnnxModule(
+        {precision: path}, desc.scale, name=desc.name, out_channels=desc.out_channels, threads=threads, notice=notice
+    )
     return LoadedModel(module, desc, backend="onnx")
 
 
-def load_onnx_model(spec: LoadedModel | str | os.PathLike[str], *, precision: str = "fp32",
-                    cache_dir: str | os.PathLike[str] | None = None, opset: int | None = None,
-                    threads: int | None = None, notice: Callable[[str], None] | None = None) -> LoadedModel:
+def load_onnx_model(
+    spec: LoadedModel | str | os.PathLike[str],
+    *,
+    precision: str = "fp32",
+    cache_dir: str | os.PathLike[str] | None = None,
+    opset: int | None = None,
+    threads: int | None = None,
+    notice: Callable[[str], None] | None = None,
+) -> LoadedModel:
     """A model run by onnxruntime, ready for :class:`vhsup.engine.SREngine`.
 
     Args:
@@ -581,6 +661,7 @@ def load_onnx_model(spec: LoadedModel | str | os.PathLike[str], *, precision: st
             continue
         files[p] = functools.partial(cached_export, spec, p, folder, opset)
     files[eager] = cached_export(spec, eager, folder, opset)
-    module = OnnxModule(files, desc.scale, name=desc.name, out_channels=desc.out_channels,
-                        threads=threads, notice=notice)
+    module = OnnxModule(
+        files, desc.scale, name=desc.name, out_channels=desc.out_channels, threads=threads, notice=notice
+    )
     return LoadedModel(module, desc, backend="onnx")

@@ -84,8 +84,15 @@ class _Live(Reporter):
                 TimeElapsedColumn,
             )
 
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err, transient=True)
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeElapsedColumn(),
+                console=err,
+                transient=True,
+            )
             self.bar.start()
             self.overall = self.bar.add_task("[bold]batch", total=None, info="")
         return self
@@ -114,8 +121,12 @@ class _Live(Reporter):
         first = self.clock.setdefault(key, (now, done))
         rate = (done - first[1]) / (now - first[0]) if now > first[0] else 0.0
         if self.bar is not None and key in self.tasks:
-            self.bar.update(self.tasks[key], completed=done, total=max(total, done) if total else None,
-                            info=f"{rate:.2f} fps" if rate else "")
+            self.bar.update(
+                self.tasks[key],
+                completed=done,
+                total=max(total, done) if total else None,
+                info=f"{rate:.2f} fps" if rate else "",
+            )
 
     def finished(self, rep) -> None:
         if self.bar is not None:
@@ -136,30 +147,69 @@ class _Live(Reporter):
 
 @batch.command("run", hidden=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("src", type=click.Path(path_type=Path))
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
-              help="Output folder; the source layout is mirrored under it.")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Output folder; the source layout is mirrored under it.",
+)
 @cli_params.upscale_options("batch")
-@click.option("--ext", type=click.Choice(["mkv", "mp4", "mov"]), default="mkv", show_default=True,
-              help="Output container.")
-@click.option("--jobs", "-j", default="auto", show_default=True, callback=lambda c, p, v: _jobs(v),
-              help="Local worker processes (auto: one per GPU, else 1).")
-@click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
-              help="Later runs retry a failed file until it has failed this many extra times.")
+@click.option(
+    "--ext", type=click.Choice(["mkv", "mp4", "mov"]), default="mkv", show_default=True, help="Output container."
+)
+@click.option(
+    "--jobs",
+    "-j",
+    default="auto",
+    show_default=True,
+    callback=lambda c, p, v: _jobs(v),
+    help="Local worker processes (auto: one per GPU, else 1).",
+)
+@click.option(
+    "--retries",
+    type=click.IntRange(min=0),
+    default=2,
+    show_default=True,
+    help="Later runs retry a failed file until it has failed this many extra times.",
+)
 @click.option("--include", multiple=True, help="Only paths matching this glob (relative to SRC; repeatable).")
 @click.option("--exclude", multiple=True, help="Skip paths (files or folders) matching this glob (repeatable).")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True)
 @click.option("--address", default=None, help="Ray cluster address (auto or host:port; default: start a local Ray).")
-@click.option("--gpus-per-task", type=float, default=None,
-              help="Ray GPUs per job (default 1 when the cluster has GPUs, else 0).")
+@click.option(
+    "--gpus-per-task", type=float, default=None, help="Ray GPUs per job (default 1 when the cluster has GPUs, else 0)."
+)
 @click.option("--cpus-per-task", type=float, default=1.0, show_default=True, help="Ray CPUs per job.")
-@click.option("--chunk-minutes", type=float, default=None,
-              help="Split long videos into chunks of about this many minutes (needs chunked upscaling).")
+@click.option(
+    "--chunk-minutes",
+    type=float,
+    default=None,
+    help="Split long videos into chunks of about this many minutes (needs chunked upscaling).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace existing files in OUT that this batch did not write.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary at the end.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress; only the summary.")
 @cli_params.debug_option
-def run_cmd(src: Path, out_dir: Path, ext, jobs, retries, include, exclude, engine, address, gpus_per_task,
-            cpus_per_task, chunk_minutes, overwrite, as_json, quiet, debug, **options) -> None:
+def run_cmd(
+    src: Path,
+    out_dir: Path,
+    ext,
+    jobs,
+    retries,
+    include,
+    exclude,
+    engine,
+    address,
+    gpus_per_task,
+    cpus_per_task,
+    chunk_minutes,
+    overwrite,
+    as_json,
+    quiet,
+    debug,
+    **options,
+) -> None:
     """Upscale every video under SRC into OUT."""
     from vhsup.batch.runner import BatchConfig, run_batch
 
@@ -168,10 +218,22 @@ def run_cmd(src: Path, out_dir: Path, ext, jobs, retries, include, exclude, engi
 
         if importlib.util.find_spec("vhsup.chunked") is None:
             raise click.BadParameter("chunked upscaling is not available in this vhsup", param_hint="--chunk-minutes")
-    config = BatchConfig(src=src, out=out_dir, options=options, ext=ext, jobs=jobs, retries=retries,
-                         include=include, exclude=exclude, engine=engine, address=address,
-                         gpus_per_task=gpus_per_task, cpus_per_task=cpus_per_task, chunk_minutes=chunk_minutes,
-                         overwrite=overwrite)
+    config = BatchConfig(
+        src=src,
+        out=out_dir,
+        options=options,
+        ext=ext,
+        jobs=jobs,
+        retries=retries,
+        include=include,
+        exclude=exclude,
+        engine=engine,
+        address=address,
+        gpus_per_task=gpus_per_task,
+        cpus_per_task=cpus_per_task,
+        chunk_minutes=chunk_minutes,
+        overwrite=overwrite,
+    )
     talk = not quiet and not as_json
     live = _Live(show_bars=talk and err.is_terminal, show_lines=talk)
     with live:
@@ -238,10 +300,32 @@ def status_cmd(out_dir: Path, as_json: bool, debug: bool) -> None:
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
     if as_json:
-        keys = ("input", "source", "state", "error", "attempts", "seconds", "frames", "fps", "output", "model",
-                "worker", "finished", "input_exists", "output_exists")
-        out.print_json(json.dumps({"out": str(out_dir.resolve()), "running_now": live, "counts": {"total": len(rows), **counts},
-                                   "jobs": [{k: r[k] for k in keys} for r in rows]}))
+        keys = (
+            "input",
+            "source",
+            "state",
+            "error",
+            "attempts",
+            "seconds",
+            "frames",
+            "fps",
+            "output",
+            "model",
+            "worker",
+            "finished",
+            "input_exists",
+            "output_exists",
+        )
+        out.print_json(
+            json.dumps(
+                {
+                    "out": str(out_dir.resolve()),
+                    "running_now": live,
+                    "counts": {"total": len(rows), **counts},
+                    "jobs": [{k: r[k] for k in keys} for r in rows],
+                }
+            )
+        )
         return
     styles = {"done": "green", "failed": "red", "running": "cyan", "interrupted": "yellow", "pending": "dim"}
     t = Table("input", "state", "seconds", "fps", "tries", "reason / note")
@@ -252,9 +336,16 @@ def status_cmd(out_dir: Path, as_json: bool, debug: bool) -> None:
             note = (note + "; " if note else "") + "input no longer there"
         elif r["state"] == "done" and not r["output_exists"]:
             note = "output missing: the next run redoes it"
-        t.add_row(escape(r["input"]), f"[{styles.get(r['state'], '')}]{r['state']}",
-                  f"{r['seconds']:.1f}" if r["seconds"] is not None and r["state"] != "pending" else "-",
-                  f"{r['fps']:.2f}" if r["fps"] else "-", str(r["attempts"]), escape(note or ""))
+        t.add_row(
+            escape(r["input"]),
+            f"[{styles.get(r['state'], '')}]{r['state']}",
+            f"{r['seconds']:.1f}" if r["seconds"] is not None and r["state"] != "pending" else "-",
+            f"{r['fps']:.2f}" if r["fps"] else "-",
+            str(r["attempts"]),
+            escape(note or ""),
+        )
     out.print(t)
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
-    out.print(f"{plural(len(rows), 'job')}: {summary or 'none'}" + (" (a run is in progress)" if live else ""), markup=False)
+    out.print(
+        f"{plural(len(rows), 'job')}: {summary or 'none'}" + (" (a run is in progress)" if live else ""), markup=False
+    )

@@ -128,9 +128,17 @@ class Summary:
         return c
 
     def to_json(self) -> dict:
-        return {"src": self.src, "out": self.out, "engine": self.engine, "workers": self.workers,
-                "counts": self.counts(), "seconds": round(self.seconds, 3), "interrupted": self.interrupted,
-                "exit_status": self.exit_status, "jobs": [j.to_json() for j in self.jobs]}
+        return {
+            "src": self.src,
+            "out": self.out,
+            "engine": self.engine,
+            "workers": self.workers,
+            "counts": self.counts(),
+            "seconds": round(self.seconds, 3),
+            "interrupted": self.interrupted,
+            "exit_status": self.exit_status,
+            "jobs": [j.to_json() for j in self.jobs],
+        }
 
 
 class Reporter:
@@ -159,12 +167,21 @@ def upscale_one(spec: JobSpec, progress: Callable[[int, int], None] | None, noti
             from vhsup.chunked import upscale_chunked
         except ImportError:
             raise VhsupError("chunked upscaling (--chunk-minutes) is not available in this vhsup") from None
-        return upscale_chunked(spec.source, spec.output, workers=1, chunk_seconds=spec.chunk_minutes * 60,
-                               progress=progress, notice=notice, overwrite=spec.overwrite, **spec.options)
+        return upscale_chunked(
+            spec.source,
+            spec.output,
+            workers=1,
+            chunk_seconds=spec.chunk_minutes * 60,
+            progress=progress,
+            notice=notice,
+            overwrite=spec.overwrite,
+            **spec.options,
+        )
     from vhsup.pipeline import upscale_video
 
-    return upscale_video(spec.source, spec.output, progress=progress, notice=notice, overwrite=spec.overwrite,
-                         **spec.options)
+    return upscale_video(
+        spec.source, spec.output, progress=progress, notice=notice, overwrite=spec.overwrite, **spec.options
+    )
 
 
 def _one_line(exc: BaseException, source: str) -> str:
@@ -196,8 +213,15 @@ def execute(spec: JobSpec, progress: Callable[[int, int], None] | None = None) -
     except Exception as exc:  # noqa: BLE001 - isolation: any failure is this job's, reported in one line
         return {**base, "state": "failed", "error": _one_line(exc, spec.source), "seconds": time.time() - t0}
     seconds = time.time() - t0
-    return {**base, "state": "done", "error": None, "seconds": seconds, "frames": result.frames_out,
-            "fps": round(result.frames_out / seconds, 3) if seconds > 0 else None, "notices": notices}
+    return {
+        **base,
+        "state": "done",
+        "error": None,
+        "seconds": seconds,
+        "frames": result.frames_out,
+        "fps": round(result.frames_out / seconds, 3) if seconds > 0 else None,
+        "notices": notices,
+    }
 
 
 def _local_job(spec: JobSpec, report: Report) -> dict:
@@ -227,8 +251,16 @@ class _Planned:
     overwrite: bool
 
 
-def plan_jobs(manifest: Manifest, found: Sequence[Found], out: Path, outputs: dict[str, Path], settings: str,
-              model: str, retries: int, overwrite: bool) -> list[_Planned]:
+def plan_jobs(
+    manifest: Manifest,
+    found: Sequence[Found],
+    out: Path,
+    outputs: dict[str, Path],
+    settings: str,
+    model: str,
+    retries: int,
+    overwrite: bool,
+) -> list[_Planned]:
     """Decide, per input, whether to skip it or (re)do it, and record new or reset rows.
 
     Outputs are stored relative to ``out`` so that a library moved as a whole
@@ -244,12 +276,24 @@ def plan_jobs(manifest: Manifest, found: Sequence[Found], out: Path, outputs: di
             fp = "unreadable"  # the job runs and fails with the reader's own reason
         dst = outputs[f.rel]
         row = manifest.job(f.rel)
-        fresh = Job(input=f.rel, source=str(f.path), size=f.size, mtime_ns=f.mtime_ns, fingerprint=fp,
-                    settings=settings, model=model, output=dst.relative_to(out).as_posix(), state="pending")
+        fresh = Job(
+            input=f.rel,
+            source=str(f.path),
+            size=f.size,
+            mtime_ns=f.mtime_ns,
+            fingerprint=fp,
+            settings=settings,
+            model=model,
+            output=dst.relative_to(out).as_posix(),
+            state="pending",
+        )
         # An existing output may be replaced only if this batch wrote it (or was writing it when it
         # was stopped); a file someone else put there needs --overwrite.
-        ours = row is not None and row.output == fresh.output and (bool(row.written) or row.state in
-                                                               ("running", "interrupted"))
+        ours = (
+            row is not None
+            and row.output == fresh.output
+            and (bool(row.written) or row.state in ("running", "interrupted"))
+        )
         if row is None:
             action, why = "run", "new"
         elif (row.size, row.mtime_ns, row.fingerprint) != (f.size, f.mtime_ns, fp):
@@ -288,16 +332,33 @@ def plan_jobs(manifest: Manifest, found: Sequence[Found], out: Path, outputs: di
 # --- engines ------------------------------------------------------------------
 
 
-def _run_local(specs: list[JobSpec], manifest: Manifest, run_id: str, jobs: int, device: str,
-               reporter: Reporter, record: Callable[[str, dict], None]) -> bool:
+def _run_local(
+    specs: list[JobSpec],
+    manifest: Manifest,
+    run_id: str,
+    jobs: int,
+    device: str,
+    reporter: Reporter,
+    record: Callable[[str, dict], None],
+) -> bool:
     """Run specs over ``jobs`` local workers. Returns True if interrupted."""
     by_key = {s.key: s for s in specs}
 
     def handle(event: Event) -> None:
         key = str(event.key)
         if event.kind == "started":
-            manifest.update(key, state="running", run_id=run_id, worker=event.worker, pid=event.pid,
-                            started=time.time(), finished=None, seconds=None, frames=None, fps=None)
+            manifest.update(
+                key,
+                state="running",
+                run_id=run_id,
+                worker=event.worker,
+                pid=event.pid,
+                started=time.time(),
+                finished=None,
+                seconds=None,
+                frames=None,
+                fps=None,
+            )
             reporter.started(key, event.worker)
         elif event.kind == "message":
             reporter.progress(key, *event.body)
@@ -351,8 +412,14 @@ def _ray_task(spec: JobSpec, events) -> dict:
     return execute(spec, progress)
 
 
-def _run_ray(specs: list[JobSpec], manifest: Manifest, run_id: str, config: BatchConfig, reporter: Reporter,
-             record: Callable[[str, dict], None]) -> bool:
+def _run_ray(
+    specs: list[JobSpec],
+    manifest: Manifest,
+    run_id: str,
+    config: BatchConfig,
+    reporter: Reporter,
+    record: Callable[[str, dict], None],
+) -> bool:
     try:
         import ray
     except ImportError:
@@ -361,8 +428,10 @@ def _run_ray(specs: list[JobSpec], manifest: Manifest, run_id: str, config: Batc
         try:
             ray.init(address=config.address, log_to_driver=False, include_dashboard=False)
         except Exception as exc:  # noqa: BLE001 - a cluster that cannot be reached is the user's to fix
-            raise VhsupError(f"cannot connect to the Ray cluster at {config.address or 'a new local instance'}: "
-                             f"{' '.join(str(exc).split())}") from None
+            raise VhsupError(
+                f"cannot connect to the Ray cluster at {config.address or 'a new local instance'}: "
+                f"{' '.join(str(exc).split())}"
+            ) from None
     gpus = config.gpus_per_task
     if gpus is None:
         gpus = 1 if (config.options.get("device") != "cpu" and ray.cluster_resources().get("GPU", 0) > 0) else 0
@@ -407,8 +476,10 @@ def _run_ray(specs: list[JobSpec], manifest: Manifest, run_id: str, config: Batc
                 try:
                     outcome = ray.get(ref)
                 except Exception as exc:  # noqa: BLE001 - the task or its worker died: this job failed
-                    outcome = {"state": "failed", "error": f"Ray task failed: {type(exc).__name__}: "
-                                                           f"{' '.join(str(exc).split())[:300]}"}
+                    outcome = {
+                        "state": "failed",
+                        "error": f"Ray task failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}",
+                    }
                 running.discard(spec.key)
                 record(spec.key, outcome)
         return False
@@ -471,8 +542,18 @@ def run_batch(config: BatchConfig, reporter: Reporter | None = None) -> Summary:
         return _run_locked(config, reporter, t0, src, out, ext, model, settings, options, device)
 
 
-def _run_locked(config: BatchConfig, reporter: Reporter, t0: float, src: Path, out: Path, ext: str, model: str,
-                settings: dict, options: dict, device: str) -> Summary:
+def _run_locked(
+    config: BatchConfig,
+    reporter: Reporter,
+    t0: float,
+    src: Path,
+    out: Path,
+    ext: str,
+    model: str,
+    settings: dict,
+    options: dict,
+    device: str,
+) -> Summary:
     digest = settings_hash(settings)
     with run_lock(out):
         manifest = Manifest.open(out)
@@ -493,24 +574,41 @@ def _run_locked(config: BatchConfig, reporter: Reporter, t0: float, src: Path, o
             to_run = [p for p in planned if p.action == "run"]
             for p in planned:
                 j = p.job
-                reports[j.input] = JobReport(j.input, str(p.dst), j.state, "skipped" if p.action == "skip" else "not-run",
-                                             p.why, j.error if j.state == "failed" else None,
-                                             round(j.seconds, 3) if j.seconds is not None else None, j.frames,
-                                             j.fps, j.attempts, j.source)
+                reports[j.input] = JobReport(
+                    j.input,
+                    str(p.dst),
+                    j.state,
+                    "skipped" if p.action == "skip" else "not-run",
+                    p.why,
+                    j.error if j.state == "failed" else None,
+                    round(j.seconds, 3) if j.seconds is not None else None,
+                    j.frames,
+                    j.fps,
+                    j.attempts,
+                    j.source,
+                )
             gpus = visible_gpus(device) if config.engine == "local" else []
             jobs = config.jobs or max(1, len(gpus))
             reporter.planned(len(planned), len(to_run))
-            specs = [JobSpec(p.job.input, p.job.source, str(p.dst), options, p.overwrite,
-                             chunk_minutes=config.chunk_minutes) for p in to_run]
+            specs = [
+                JobSpec(p.job.input, p.job.source, str(p.dst), options, p.overwrite, chunk_minutes=config.chunk_minutes)
+                for p in to_run
+            ]
 
             def record(key: str, outcome: dict) -> None:
                 state = outcome.get("state", "failed")
                 row = manifest.job(key)
                 attempts = (row.attempts if row else 0) + (1 if state in ("done", "failed") else 0)
-                fields = {"state": state, "error": outcome.get("error"), "attempts": attempts, "finished": time.time(),
-                          "written": 1 if state == "done" else (row.written if row else 0),
-                          "seconds": outcome.get("seconds"), "frames": outcome.get("frames"),
-                          "fps": outcome.get("fps")}
+                fields = {
+                    "state": state,
+                    "error": outcome.get("error"),
+                    "attempts": attempts,
+                    "finished": time.time(),
+                    "written": 1 if state == "done" else (row.written if row else 0),
+                    "seconds": outcome.get("seconds"),
+                    "frames": outcome.get("frames"),
+                    "fps": outcome.get("fps"),
+                }
                 for k in ("worker", "pid", "started"):
                     if outcome.get(k) is not None:
                         fields[k] = outcome[k]
@@ -532,9 +630,16 @@ def _run_locked(config: BatchConfig, reporter: Reporter, t0: float, src: Path, o
                 interrupted = _run_ray(specs, manifest, run_id, config, reporter, record)
         except KeyboardInterrupt:
             interrupted = True
-        summary = Summary(str(src.resolve()), str(out.resolve()), config.engine, jobs,
-                          list(reports.values()), time.time() - t0, interrupted,
-                          signals.received() if interrupted else None)
+        summary = Summary(
+            str(src.resolve()),
+            str(out.resolve()),
+            config.engine,
+            jobs,
+            list(reports.values()),
+            time.time() - t0,
+            interrupted,
+            signals.received() if interrupted else None,
+        )
         for rep in summary.jobs:
             if rep.state == "running":  # interrupted before its worker reported
                 rep.state = "interrupted"

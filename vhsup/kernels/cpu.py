@@ -65,8 +65,17 @@ class _Plan:
     input it reads, flattened to (M * kh * kw,).
     """
 
-    def __init__(self, flat_index: torch.Tensor, start: int, end: int, breadth: int, out_hw: tuple[int, int],
-                 padded_hw: tuple[int, int], kernel: tuple[int, int], stride: int):
+    def __init__(
+        self,
+        flat_index: torch.Tensor,
+        start: int,
+        end: int,
+        breadth: int,
+        out_hw: tuple[int, int],
+        padded_hw: tuple[int, int],
+        kernel: tuple[int, int],
+        stride: int,
+    ):
         ho, wo = out_hw
         hp, wp = padded_hw
         kh, kw = kernel
@@ -99,8 +108,9 @@ def _plans(x, weight, index, stride, padding):
         yield _Plan(flat, a, b, breadth, out_hw, (h + 2 * padding, w + 2 * padding), (kh, kw), stride)
 
 
-def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, index: torch.Tensor,
-            stride: int, padding: int) -> torch.Tensor:
+def forward(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, index: torch.Tensor, stride: int, padding: int
+) -> torch.Tensor:
     """Switched conv forward, no autograd: (N, Cout, Ho, Wo) in x's dtype."""
     n, _, h, w = x.shape
     breadth, cout, cin, kh, kw = weight.shape
@@ -122,8 +132,17 @@ def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, in
     return out.view(n, ho * wo, cout).transpose(1, 2).reshape(n, cout, ho, wo).contiguous()
 
 
-def backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, index: torch.Tensor,
-             stride: int, padding: int, needs_x: bool = True, needs_w: bool = True, needs_b: bool = True):
+def backward(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    index: torch.Tensor,
+    stride: int,
+    padding: int,
+    needs_x: bool = True,
+    needs_w: bool = True,
+    needs_b: bool = True,
+):
     """(grad_x, grad_weight, grad_bias) of the switched conv, None where not asked.
 
     Weight, bias and (for 16-bit inputs) input gradients are accumulated in
@@ -157,7 +176,7 @@ def backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, inde
             gxp.index_add_(0, plan.taps, grows.view(-1, cin).to(acc))
     grad_x = None
     if gxp is not None:
-        gxp = gxp.view(n, h + 2 * padding, w + 2 * padding, cin)[:, padding:padding + h, padding:padding + w]
+        gxp = gxp.view(n, h + 2 * padding, w + 2 * padding, cin)[:, padding : padding + h, padding : padding + w]
         grad_x = gxp.permute(0, 3, 1, 2).to(x.dtype).contiguous()
     if grad_w is not None:
         grad_w = grad_w.view(breadth, cout, kh, kw, cin).permute(0, 1, 4, 2, 3).to(weight.dtype).contiguous()

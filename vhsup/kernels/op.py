@@ -85,9 +85,14 @@ def check_impl(impl: str, device, *, source: str | None = None) -> str:
     if impl not in IMPLS:
         raise VhsupError(f"{what}: unknown switched-conv implementation; choose one of {', '.join(IMPLS)}")
     if impl not in available_impls(device):
-        why = ("the Triton kernel did not import or does not run on this device"
-               if impl == "cuda" else "not available here")
-        raise VhsupError(f"{what}: the {impl!r} switched-conv implementation cannot run on {torch.device(device)} ({why})")
+        why = (
+            "the Triton kernel did not import or does not run on this device"
+            if impl == "cuda"
+            else "not available here"
+        )
+        raise VhsupError(
+            f"{what}: the {impl!r} switched-conv implementation cannot run on {torch.device(device)} ({why})"
+        )
     return impl
 
 
@@ -106,8 +111,15 @@ def _out_hw(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int):
 
 
 @torch.library.custom_op("vhsup::switched_conv2d", mutates_args=())
-def switched_conv2d_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, index: torch.Tensor,
-                       stride: int, padding: int, impl: str) -> torch.Tensor:
+def switched_conv2d_op(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    index: torch.Tensor,
+    stride: int,
+    padding: int,
+    impl: str,
+) -> torch.Tensor:
     """One expert per output pixel (see vhsup.kernels.switched_conv2d)."""
     return _backend(impl).forward(x, weight, bias, index, stride, padding)
 
@@ -130,22 +142,36 @@ def _(x, weight, bias, index, stride, padding, impl):
 # Gradients the caller did not ask for come back as empty tensors: a custom op
 # cannot return None, and empty placeholders cost nothing.
 @torch.library.custom_op("vhsup::switched_conv2d_backward", mutates_args=())
-def switched_conv2d_backward_op(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, index: torch.Tensor,
-                                stride: int, padding: int, impl: str, needs_x: bool, needs_w: bool,
-                                needs_b: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    gx, gw, gb = _backend(impl).backward(grad_out, x, weight, index, stride, padding,
-                                         needs_x=needs_x, needs_w=needs_w, needs_b=needs_b)
+def switched_conv2d_backward_op(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    index: torch.Tensor,
+    stride: int,
+    padding: int,
+    impl: str,
+    needs_x: bool,
+    needs_w: bool,
+    needs_b: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gx, gw, gb = _backend(impl).backward(
+        grad_out, x, weight, index, stride, padding, needs_x=needs_x, needs_w=needs_w, needs_b=needs_b
+    )
     empty = x.new_empty(0)
-    return (gx if gx is not None else empty,
-            gw if gw is not None else weight.new_empty(0),
-            gb if gb is not None else empty)
+    return (
+        gx if gx is not None else empty,
+        gw if gw is not None else weight.new_empty(0),
+        gb if gb is not None else empty,
+    )
 
 
 @switched_conv2d_backward_op.register_fake
 def _(grad_out, x, weight, index, stride, padding, impl, needs_x, needs_w, needs_b):
-    return (torch.empty_like(x, memory_format=_memory_format(impl, x.device)) if needs_x else x.new_empty(0),
-            weight.new_empty(weight.shape) if needs_w else weight.new_empty(0),
-            weight.new_empty(weight.shape[:2]) if needs_b else x.new_empty(0))
+    return (
+        torch.empty_like(x, memory_format=_memory_format(impl, x.device)) if needs_x else x.new_empty(0),
+        weight.new_empty(weight.shape) if needs_w else weight.new_empty(0),
+        weight.new_empty(weight.shape[:2]) if needs_b else x.new_empty(0),
+    )
 
 
 def _setup_context(ctx, inputs, output):
@@ -159,8 +185,7 @@ def _backward(ctx, grad_out):
     stride, padding, impl, has_bias = ctx.conf
     nx, nw, nb = ctx.needs_input_grad[:3]
     nb = bool(nb and has_bias)
-    gx, gw, gb = switched_conv2d_backward_op(grad_out, x, weight, index, stride, padding, impl,
-                                             bool(nx), bool(nw), nb)
+    gx, gw, gb = switched_conv2d_backward_op(grad_out, x, weight, index, stride, padding, impl, bool(nx), bool(nw), nb)
     return (gx if nx else None, gw if nw else None, gb if nb else None, None, None, None, None)
 
 
@@ -175,8 +200,16 @@ def _autocast_dtype(device: torch.device) -> torch.dtype | None:
     return torch.get_autocast_dtype(device.type)
 
 
-def switched_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, index: torch.Tensor, *,
-                    stride: int = 1, padding: int = 0, impl: str | None = None) -> torch.Tensor:
+def switched_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    index: torch.Tensor,
+    *,
+    stride: int = 1,
+    padding: int = 0,
+    impl: str | None = None,
+) -> torch.Tensor:
     """Switched convolution: at output pixel (n, y, x) only expert ``index[n, y, x]``'s kernel applies.
 
     Args:

@@ -12,8 +12,14 @@ import torch
 import torch.nn.functional as F
 
 
-def switched_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, index: torch.Tensor,
-                    stride: int = 1, padding: int = 0) -> torch.Tensor:
+def switched_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    index: torch.Tensor,
+    stride: int = 1,
+    padding: int = 0,
+) -> torch.Tensor:
     """``out[n, :, y, x] = conv2d(x, weight[e], bias[e])[n, :, y, x]`` with ``e = index[n, y, x]``.
 
     Plain differentiable torch (x, weight and bias get their gradients from
@@ -30,8 +36,14 @@ def switched_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     return out
 
 
-def switched_conv2d_stacked(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, index: torch.Tensor,
-                            stride: int = 1, padding: int = 0) -> torch.Tensor:
+def switched_conv2d_stacked(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    index: torch.Tensor,
+    stride: int = 1,
+    padding: int = 0,
+) -> torch.Tensor:
     """The same function as one conv over all experts' kernels, then a gather.
 
     What ONNX export uses: only standard operators (Conv, Reshape,
@@ -40,8 +52,13 @@ def switched_conv2d_stacked(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
     dense conv's arithmetic: no ONNX operator picks a kernel per pixel.
     """
     b, cout = weight.shape[:2]
-    y = F.conv2d(x, weight.reshape(b * cout, *weight.shape[2:]), None if bias is None else bias.reshape(-1),
-                 stride=stride, padding=padding)
+    y = F.conv2d(
+        x,
+        weight.reshape(b * cout, *weight.shape[2:]),
+        None if bias is None else bias.reshape(-1),
+        stride=stride,
+        padding=padding,
+    )
     y = y.reshape(y.shape[0], b, cout, y.shape[2], y.shape[3])
     chosen = (index.unsqueeze(1) == torch.arange(b, device=index.device).view(1, b, 1, 1)).unsqueeze(2)
     # where, not a product: an inf in an expert not chosen must not become NaN

@@ -145,15 +145,47 @@ def _locate(t, counts_ptr, starts_ptr, NB, TILE, NB_P2: tl.constexpr):
 
 
 @_jit
-def _fwd_kernel(x_ptr, w_ptr, b_ptr, order_ptr, counts_ptr, starts_ptr, out_ptr,
-                NB, Cin, H, W, Cout, Ho, Wo,
-                sxn, sxc, sxh, sxw,
-                swe, swt, swc, swo,
-                son, soc, soh, sow,
-                STRIDE: tl.constexpr, PAD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-                HAS_BIAS: tl.constexpr, NB_P2: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
-                WIDE: tl.constexpr, ACC: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _fwd_kernel(
+    x_ptr,
+    w_ptr,
+    b_ptr,
+    order_ptr,
+    counts_ptr,
+    starts_ptr,
+    out_ptr,
+    NB,
+    Cin,
+    H,
+    W,
+    Cout,
+    Ho,
+    Wo,
+    sxn,
+    sxc,
+    sxh,
+    sxw,
+    swe,
+    swt,
+    swc,
+    swo,
+    son,
+    soc,
+    soh,
+    sow,
+    STRIDE: tl.constexpr,
+    PAD: tl.constexpr,
+    KH: tl.constexpr,
+    KW: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    NB_P2: tl.constexpr,
+    PREC: tl.constexpr,
+    UPCAST: tl.constexpr,
+    WIDE: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     # out[pixels of one expert tile, Cout block] = im2col(x)[pixels] @ W_e
     t = tl.program_id(0)
     pn = tl.program_id(1)
@@ -183,10 +215,12 @@ def _fwd_kernel(x_ptr, w_ptr, b_ptr, order_ptr, counts_ptr, starts_ptr, out_ptr,
         ix = ix0 + tap % KW
         ok = rmask & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
         kmask = cc < Cin
-        a = tl.load((xrow + iy * sxh + ix * sxw)[:, None] + cc[None, :] * sxc,
-                    mask=ok[:, None] & kmask[None, :], other=0.0)
-        b = tl.load(wbase + tap * swt + cc[:, None] * swc + cols[None, :] * swo,
-                    mask=kmask[:, None] & cmask[None, :], other=0.0)
+        a = tl.load(
+            (xrow + iy * sxh + ix * sxw)[:, None] + cc[None, :] * sxc, mask=ok[:, None] & kmask[None, :], other=0.0
+        )
+        b = tl.load(
+            wbase + tap * swt + cc[:, None] * swc + cols[None, :] * swo, mask=kmask[:, None] & cmask[None, :], other=0.0
+        )
         if UPCAST:
             a = a.to(ACC)
             b = b.to(ACC)
@@ -195,19 +229,50 @@ def _fwd_kernel(x_ptr, w_ptr, b_ptr, order_ptr, counts_ptr, starts_ptr, out_ptr,
         bias = tl.load(b_ptr + e * Cout + cols, mask=cmask, other=0.0)
         acc += bias.to(ACC)[None, :]
     optr = out_ptr + n * son + oy * soh + ox * sow
-    tl.store(optr[:, None] + cols[None, :] * soc, acc.to(out_ptr.dtype.element_ty),
-             mask=rmask[:, None] & cmask[None, :])
+    tl.store(
+        optr[:, None] + cols[None, :] * soc, acc.to(out_ptr.dtype.element_ty), mask=rmask[:, None] & cmask[None, :]
+    )
 
 
 @_jit
-def _gradw_kernel(x_ptr, g_ptr, order_ptr, counts_ptr, starts_ptr, pw_ptr, pb_ptr,
-                  NB, Cin, H, W, Cout, Ho, Wo, CHUNK,
-                  sxn, sxc, sxh, sxw,
-                  sgn, sgc, sgh, sgw,
-                  STRIDE: tl.constexpr, PAD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-                  HAS_BIAS: tl.constexpr, NB_P2: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
-                  WIDE: tl.constexpr, ACC: tl.constexpr,
-                  BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _gradw_kernel(
+    x_ptr,
+    g_ptr,
+    order_ptr,
+    counts_ptr,
+    starts_ptr,
+    pw_ptr,
+    pb_ptr,
+    NB,
+    Cin,
+    H,
+    W,
+    Cout,
+    Ho,
+    Wo,
+    CHUNK,
+    sxn,
+    sxc,
+    sxh,
+    sxw,
+    sgn,
+    sgc,
+    sgh,
+    sgw,
+    STRIDE: tl.constexpr,
+    PAD: tl.constexpr,
+    KH: tl.constexpr,
+    KW: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    NB_P2: tl.constexpr,
+    PREC: tl.constexpr,
+    UPCAST: tl.constexpr,
+    WIDE: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     # partial[chunk, Cout block, tap, Cin block] = grad_out[chunk pixels]^T @ im2col(x)[chunk pixels]
     ch = tl.program_id(0)
     pn = tl.program_id(1)
@@ -230,13 +295,19 @@ def _gradw_kernel(x_ptr, g_ptr, order_ptr, counts_ptr, starts_ptr, pw_ptr, pb_pt
         if WIDE:
             pix = pix.to(tl.int64)
         n, oy, ox = _pixel_at(pix, Ho, Wo)
-        g = tl.load((g_ptr + n * sgn + oy * sgh + ox * sgw)[None, :] + co[:, None] * sgc,
-                    mask=comask[:, None] & rmask[None, :], other=0.0)  # (BLOCK_N, BLOCK_P)
+        g = tl.load(
+            (g_ptr + n * sgn + oy * sgh + ox * sgw)[None, :] + co[:, None] * sgc,
+            mask=comask[:, None] & rmask[None, :],
+            other=0.0,
+        )  # (BLOCK_N, BLOCK_P)
         iy = oy * STRIDE + dy
         ix = ox * STRIDE + dx
         ok = rmask & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
-        a = tl.load((x_ptr + n * sxn + iy * sxh + ix * sxw)[:, None] + ci[None, :] * sxc,
-                    mask=ok[:, None] & cimask[None, :], other=0.0)  # (BLOCK_P, BLOCK_K)
+        a = tl.load(
+            (x_ptr + n * sxn + iy * sxh + ix * sxw)[:, None] + ci[None, :] * sxc,
+            mask=ok[:, None] & cimask[None, :],
+            other=0.0,
+        )  # (BLOCK_P, BLOCK_K)
         if HAS_BIAS:
             bacc += tl.sum(g.to(ACC), 1)
         if UPCAST:
@@ -254,8 +325,9 @@ def _gradw_kernel(x_ptr, g_ptr, order_ptr, counts_ptr, starts_ptr, pw_ptr, pb_pt
 
 
 @_jit
-def _segsum_kernel(part_ptr, out_ptr, counts_ptr, NB, CHUNK, INNER,
-                   NB_P2: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+def _segsum_kernel(
+    part_ptr, out_ptr, counts_ptr, NB, CHUNK, INNER, NB_P2: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr
+):
     # out[e] = sum of expert e's chunk partials, in chunk order (deterministic).
     e = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
@@ -273,15 +345,48 @@ def _segsum_kernel(part_ptr, out_ptr, counts_ptr, NB, CHUNK, INNER,
 
 
 @_jit
-def _gradx_kernel(g_ptr, w_ptr, order_ptr, counts_ptr, starts_ptr, gx_ptr,
-                  NB, Cin, H, W, Cout, Ho, Wo, TAP0, NTAPS,
-                  sgn, sgc, sgh, sgw,
-                  swe, swt, swc, swo,
-                  sxn, sxc, sxh, sxw,
-                  STRIDE: tl.constexpr, PAD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-                  NB_P2: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
-                  WIDE: tl.constexpr, ACC: tl.constexpr, ATOMIC: tl.constexpr,
-                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _gradx_kernel(
+    g_ptr,
+    w_ptr,
+    order_ptr,
+    counts_ptr,
+    starts_ptr,
+    gx_ptr,
+    NB,
+    Cin,
+    H,
+    W,
+    Cout,
+    Ho,
+    Wo,
+    TAP0,
+    NTAPS,
+    sgn,
+    sgc,
+    sgh,
+    sgw,
+    swe,
+    swt,
+    swc,
+    swo,
+    sxn,
+    sxc,
+    sxh,
+    sxw,
+    STRIDE: tl.constexpr,
+    PAD: tl.constexpr,
+    KH: tl.constexpr,
+    KW: tl.constexpr,
+    NB_P2: tl.constexpr,
+    PREC: tl.constexpr,
+    UPCAST: tl.constexpr,
+    WIDE: tl.constexpr,
+    ACC: tl.constexpr,
+    ATOMIC: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     # for each tap: grad_x[tapped input pixels, Cin block] += grad_out[tile] @ W_e[tap]^T
     t = tl.program_id(0)
     pn = tl.program_id(1)
@@ -306,8 +411,11 @@ def _gradx_kernel(g_ptr, w_ptr, order_ptr, counts_ptr, starts_ptr, gx_ptr,
             co = kb * BLOCK_K + ks
             comask = co < Cout
             g = tl.load(grow[:, None] + co[None, :] * sgc, mask=rmask[:, None] & comask[None, :], other=0.0)
-            w = tl.load(wbase + tap * swt + co[:, None] * swo + ci[None, :] * swc,
-                        mask=comask[:, None] & cimask[None, :], other=0.0)
+            w = tl.load(
+                wbase + tap * swt + co[:, None] * swo + ci[None, :] * swc,
+                mask=comask[:, None] & cimask[None, :],
+                other=0.0,
+            )
             if UPCAST:
                 g = g.to(ACC)
                 w = w.to(ACC)
@@ -335,12 +443,14 @@ def _p2(v: int) -> int:
 def _prune(n_name: str, k_name: str, n_tile: str = "BLOCK_N", k_tile: str = "BLOCK_K"):
     """Drop configurations whose N or K tile is far wider than the channels it
     covers (a 3-channel input does not need a 64-wide K tile)."""
+
     def prune(configs, nargs, **kwargs):
         args = {**nargs, **kwargs}
         n_cap = max(32, _p2(args[n_name]))
         k_cap = max(32, _p2(args[k_name]))
         kept = [c for c in configs if c.kwargs[n_tile] <= n_cap and c.kwargs[k_tile] <= k_cap]
         return kept or configs[:1]
+
     return prune
 
 
@@ -361,22 +471,46 @@ def _tuned():
     room for 3-4 pipeline stages in shared memory."""
     if _tuned_cache:
         return _tuned_cache
-    gemm = [(128, 64, 64, 4, 3), (128, 64, 32, 4, 4), (64, 64, 64, 4, 3), (64, 64, 32, 4, 4),
-            (128, 128, 64, 8, 3), (64, 128, 64, 4, 3), (128, 32, 64, 4, 3), (256, 64, 64, 8, 3),
-            (128, 64, 64, 8, 4), (64, 32, 32, 4, 4)]
+    gemm = [
+        (128, 64, 64, 4, 3),
+        (128, 64, 32, 4, 4),
+        (64, 64, 64, 4, 3),
+        (64, 64, 32, 4, 4),
+        (128, 128, 64, 8, 3),
+        (64, 128, 64, 4, 3),
+        (128, 32, 64, 4, 3),
+        (256, 64, 64, 8, 3),
+        (128, 64, 64, 8, 4),
+        (64, 32, 32, 4, 4),
+    ]
     key = ["Cin", "Cout", "KH", "KW", "STRIDE"]
     _tuned_cache["fwd"] = triton.autotune(
-        _configs("BLOCK_M", "BLOCK_N", "BLOCK_K", gemm), key=key,
-        prune_configs_by={"early_config_prune": _prune("Cout", "Cin")})(_fwd_kernel)
+        _configs("BLOCK_M", "BLOCK_N", "BLOCK_K", gemm),
+        key=key,
+        prune_configs_by={"early_config_prune": _prune("Cout", "Cin")},
+    )(_fwd_kernel)
     # grad_x adds into its destination: restore it around each trial.
     _tuned_cache["gradx"] = triton.autotune(
-        _configs("BLOCK_M", "BLOCK_N", "BLOCK_K", gemm), key=key + ["ATOMIC"], restore_value=["gx_ptr"],
-        prune_configs_by={"early_config_prune": _prune("Cin", "Cout")})(_gradx_kernel)
-    wshapes = [(64, 64, 64, 4, 3), (128, 64, 64, 4, 3), (128, 64, 64, 8, 4), (64, 128, 64, 4, 3),
-               (128, 64, 32, 4, 4), (64, 32, 64, 4, 4), (128, 128, 64, 8, 3), (64, 64, 32, 4, 4)]
+        _configs("BLOCK_M", "BLOCK_N", "BLOCK_K", gemm),
+        key=key + ["ATOMIC"],
+        restore_value=["gx_ptr"],
+        prune_configs_by={"early_config_prune": _prune("Cin", "Cout")},
+    )(_gradx_kernel)
+    wshapes = [
+        (64, 64, 64, 4, 3),
+        (128, 64, 64, 4, 3),
+        (128, 64, 64, 8, 4),
+        (64, 128, 64, 4, 3),
+        (128, 64, 32, 4, 4),
+        (64, 32, 64, 4, 4),
+        (128, 128, 64, 8, 3),
+        (64, 64, 32, 4, 4),
+    ]
     _tuned_cache["gradw"] = triton.autotune(
-        _configs("BLOCK_P", "BLOCK_N", "BLOCK_K", wshapes), key=key,
-        prune_configs_by={"early_config_prune": _prune("Cout", "Cin")})(_gradw_kernel)
+        _configs("BLOCK_P", "BLOCK_N", "BLOCK_K", wshapes),
+        key=key,
+        prune_configs_by={"early_config_prune": _prune("Cout", "Cin")},
+    )(_gradw_kernel)
     return _tuned_cache
 
 
@@ -388,8 +522,10 @@ def _check(x: torch.Tensor, weight: torch.Tensor, index: torch.Tensor) -> None:
     if triton is None:
         raise RuntimeError("switched conv: the Triton kernels need the triton package")
     if not available(x.device):
-        raise RuntimeError(f"switched conv: the Triton kernels cannot run on {x.device} "
-                           "(CUDA, or the CPU with TRITON_INTERPRET=1 set before import)")
+        raise RuntimeError(
+            f"switched conv: the Triton kernels cannot run on {x.device} "
+            "(CUDA, or the CPU with TRITON_INTERPRET=1 set before import)"
+        )
     if x.dtype not in _DTYPES:
         raise TypeError(f"switched conv: the Triton kernels take float32/16, bfloat16 or float64, not {x.dtype}")
     if weight.device != x.device or index.device != x.device:
@@ -455,16 +591,16 @@ def _fixed(**blocks):
     return {} if not _INTERPRETED else blocks
 
 
-def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, index: torch.Tensor,
-            stride: int, padding: int) -> torch.Tensor:
+def forward(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, index: torch.Tensor, stride: int, padding: int
+) -> torch.Tensor:
     """Switched conv forward, no autograd: (N, Cout, Ho, Wo) in x's dtype,
     channels-last on CUDA (``output_memory_format``)."""
     _check(x, weight, index)
     n, cin, h, w = x.shape
     breadth, cout, _, kh, kw = weight.shape
     ho, wo = _out_size(h, kh, stride, padding), _out_size(w, kw, stride, padding)
-    out = torch.empty((n, cout, ho, wo), dtype=x.dtype, device=x.device,
-                      memory_format=output_memory_format(x.device))
+    out = torch.empty((n, cout, ho, wo), dtype=x.dtype, device=x.device, memory_format=output_memory_format(x.device))
     if out.numel() == 0:
         return out
     order, counts, starts = _schedule(index, breadth)
@@ -473,18 +609,45 @@ def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, in
     bk = bias.contiguous() if bias is not None else wt  # any pointer when HAS_BIAS is off
     p = n * ho * wo
     nb_p2 = max(2, _p2(breadth))
-    common = dict(STRIDE=stride, PAD=padding, KH=kh, KW=kw, HAS_BIAS=bias is not None, NB_P2=nb_p2,
-                  PREC=_prec(x.dtype), UPCAST=_INTERPRETED, WIDE=_wide(x, out), ACC=_acc(x.dtype))
+    common = dict(
+        STRIDE=stride,
+        PAD=padding,
+        KH=kh,
+        KW=kw,
+        HAS_BIAS=bias is not None,
+        NB_P2=nb_p2,
+        PREC=_prec(x.dtype),
+        UPCAST=_INTERPRETED,
+        WIDE=_wide(x, out),
+        ACC=_acc(x.dtype),
+    )
 
     def grid(meta):
         return (triton.cdiv(p, meta["BLOCK_M"]) + breadth, triton.cdiv(cout, meta["BLOCK_N"]))
 
     kernel = _fwd_kernel if _INTERPRETED else _tuned()["fwd"]
     with _device_ctx(x):
-        kernel[grid](xk, wt, bk, order, counts, starts, out,
-                     breadth, cin, h, w, cout, ho, wo,
-                     *xk.stride(), *wt.stride(), *out.stride(),
-                     **common, **_fixed(BLOCK_M=_INTERP_M, BLOCK_N=_INTERP_N, BLOCK_K=_INTERP_K))
+        kernel[grid](
+            xk,
+            wt,
+            bk,
+            order,
+            counts,
+            starts,
+            out,
+            breadth,
+            cin,
+            h,
+            w,
+            cout,
+            ho,
+            wo,
+            *xk.stride(),
+            *wt.stride(),
+            *out.stride(),
+            **common,
+            **_fixed(BLOCK_M=_INTERP_M, BLOCK_N=_INTERP_N, BLOCK_K=_INTERP_K),
+        )
     return out
 
 
@@ -502,8 +665,17 @@ def _chunk(p: int, cout: int, cin: int, taps: int, device: torch.device) -> int:
     return _INTERP_M + 8
 
 
-def backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, index: torch.Tensor,
-             stride: int, padding: int, needs_x: bool = True, needs_w: bool = True, needs_b: bool = True):
+def backward(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    index: torch.Tensor,
+    stride: int,
+    padding: int,
+    needs_x: bool = True,
+    needs_w: bool = True,
+    needs_b: bool = True,
+):
     """(grad_x, grad_weight, grad_bias) of the switched conv, None where not asked.
 
     Accumulation is fp32 (fp64 for fp64 inputs); results are cast to x's and
@@ -521,14 +693,25 @@ def backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, inde
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     fmt = output_memory_format(x.device)
     if p == 0 or x.numel() == 0:
-        return (torch.zeros_like(x, memory_format=fmt) if needs_x else None,
-                torch.zeros_like(weight) if needs_w else None,
-                weight.new_zeros(breadth, cout) if needs_b else None)
+        return (
+            torch.zeros_like(x, memory_format=fmt) if needs_x else None,
+            torch.zeros_like(weight) if needs_w else None,
+            weight.new_zeros(breadth, cout) if needs_b else None,
+        )
     order, counts, starts = _schedule(index, breadth)
     g = _activation(grad_out.to(x.dtype))
     nb_p2 = max(2, _p2(breadth))
-    common = dict(STRIDE=stride, PAD=padding, KH=kh, KW=kw, NB_P2=nb_p2, PREC=_prec(x.dtype),
-                  UPCAST=_INTERPRETED, WIDE=_wide(x, g), ACC=_acc(x.dtype))
+    common = dict(
+        STRIDE=stride,
+        PAD=padding,
+        KH=kh,
+        KW=kw,
+        NB_P2=nb_p2,
+        PREC=_prec(x.dtype),
+        UPCAST=_INTERPRETED,
+        WIDE=_wide(x, g),
+        ACC=_acc(x.dtype),
+    )
     gx = gw = gb = None
     with _device_ctx(x):
         if needs_x:
@@ -542,11 +725,29 @@ def backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, inde
 
             kernel = _gradx_kernel if _INTERPRETED else _tuned()["gradx"]
             for tap0, ntaps in launches:
-                kernel[grid_x](g, wt, order, counts, starts, gx32,
-                               breadth, cin, h, w, cout, ho, wo, tap0, ntaps,
-                               *g.stride(), *wt.stride(), *gx32.stride(),
-                               **common, ATOMIC=not deterministic,
-                               **_fixed(BLOCK_M=_INTERP_M, BLOCK_N=_INTERP_N, BLOCK_K=_INTERP_K))
+                kernel[grid_x](
+                    g,
+                    wt,
+                    order,
+                    counts,
+                    starts,
+                    gx32,
+                    breadth,
+                    cin,
+                    h,
+                    w,
+                    cout,
+                    ho,
+                    wo,
+                    tap0,
+                    ntaps,
+                    *g.stride(),
+                    *wt.stride(),
+                    *gx32.stride(),
+                    **common,
+                    ATOMIC=not deterministic,
+                    **_fixed(BLOCK_M=_INTERP_M, BLOCK_N=_INTERP_N, BLOCK_K=_INTERP_K),
+                )
             gx = gx32 if gx32.dtype == x.dtype else gx32.to(x.dtype)
         if needs_w or needs_b:
             xk = _activation(x)
@@ -560,22 +761,38 @@ def backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, inde
                 return (n_chunks, triton.cdiv(cout, meta["BLOCK_N"]), kh * kw * triton.cdiv(cin, meta["BLOCK_K"]))
 
             kernel = _gradw_kernel if _INTERPRETED else _tuned()["gradw"]
-            kernel[grid_w](xk, g, order, counts, starts, pw, pb,
-                           breadth, cin, h, w, cout, ho, wo, chunk,
-                           *xk.stride(), *g.stride(),
-                           **common, HAS_BIAS=needs_b,
-                           **_fixed(BLOCK_P=_INTERP_M, BLOCK_N=_INTERP_N, BLOCK_K=_INTERP_K))
+            kernel[grid_w](
+                xk,
+                g,
+                order,
+                counts,
+                starts,
+                pw,
+                pb,
+                breadth,
+                cin,
+                h,
+                w,
+                cout,
+                ho,
+                wo,
+                chunk,
+                *xk.stride(),
+                *g.stride(),
+                **common,
+                HAS_BIAS=needs_b,
+                **_fixed(BLOCK_P=_INTERP_M, BLOCK_N=_INTERP_N, BLOCK_K=_INTERP_K),
+            )
             block = 128 if _INTERPRETED else 1024
             if needs_w:
                 gwk = torch.empty((breadth, cout, kh, kw, cin), dtype=weight.dtype, device=x.device)
                 _segsum_kernel[(breadth, triton.cdiv(cout * k_cols, block))](
-                    pw, gwk, counts, breadth, chunk, cout * k_cols,
-                    NB_P2=nb_p2, ACC=_acc(x.dtype), BLOCK=block)
+                    pw, gwk, counts, breadth, chunk, cout * k_cols, NB_P2=nb_p2, ACC=_acc(x.dtype), BLOCK=block
+                )
                 gw = gwk.permute(0, 1, 4, 2, 3).contiguous()
             if needs_b:
                 gb = torch.empty((breadth, cout), dtype=weight.dtype, device=x.device)
                 _segsum_kernel[(breadth, triton.cdiv(cout, block))](
-                    pb, gb, counts, breadth, chunk, cout,
-                    NB_P2=nb_p2, ACC=_acc(x.dtype), BLOCK=block)
+                    pb, gb, counts, breadth, chunk, cout, NB_P2=nb_p2, ACC=_acc(x.dtype), BLOCK=block
+                )
     return gx, gw, gb
-

@@ -314,8 +314,13 @@ def video_frames(
             stats.note(f"{lost} AVI chunks gave no picture; the picture before each stays on screen")
 
 
-def decode_from(container: av.container.InputContainer, start: Fraction | None, *, threads: int = 0,
-                stats: DecodeStats | None = None) -> Generator[av.VideoFrame, None, None]:
+def decode_from(
+    container: av.container.InputContainer,
+    start: Fraction | None,
+    *,
+    threads: int = 0,
+    stats: DecodeStats | None = None,
+) -> Generator[av.VideoFrame, None, None]:
     """Decoded frames from a little before ``start`` (all of them if None).
 
     A seek can land after its target (imprecise indexes in program streams

@@ -65,8 +65,15 @@ def available_deinterlacer() -> str | None:
     return next((name for name in DEINTERLACERS if name in have), None)
 
 
-def plan_filters(info: VideoInfo, *, deinterlace: str = "auto", field_rate: str = "single", ivtc: bool = False,
-                 field_order: str = "auto", force_ivtc: bool = False) -> FilterPlan:
+def plan_filters(
+    info: VideoInfo,
+    *,
+    deinterlace: str = "auto",
+    field_rate: str = "single",
+    ivtc: bool = False,
+    field_order: str = "auto",
+    force_ivtc: bool = False,
+) -> FilterPlan:
     """Decide the field handling from the probe and the user's options.
 
     ``field_order`` 'auto' takes the probe's verdict (the pictures' order
@@ -81,8 +88,9 @@ def plan_filters(info: VideoInfo, *, deinterlace: str = "auto", field_rate: str 
     return replace(plan, notes=plan.notes + tuple(notes)) if notes else plan
 
 
-def _decide(info: VideoInfo, deinterlace: str, field_rate: str, ivtc: bool, field_order: str,
-            force_ivtc: bool) -> FilterPlan:
+def _decide(
+    info: VideoInfo, deinterlace: str, field_rate: str, ivtc: bool, field_order: str, force_ivtc: bool
+) -> FilterPlan:
     if deinterlace not in ("auto", "on", "off"):
         raise VhsupError(f"--deinterlace must be auto, on or off, not {deinterlace!r}")
     if field_rate not in ("single", "double"):
@@ -94,27 +102,37 @@ def _decide(info: VideoInfo, deinterlace: str, field_rate: str, ivtc: bool, fiel
     if field_order != "auto":
         parity = field_order
     else:
-        parity = verdict.field_order if verdict.field_order in ("tff", "bff") else (
-            "bff" if info.field_order == "bff" else "tff"
+        parity = (
+            verdict.field_order
+            if verdict.field_order in ("tff", "bff")
+            else ("bff" if info.field_order == "bff" else "tff")
         )
         if verdict.order_overruled:
-            notes.append(f"{info.path}: the stream is flagged {info.field_order.upper()} but the pictures are "
-                         f"{parity.upper()} (idet); using {parity.upper()} (--field-order {info.field_order} "
-                         "follows the flags; vhsup probe shows the evidence)")
+            notes.append(
+                f"{info.path}: the stream is flagged {info.field_order.upper()} but the pictures are "
+                f"{parity.upper()} (idet); using {parity.upper()} (--field-order {info.field_order} "
+                "follows the flags; vhsup probe shows the evidence)"
+            )
     if ivtc:
         missing = [f for f in ("fieldmatch", "decimate") if f not in av.filter.filters_available]
         if missing:
             raise VhsupError(f"--ivtc needs the {' and '.join(missing)} filter, which this FFmpeg build lacks")
         tc = info.telecine
         if tc.telecined is False and not force_ivtc:
-            raise VhsupError(f"--ivtc refused: the picture does not look telecined ({tc.evidence}; 3:2 pulldown "
-                             "repeats a field in 2 of every 5 frames) and inverse telecine would drop one frame in "
-                             "five; leave --ivtc off, or add --force-ivtc to run it anyway", info.path)
+            raise VhsupError(
+                f"--ivtc refused: the picture does not look telecined ({tc.evidence}; 3:2 pulldown "
+                "repeats a field in 2 of every 5 frames) and inverse telecine would drop one frame in "
+                "five; leave --ivtc off, or add --force-ivtc to run it anyway",
+                info.path,
+            )
         if not tc.telecined:
-            notes.append(f"{info.path}: --ivtc drops one frame in five, and the picture "
-                         f"{'does not look' if tc.telecined is False else 'may not be'} telecined ({tc.evidence})")
-        return FilterPlan(False, available_deinterlacer(), parity, False, False, True, info.fps * Fraction(4, 5),
-                          tuple(notes))
+            notes.append(
+                f"{info.path}: --ivtc drops one frame in five, and the picture "
+                f"{'does not look' if tc.telecined is False else 'may not be'} telecined ({tc.evidence})"
+            )
+        return FilterPlan(
+            False, available_deinterlacer(), parity, False, False, True, info.fps * Fraction(4, 5), tuple(notes)
+        )
     wanted = deinterlace == "on" or (deinterlace == "auto" and verdict.interlaced)
     if not wanted:
         return FilterPlan(False, None, parity, False, False, False, info.fps)
@@ -126,19 +144,29 @@ def _decide(info: VideoInfo, deinterlace: str, field_rate: str, ivtc: bool, fiel
     return FilterPlan(True, method, parity, double, only_flagged, False, info.fps * (2 if double else 1), tuple(notes))
 
 
-def _option_notes(info: VideoInfo, plan: FilterPlan, *, deinterlace: str, field_rate: str,
-                  field_order: str) -> list[str]:
+def _option_notes(
+    info: VideoInfo, plan: FilterPlan, *, deinterlace: str, field_rate: str, field_order: str
+) -> list[str]:
     """What the user asked for that the plan will not do, or will do badly, in words."""
     notes = []
     if field_order != "auto" and not plan.deinterlace and not plan.ivtc:
-        notes.append(f"--field-order {field_order} does nothing: the picture is not deinterlaced"
-                     + (" (--deinterlace off)" if deinterlace == "off" else " (it looks progressive)"))
+        notes.append(
+            f"--field-order {field_order} does nothing: the picture is not deinterlaced"
+            + (" (--deinterlace off)" if deinterlace == "off" else " (it looks progressive)")
+        )
     if deinterlace == "off" and info.interlace.interlaced and not plan.ivtc:
-        notes.append(f"--deinterlace off, but the source looks interlaced ({info.interlace.evidence}): "
-                     "the combing will be upscaled as if it were detail")
+        notes.append(
+            f"--deinterlace off, but the source looks interlaced ({info.interlace.evidence}): "
+            "the combing will be upscaled as if it were detail"
+        )
     if field_rate == "double" and not plan.double_rate:
-        why = ("with --ivtc" if plan.ivtc else "with --deinterlace off" if deinterlace == "off"
-               else "on progressive input (no fields to split)")
+        why = (
+            "with --ivtc"
+            if plan.ivtc
+            else "with --deinterlace off"
+            if deinterlace == "off"
+            else "on progressive input (no fields to split)"
+        )
         notes.append(f"--field-rate double does nothing {why}; the output stays at {float(plan.rate):.3f} fps")
     return notes
 

@@ -127,8 +127,9 @@ def plan_geometry(
             out_w = _even(width)
             out_h = _even(out_w / dar)
         out_sar = Fraction(1)
-    return Geometry(src_w, src_h, sar, crop, in_w, in_h, scale, sr_w, sr_h, out_w, out_h, out_sar,
-                    Fraction(out_w, out_h) * out_sar)
+    return Geometry(
+        src_w, src_h, sar, crop, in_w, in_h, scale, sr_w, sr_h, out_w, out_h, out_sar, Fraction(out_w, out_h) * out_sar
+    )
 
 
 # Auto-crop thresholds, in full-range luma levels (0-255) of the sampled RGB.

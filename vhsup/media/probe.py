@@ -310,8 +310,10 @@ def probe(path: str | os.PathLike[str], *, analyse_frames: int = 48, count_budge
         cc = stream.codec_context
         fps = _fraction(stream.average_rate, Fraction(0)) or _fraction(stream.guessed_rate, Fraction(30000, 1001))
         tb = _fraction(stream.time_base, Fraction(1, 90000))
-        start = float(stream.start_time * tb) if stream.start_time is not None else (
-            container.start_time / 1e6 if container.start_time is not None else 0.0
+        start = (
+            float(stream.start_time * tb)
+            if stream.start_time is not None
+            else (container.start_time / 1e6 if container.start_time is not None else 0.0)
         )
         if stream.duration:
             duration: float | None = float(stream.duration * tb)
@@ -353,7 +355,10 @@ def probe(path: str | os.PathLike[str], *, analyse_frames: int = 48, count_budge
         def info(s, kind: str) -> StreamInfo:
             ctx = s.codec_context
             return StreamInfo(
-                index=s.index, kind=kind, codec=ctx.name if ctx else "unknown", language=_lang(s),
+                index=s.index,
+                kind=kind,
+                codec=ctx.name if ctx else "unknown",
+                language=_lang(s),
                 channels=getattr(ctx, "channels", None) if kind == "audio" else None,
                 sample_rate=getattr(ctx, "sample_rate", None) if kind == "audio" else None,
                 title=(s.metadata or {}).get("title"),

@@ -43,8 +43,19 @@ def card_name(weights: Path) -> str:
     return run if weights.stem == "best" else f"{run}-{weights.stem}"
 
 
-def write_model_card(weights: Path, *, arch: str, hyper: dict, scale: int, base: str, description: str,
-                     metrics: dict, config: dict, name: str | None = None, step: int | None = None) -> Path:
+def write_model_card(
+    weights: Path,
+    *,
+    arch: str,
+    hyper: dict,
+    scale: int,
+    base: str,
+    description: str,
+    metrics: dict,
+    config: dict,
+    name: str | None = None,
+    step: int | None = None,
+) -> Path:
     """Write ``<weights stem>.toml`` beside ``weights`` and return its path.
 
     Args:
@@ -84,13 +95,18 @@ def write_model_card(weights: Path, *, arch: str, hyper: dict, scale: int, base:
     mode = _pick(config, "mode", "data_mode")
     preset = _pick(config, "preset")
     if step is None:
-        step = metrics.get("step") if isinstance(metrics.get("step"), int) else _pick(
-            config, "steps", "total_steps", "max_steps", "iterations")
+        step = (
+            metrics.get("step")
+            if isinstance(metrics.get("step"), int)
+            else _pick(config, "steps", "total_steps", "max_steps", "iterations")
+        )
     verb = "trained from scratch" if from_scratch else "fine-tuned"
 
     if from_scratch:
-        licence = (f"unspecified (trained from scratch with vhsup train: the weights are their owner's; "
-                   f"vhsup's {arch} implementation is BSD-3-Clause)")
+        licence = (
+            f"unspecified (trained from scratch with vhsup train: the weights are their owner's; "
+            f"vhsup's {arch} implementation is BSD-3-Clause)"
+        )
     elif base_card is not None and base_card.licence:
         licence = f"{base_card.licence.split(' (')[0]} (derived from {base})"
     else:
@@ -113,8 +129,9 @@ def write_model_card(weights: Path, *, arch: str, hyper: dict, scale: int, base:
         # The base card's precision flags were measured on that network and
         # hold for its fine-tunes; otherwise the architecture's say.
         "supports_half": base_card.supports_half if base_card is not None and same_arch else spec.supports_half,
-        "supports_bfloat16": (base_card.supports_bfloat16 if base_card is not None and same_arch
-                              else spec.supports_bfloat16),
+        "supports_bfloat16": (
+            base_card.supports_bfloat16 if base_card is not None and same_arch else spec.supports_bfloat16
+        ),
         "licence": licence,
         "attribution": attribution,
         "notes": _notes(verb, base, frames, step, mode, preset, values),
@@ -133,9 +150,11 @@ def write_model_card(weights: Path, *, arch: str, hyper: dict, scale: int, base:
         },
     }
     path = registry.sidecar_card_path(weights)
-    text = "# Model card written by `vhsup train`; `vhsup upscale --model` and `vhsup models info`\n" \
-           f"# read it beside {weights.name}. Edit name, description or context freely;\n" \
-           "# arch, scale and [hyper] must keep matching the weights.\n" + dump_toml(card)
+    text = (
+        "# Model card written by `vhsup train`; `vhsup upscale --model` and `vhsup models info`\n"
+        f"# read it beside {weights.name}. Edit name, description or context freely;\n"
+        "# arch, scale and [hyper] must keep matching the weights.\n" + dump_toml(card)
+    )
     with replacing(path, "model card") as tmp:
         tmp.write_text(text, encoding="utf-8")
     return path
@@ -150,8 +169,11 @@ def _notes(verb, base, frames, step, mode, preset, m: dict) -> str:
     parts.append(f" ({detail})." if detail else ".")
     if isinstance(m.get("psnr_y"), float):
         line = f" Held-out validation: PSNR-Y {m['psnr_y']:.2f} dB"
-        refs = [f"{label} {m[key]:.2f}" for key, label in (("psnr_y_bicubic", "bicubic"), ("psnr_y_start", "start"))
-                if isinstance(m.get(key), float)]
+        refs = [
+            f"{label} {m[key]:.2f}"
+            for key, label in (("psnr_y_bicubic", "bicubic"), ("psnr_y_start", "start"))
+            if isinstance(m.get(key), float)
+        ]
         line += f" ({', '.join(refs)})" if refs else ""
         if isinstance(m.get("ssim"), float):
             line += f", SSIM {m['ssim']:.4f}"

@@ -68,7 +68,9 @@ def list_checkpoints(run_dir: str | os.PathLike[str]) -> list[tuple[int, Path]]:
 def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path:
     found = list_checkpoints(run_dir)
     if not found:
-        what = "run folder not found" if not Path(run_dir).exists() else "no checkpoints in this run folder to resume from"
+        what = (
+            "run folder not found" if not Path(run_dir).exists() else "no checkpoints in this run folder to resume from"
+        )
         raise VhsupError(what, run_dir)
     return found[-1][1]
 
@@ -89,8 +91,11 @@ def flatten_optimizer(prefix: str, state_dict: dict) -> tuple[dict[str, torch.Te
                 tensors[f"{prefix}.state.{idx}.{name}"] = value.detach().to("cpu").contiguous().clone()
             else:
                 scalars.setdefault(str(idx), {})[name] = value
-    return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars,
-                     "indices": [int(i) for i in state_dict["state"]]}
+    return tensors, {
+        "param_groups": state_dict["param_groups"],
+        "scalars": scalars,
+        "indices": [int(i) for i in state_dict["state"]],
+    }
 
 
 def unflatten_optimizer(prefix: str, tensors: dict[str, torch.Tensor], meta: dict) -> dict:
@@ -99,15 +104,21 @@ def unflatten_optimizer(prefix: str, tensors: dict[str, torch.Tensor], meta: dic
     lead = prefix + ".state."
     for key, value in tensors.items():
         if key.startswith(lead):
-            idx, name = key[len(lead):].split(".", 1)
+            idx, name = key[len(lead) :].split(".", 1)
             state[int(idx)][name] = value
     for idx, values in meta["scalars"].items():
         state[int(idx)].update(values)
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_checkpoint(path: str | os.PathLike[str], *, models: dict[str, dict[str, torch.Tensor]],
-                    optimizers: dict[str, dict], extra_tensors: dict[str, torch.Tensor], meta: dict) -> Path:
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    models: dict[str, dict[str, torch.Tensor]],
+    optimizers: dict[str, dict],
+    extra_tensors: dict[str, torch.Tensor],
+    meta: dict,
+) -> Path:
     """Write one checkpoint atomically.
 
     Args:
@@ -141,7 +152,9 @@ def save_checkpoint(path: str | os.PathLike[str], *, models: dict[str, dict[str,
     return path
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, torch.Tensor], dict]:
+def load_checkpoint(
+    path: str | os.PathLike[str],
+) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, torch.Tensor], dict]:
     """(models, other tensors, meta) of a checkpoint; optimiser states are in
     ``meta["optimizers"][name]`` rebuilt with :func:`unflatten_optimizer`
     (the flat tensors are among the other tensors)."""

@@ -90,9 +90,16 @@ def _config_options(*keys: str) -> list[Callable[[F], F]]:
 
 def _options(f: F) -> F:
     opts = [
-        click.option("--config", "config_path", type=_PATH, default=None, help="TOML file with any of the settings below."),
-        click.option("--resume", "resume_dir", type=_PATH, default=None,
-                     help="Continue the run in this folder from its newest checkpoint."),
+        click.option(
+            "--config", "config_path", type=_PATH, default=None, help="TOML file with any of the settings below."
+        ),
+        click.option(
+            "--resume",
+            "resume_dir",
+            type=_PATH,
+            default=None,
+            help="Continue the run in this folder from its newest checkpoint.",
+        ),
         *_config_options("out", "frames", "lr", "hr", "mode", "model", "from_scratch", "switched", "switched_breadth"),
         _config_option("switched_layers", metavar="PATTERNS"),
         *_config_options("steps", "pixel_steps", "batch", "accumulate", "patch", "learning_rate"),
@@ -109,9 +116,16 @@ def _options(f: F) -> F:
         *_config_options("discriminator", "d_feat", "tc_start", "tc_weight", "tc_shift"),
         click.option("--degradation", "preset", default=None, help="Degradation preset: vhs, dvd, generic, none."),
         *_config_options("val_frames", "val_split", "val_every", "save_every", "keep", "small", "seed", "device"),
-        click.option("--show-degradations", type=int, default=None, metavar="N",
-                     help="Write a PNG of N degraded/HR patch pairs and exit."),
-        click.option("--download", "allow_download", is_flag=True, help="Allow fetching pretrained or backbone weights."),
+        click.option(
+            "--show-degradations",
+            type=int,
+            default=None,
+            metavar="N",
+            help="Write a PNG of N degraded/HR patch pairs and exit.",
+        ),
+        click.option(
+            "--download", "allow_download", is_flag=True, help="Allow fetching pretrained or backbone weights."
+        ),
         _config_option("quiet"),
         click.option("--debug", is_flag=True, help="Show tracebacks for errors."),
     ]
@@ -132,7 +146,9 @@ def train(config_path, resume_dir, show_degradations, allow_download, debug, no_
         flags["perceptual"] = "none"
     if resume_dir is not None:
         if config_path is not None:
-            raise VhsupError("--resume continues a run with its own config; --config starts a new one: give one of them")
+            raise VhsupError(
+                "--resume continues a run with its own config; --config starts a new one: give one of them"
+            )
         if flags.get("out") is not None and Path(flags["out"]).resolve() != resume_dir.resolve():
             raise VhsupError("--resume writes into the run folder it continues; leave out --out")
         cfg, checkpoint = resume_config(resume_dir, check_flags(flags))

@@ -39,8 +39,17 @@ from typing import Any
 
 from vhsup.errors import VhsupError
 
-__all__ = ["FIELDS", "SECTIONS", "TrainConfig", "load_config", "check_flags", "resolve", "config_dict", "config_toml",
-           "Field"]
+__all__ = [
+    "FIELDS",
+    "SECTIONS",
+    "TrainConfig",
+    "load_config",
+    "check_flags",
+    "resolve",
+    "config_dict",
+    "config_toml",
+    "Field",
+]
 
 
 @dataclass(frozen=True)
@@ -64,69 +73,134 @@ class Field:
 _F = Field
 FIELDS: dict[str, Field] = {
     # [run]
-    "model": _F("run", "", "str", "model name or weights file to start from (default: esrgan-x4 on CUDA, "
-                "compact-x4 on CPU)"),
+    "model": _F(
+        "run", "", "str", "model name or weights file to start from (default: esrgan-x4 on CUDA, compact-x4 on CPU)"
+    ),
     "from_scratch": _F("run", False, "bool", "random initialisation even when the model has pretrained weights"),
-    "switched": _F("run", False, "bool", "convert chosen convs of the starting model to switched convs (each "
-                   "kernel copied across the breadth: same output at first), then train on"),
+    "switched": _F(
+        "run",
+        False,
+        "bool",
+        "convert chosen convs of the starting model to switched convs (each "
+        "kernel copied across the breadth: same output at first), then train on",
+    ),
     "switched_breadth": _F("run", 8, "int", "kernels per converted switched conv", 2, 64),
-    "switched_layers": _F("run", "", "str", "comma-separated fnmatch patterns over conv names choosing which "
-                          "convs the switched conversion takes, e.g. 'body.*' (default: the trunk's 3x3 convs)"),
+    "switched_layers": _F(
+        "run",
+        "",
+        "str",
+        "comma-separated fnmatch patterns over conv names choosing which "
+        "convs the switched conversion takes, e.g. 'body.*' (default: the trunk's 3x3 convs)",
+    ),
     "out": _F("run", "", "path", "run folder (checkpoints, metrics, best.safetensors)"),
     "seed": _F("run", 0, "int", "seed of every random choice (init, data order, crops, degradations)", 0, 2**62),
     "device": _F("run", "auto", "str", "auto, cpu, cuda or cuda:N (under torchrun: the local rank's GPU)"),
     "steps": _F("run", 20000, "int", "optimiser steps in all (pixel stage + GAN stage)", 1, 10**9),
     "quiet": _F("run", False, "bool", "no progress display"),
     # [data]
-    "mode": _F("data", "auto", "choice", "synthetic: HR frames degraded on the fly; paired: lr/hr folders; "
-               "self: your own low-quality frames are the targets, degraded further for inputs; "
-               "auto: paired when lr/hr are set",
-               choices=("auto", "synthetic", "paired", "self")),
+    "mode": _F(
+        "data",
+        "auto",
+        "choice",
+        "synthetic: HR frames degraded on the fly; paired: lr/hr folders; "
+        "self: your own low-quality frames are the targets, degraded further for inputs; "
+        "auto: paired when lr/hr are set",
+        choices=("auto", "synthetic", "paired", "self"),
+    ),
     "frames": _F("data", "", "path", "folder of HR frames (synthetic and self modes: LR made on the fly)"),
     "lr": _F("data", "", "path", "folder of LR frames (paired mode)"),
     "hr": _F("data", "", "path", "folder of HR frames with the same names (paired mode)"),
     "patch": _F("data", 256, "int", "HR patch side in pixels (a multiple of the scale)", 8, 4096),
     "batch": _F("data", 4, "int", "patches per micro-batch per process", 1, 4096),
-    "val_frames": _F("data", "", "path", "held-out validation frames (default: hold out val_split of the "
-                     "training frames)"),
-    "val_split": _F("data", 0.02, "float", "fraction of frames held out when val_frames is not set (at least 1)", 0.0, 0.5),
-    "val_crop": _F("data", 512, "int", "validate on a centred crop this many HR pixels wide and high (0 = whole frames)",
-                   0, 16384),
-    "small": _F("data", "error", "choice", "frames smaller than the patch: error, or skip them with a notice",
-                choices=("error", "skip")),
+    "val_frames": _F(
+        "data", "", "path", "held-out validation frames (default: hold out val_split of the training frames)"
+    ),
+    "val_split": _F(
+        "data", 0.02, "float", "fraction of frames held out when val_frames is not set (at least 1)", 0.0, 0.5
+    ),
+    "val_crop": _F(
+        "data", 512, "int", "validate on a centred crop this many HR pixels wide and high (0 = whole frames)", 0, 16384
+    ),
+    "small": _F(
+        "data",
+        "error",
+        "choice",
+        "frames smaller than the patch: error, or skip them with a notice",
+        choices=("error", "skip"),
+    ),
     "cache_mb": _F("data", 2048, "int", "keep decoded frames in memory up to this many MB", 0, 10**7),
     # [train]
-    "pixel_steps": _F("train", -1, "int", "steps of the pixel-loss stage before the GAN stage "
-                      "(-1 = 0 from pretrained weights, half the steps from scratch)", -1, 10**9),
+    "pixel_steps": _F(
+        "train",
+        -1,
+        "int",
+        "steps of the pixel-loss stage before the GAN stage "
+        "(-1 = 0 from pretrained weights, half the steps from scratch)",
+        -1,
+        10**9,
+    ),
     "learning_rate": _F("train", 1e-4, "float", "Adam learning rate of G and D", 0.0, 1.0),
     "betas": _F("train", [0.9, 0.99], "floats", "Adam betas", 0.0, 1.0, length=2),
-    "milestones": _F("train", [], "ints", "steps at which the learning rate is multiplied by gamma (halved by "
-                     "default), e.g. 50000,80000 on the command line", 1, 10**9),
+    "milestones": _F(
+        "train",
+        [],
+        "ints",
+        "steps at which the learning rate is multiplied by gamma (halved by "
+        "default), e.g. 50000,80000 on the command line",
+        1,
+        10**9,
+    ),
     "gamma": _F("train", 0.5, "float", "learning-rate factor at each milestone", 0.0, 1.0),
-    "ema": _F("train", 0.999, "float", "decay of the generator's exponential moving average (0 = no averaging)", 0.0, 1.0),
+    "ema": _F(
+        "train", 0.999, "float", "decay of the generator's exponential moving average (0 = no averaging)", 0.0, 1.0
+    ),
     "accumulate": _F("train", 1, "int", "micro-batches per optimiser step (gradient accumulation)", 1, 4096),
-    "precision": _F("train", "auto", "choice", "auto = bf16 on CUDA with bf16 support, fp32 otherwise",
-                    choices=("auto", "fp32", "bf16", "fp16")),
-    "checkpointing": _F("train", False, "bool", "recompute generator blocks in the backward pass (less memory, "
-                        "more compute)"),
+    "precision": _F(
+        "train",
+        "auto",
+        "choice",
+        "auto = bf16 on CUDA with bf16 support, fp32 otherwise",
+        choices=("auto", "fp32", "bf16", "fp16"),
+    ),
+    "checkpointing": _F(
+        "train", False, "bool", "recompute generator blocks in the backward pass (less memory, more compute)"
+    ),
     "channels_last": _F("train", True, "bool", "channels-last memory format for the networks and batches"),
     "clip_grad": _F("train", 0.0, "float", "clip the generator's gradient norm to this (0 = off)", 0.0, 1e9),
     # [loss]
     "pixel": _F("loss", "l1", "choice", "pixel loss", choices=("l1", "charbonnier")),
     "pixel_weight": _F("loss", 1.0, "float", "weight of the pixel loss", 0.0, 1e6),
-    "perceptual": _F("loss", "auto", "choice", "perceptual backbone in the GAN stage (auto: resnet18 for unet-x4, else vgg19)",
-                     choices=("auto", "vgg19", "resnet18", "none")),
+    "perceptual": _F(
+        "loss",
+        "auto",
+        "choice",
+        "perceptual backbone in the GAN stage (auto: resnet18 for unet-x4, else vgg19)",
+        choices=("auto", "vgg19", "resnet18", "none"),
+    ),
     "perceptual_weight": _F("loss", 1.0, "float", "weight of the perceptual loss", 0.0, 1e6),
-    "perceptual_weights": _F("loss", "", "path", "the perceptual backbone's torchvision weights file (default: "
-                             "find or download them)"),
+    "perceptual_weights": _F(
+        "loss", "", "path", "the perceptual backbone's torchvision weights file (default: find or download them)"
+    ),
     "gan": _F("loss", True, "bool", "adversarial loss in the second stage"),
     "gan_weight": _F("loss", 0.1, "float", "weight of the adversarial loss", 0.0, 1e6),
-    "discriminator": _F("loss", "auto", "choice", "auto: srgan for srgan-x4, else the U-Net with spectral norm",
-                        choices=("auto", "unet", "srgan")),
-    "d_feat": _F("loss", 64, "int", "channels of the discriminator's first conv (64 as published; smaller is "
-                 "cheaper for small generators)", 4, 1024),
-    "tc_start": _F("loss", -1, "int", "step from which the translational consistency loss is added (-1 = never)",
-                   -1, 10**9),
+    "discriminator": _F(
+        "loss",
+        "auto",
+        "choice",
+        "auto: srgan for srgan-x4, else the U-Net with spectral norm",
+        choices=("auto", "unet", "srgan"),
+    ),
+    "d_feat": _F(
+        "loss",
+        64,
+        "int",
+        "channels of the discriminator's first conv (64 as published; smaller is cheaper for small generators)",
+        4,
+        1024,
+    ),
+    "tc_start": _F(
+        "loss", -1, "int", "step from which the translational consistency loss is added (-1 = never)", -1, 10**9
+    ),
     "tc_weight": _F("loss", 2.0, "float", "weight of the translational consistency loss", 0.0, 1e6),
     "tc_shift": _F("loss", 8, "int", "LR pixels between the two crops the consistency loss compares", 1, 256),
     # [log]
@@ -275,8 +349,9 @@ def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         if section not in SECTIONS:
             if section in FIELDS:
                 raise VhsupError(f"{section}: belongs in the [{FIELDS[section].section}] table", path)
-            raise VhsupError(f"[{section}]: unknown table{_suggest(section, SECTIONS)}; known: {', '.join(SECTIONS)}",
-                             path)
+            raise VhsupError(
+                f"[{section}]: unknown table{_suggest(section, SECTIONS)}; known: {', '.join(SECTIONS)}", path
+            )
         if not isinstance(table, dict):
             raise VhsupError(f"{section}: expected a [{section}] table, got {table!r}", path)
         if section == "degradation":
@@ -285,8 +360,9 @@ def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         for key, value in table.items():
             where = f"{section}.{key}"
             if key not in FIELDS:
-                raise VhsupError(f"{where}: unknown key{_suggest(key, [k for k, f in FIELDS.items() if f.section == section])}",
-                                 path)
+                raise VhsupError(
+                    f"{where}: unknown key{_suggest(key, [k for k, f in FIELDS.items() if f.section == section])}", path
+                )
             if FIELDS[key].section != section:
                 raise VhsupError(f"{where}: belongs in the [{FIELDS[key].section}] table", path)
             value = _check(key, value, where, path)
@@ -315,8 +391,12 @@ def check_flags(flags: dict[str, Any]) -> dict[str, Any]:
     return checked
 
 
-def resolve(file_values: dict[str, Any] | None = None, flags: dict[str, Any] | None = None, *,
-            config_path: str | os.PathLike[str] | None = None) -> TrainConfig:
+def resolve(
+    file_values: dict[str, Any] | None = None,
+    flags: dict[str, Any] | None = None,
+    *,
+    config_path: str | os.PathLike[str] | None = None,
+) -> TrainConfig:
     """Defaults, overridden by a config file's values, overridden by flags.
 
     ``flags`` maps field names to values given on the command line (None

@@ -82,8 +82,9 @@ def list_images(folder: str | os.PathLike[str], what: str = "frames") -> list[Pa
     folder = Path(folder)
     if not folder.is_dir():
         raise VhsupError(f"{what} folder not found" if not folder.exists() else f"{what} path is not a folder", folder)
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-                   and not p.name.startswith("."))
+    files = sorted(
+        p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith(".")
+    )
     if not files:
         raise VhsupError(f"no pictures ({', '.join(IMAGE_SUFFIXES)}) in the {what} folder", folder)
     return files
@@ -98,9 +99,15 @@ class Conversions:
     grey: int = 0  # single channel repeated into R, G and B
 
     def message(self, total: int) -> str | None:
-        parts = [f"{n} {what}" for n, what in ((self.deep, "with 16-bit or float samples (scaled to 8 bits)"),
-                                                (self.alpha, "with an alpha channel (dropped)"),
-                                                (self.grey, "in greyscale (repeated into RGB)")) if n]
+        parts = [
+            f"{n} {what}"
+            for n, what in (
+                (self.deep, "with 16-bit or float samples (scaled to 8 bits)"),
+                (self.alpha, "with an alpha channel (dropped)"),
+                (self.grey, "in greyscale (repeated into RGB)"),
+            )
+            if n
+        ]
         if not parts:
             return None
         return f"converted frames to 8-bit RGB: {', '.join(parts)} of {total} files"
@@ -162,9 +169,17 @@ class FrameSet:
         what: how the frames are named in messages ("frames", "LR frames").
     """
 
-    def __init__(self, files: list[Path], *, min_size: tuple[int, int] = (1, 1), small: str = "error",
-                 cache_mb: int = 2048, notice: Notice | None = None, what: str = "frames",
-                 conversions: Conversions | None = None):
+    def __init__(
+        self,
+        files: list[Path],
+        *,
+        min_size: tuple[int, int] = (1, 1),
+        small: str = "error",
+        cache_mb: int = 2048,
+        notice: Notice | None = None,
+        what: str = "frames",
+        conversions: Conversions | None = None,
+    ):
         self.what = what
         # Shared between the folders of a run, so the trainer can say once
         # how many files in all were converted.
@@ -180,18 +195,24 @@ class FrameSet:
                 if small != "skip":
                     raise VhsupError(
                         f"frame is {w}x{h}, smaller than the {min_size[1]}x{min_size[0]} training patch "
-                        "(use a smaller --patch, or --small skip to leave such frames out)", path)
+                        "(use a smaller --patch, or --small skip to leave such frames out)",
+                        path,
+                    )
                 skipped.append(path)
                 continue
             kept.append(path)
             sizes.append((h, w))
             self._remember(len(kept) - 1, img)
         if skipped and notice is not None:
-            notice(f"skipped {len(skipped)} of {len(files)} {what} smaller than the "
-                   f"{min_size[1]}x{min_size[0]} patch (first: {skipped[0]})")
+            notice(
+                f"skipped {len(skipped)} of {len(files)} {what} smaller than the "
+                f"{min_size[1]}x{min_size[0]} patch (first: {skipped[0]})"
+            )
         if not kept:
-            raise VhsupError(f"no {what} are at least {min_size[1]}x{min_size[0]} pixels (the patch size)",
-                             files[0].parent if files else None)
+            raise VhsupError(
+                f"no {what} are at least {min_size[1]}x{min_size[0]} pixels (the patch size)",
+                files[0].parent if files else None,
+            )
         self.files = kept
         self.sizes = sizes
 
@@ -261,15 +282,19 @@ def check_pair_sizes(lr: FrameSet, hr: FrameSet, scale: int) -> None:
         if (hh, hw) != (lh * scale, lw * scale):
             raise VhsupError(
                 f"LR {lr_path.name} is {lw}x{lh} and HR {hr_path.name} is {hw}x{hh}; "
-                f"x{scale} training needs HR = {lw * scale}x{lh * scale}", hr_path)
+                f"x{scale} training needs HR = {lw * scale}x{lh * scale}",
+                hr_path,
+            )
 
 
 def split_validation(count: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """(train indices, validation indices): ``fraction`` of ``count`` frames
     held out (at least one), chosen by ``seed``, both lists sorted."""
     if count < 2:
-        raise VhsupError(f"only {count} usable frame: training needs at least 2 when one is held out "
-                         "for validation (or give --val-frames)")
+        raise VhsupError(
+            f"only {count} usable frame: training needs at least 2 when one is held out "
+            "for validation (or give --val-frames)"
+        )
     n_val = min(count - 1, max(1, round(count * fraction)))
     g = torch.Generator().manual_seed(derive_seed(seed, "val-split"))
     order = torch.randperm(count, generator=g).tolist()
@@ -312,8 +337,17 @@ class PatchSampler:
     ``queue`` and ``epoch``; restoring them replays the same batches.
     """
 
-    def __init__(self, frames: FrameSet, *, patch: int, scale: int, seed: int, rank: int = 0, world: int = 1,
-                 lr_frames: FrameSet | None = None):
+    def __init__(
+        self,
+        frames: FrameSet,
+        *,
+        patch: int,
+        scale: int,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+        lr_frames: FrameSet | None = None,
+    ):
         self.frames = frames
         self.lr_frames = lr_frames
         self.patch = int(patch)
@@ -331,7 +365,7 @@ class PatchSampler:
             self.queue.extend(torch.randperm(len(self.frames), generator=self.order_gen).tolist())
             self.epoch += 1
         chunk, self.queue = self.queue[:need], self.queue[need:]
-        return chunk[self.rank * n:(self.rank + 1) * n]
+        return chunk[self.rank * n : (self.rank + 1) * n]
 
     def _randint(self, high: int) -> int:
         """Uniform in [0, high] (inclusive) from the crop generator."""
@@ -345,15 +379,16 @@ class PatchSampler:
             hr = self.frames.get(i)
             h, w = hr.shape[:2]
             if h < size or w < size:
-                raise VhsupError(f"frame is {w}x{h}, smaller than the {size}x{size} crop training needs",
-                                 self.frames.files[i])
+                raise VhsupError(
+                    f"frame is {w}x{h}, smaller than the {size}x{size} crop training needs", self.frames.files[i]
+                )
             if self.lr_frames is None:
                 y, x = self._randint(h - size), self._randint(w - size)
-                crops = [hr[y:y + size, x:x + size]]
+                crops = [hr[y : y + size, x : x + size]]
             else:
                 lr = self.lr_frames.get(i)
                 y, x = self._randint((h - size) // s) * s, self._randint((w - size) // s) * s
-                crops = [hr[y:y + size, x:x + size], lr[y // s:(y + size) // s, x // s:(x + size) // s]]
+                crops = [hr[y : y + size, x : x + size], lr[y // s : (y + size) // s, x // s : (x + size) // s]]
             hflip, vflip, transpose = (bool(v) for v in torch.randint(0, 2, (3,), generator=self.crop_gen).tolist())
             crops = _augment(crops, (hflip, vflip, transpose))
             hrs.append(crops[0])
@@ -390,8 +425,9 @@ class _Sets(NamedTuple):
     files: int  # how many files were read, for the conversion notice
 
 
-def training_data(cfg: TrainConfig, scale: int, size_multiple: int, *, rank: int = 0, world: int = 1,
-                  notice: Notice | None = None) -> TrainData:
+def training_data(
+    cfg: TrainConfig, scale: int, size_multiple: int, *, rank: int = 0, world: int = 1, notice: Notice | None = None
+) -> TrainData:
     """Read and check the run's frames (``cfg.mode`` settled: "paired", or a
     frames folder) and set up the sampling for process ``rank`` of ``world``."""
     from vhsup.train.degrade import Degrader, load_spec
@@ -410,14 +446,16 @@ def training_data(cfg: TrainConfig, scale: int, size_multiple: int, *, rank: int
     message = conv.message(sets.files)
     if message and notice is not None:
         notice(message)
-    sampler = PatchSampler(sets.frames, patch=cfg.patch, scale=scale, seed=cfg.seed, rank=rank, world=world,
-                           lr_frames=sets.lr_frames)
+    sampler = PatchSampler(
+        sets.frames, patch=cfg.patch, scale=scale, seed=cfg.seed, rank=rank, world=world, lr_frames=sets.lr_frames
+    )
     degrade_gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "degrade", rank))
     return TrainData(sets.frames, sets.lr_frames, sets.val_pairs, sampler, degrader, degrade_gen)
 
 
-def _frame_sets(cfg: TrainConfig, need: tuple[int, int], conv: Conversions, degrader: Degrader, quantum: int,
-                notice: Notice | None) -> _Sets:
+def _frame_sets(
+    cfg: TrainConfig, need: tuple[int, int], conv: Conversions, degrader: Degrader, quantum: int, notice: Notice | None
+) -> _Sets:
     """Synthetic and self modes: one folder of targets, the validation LR made from them."""
     files = list_images(cfg.frames, "frames")
     if cfg.val_frames:
@@ -428,14 +466,22 @@ def _frame_sets(cfg: TrainConfig, need: tuple[int, int], conv: Conversions, degr
         train_files = [files[i] for i in train_idx]
         val_files = [files[i] for i in val_idx]
     total = len(files) + (len(val_files) if cfg.val_frames else 0)
-    frames = FrameSet(train_files, min_size=need, small=cfg.small, cache_mb=cfg.cache_mb,
-                      notice=notice, what="frames", conversions=conv)
+    frames = FrameSet(
+        train_files,
+        min_size=need,
+        small=cfg.small,
+        cache_mb=cfg.cache_mb,
+        notice=notice,
+        what="frames",
+        conversions=conv,
+    )
     val_pairs = synthetic_val([read_rgb8(p, conv) for p in val_files], degrader, cfg.seed, quantum, cfg.val_crop)
     return _Sets(frames, None, val_pairs, total)
 
 
-def _paired_sets(cfg: TrainConfig, need: tuple[int, int], conv: Conversions, degrader: Degrader, quantum: int,
-                 notice: Notice | None) -> _Sets:
+def _paired_sets(
+    cfg: TrainConfig, need: tuple[int, int], conv: Conversions, degrader: Degrader, quantum: int, notice: Notice | None
+) -> _Sets:
     """Paired mode: matching LR and HR folders; ``--val-frames`` adds HR-only
     validation frames whose LR is made like the synthetic ones."""
     s = degrader.scale
@@ -448,8 +494,15 @@ def _paired_sets(cfg: TrainConfig, need: tuple[int, int], conv: Conversions, deg
         val_hr_files = list_images(cfg.val_frames, "validation frames")
     else:
         train_idx, val_idx = split_validation(len(pairs), cfg.val_split, cfg.seed)
-    hr_set = FrameSet([pairs[i][1] for i in train_idx], min_size=need, small=cfg.small,
-                      cache_mb=cfg.cache_mb // 2, notice=notice, what="HR frames", conversions=conv)
+    hr_set = FrameSet(
+        [pairs[i][1] for i in train_idx],
+        min_size=need,
+        small=cfg.small,
+        cache_mb=cfg.cache_mb // 2,
+        notice=notice,
+        what="HR frames",
+        conversions=conv,
+    )
     kept = set(hr_set.files)
     lr_files = [pairs[i][0] for i in train_idx if pairs[i][1] in kept]
     lr_set = FrameSet(lr_files, cache_mb=cfg.cache_mb // 2, what="LR frames", conversions=conv)
@@ -457,18 +510,23 @@ def _paired_sets(cfg: TrainConfig, need: tuple[int, int], conv: Conversions, deg
     val_pairs = [_read_val_pair(*pairs[i], s, quantum, cfg.val_crop, conv) for i in val_idx]
     if val_hr_files:
         total += len(val_hr_files)
-        val_pairs += synthetic_val([read_rgb8(p, conv) for p in val_hr_files], degrader, cfg.seed, quantum,
-                                   cfg.val_crop)
+        val_pairs += synthetic_val(
+            [read_rgb8(p, conv) for p in val_hr_files], degrader, cfg.seed, quantum, cfg.val_crop
+        )
     return _Sets(hr_set, lr_set, val_pairs, total)
 
 
-def _read_val_pair(lr_path: Path, hr_path: Path, s: int, quantum: int, size: int,
-                   conv: Conversions) -> tuple[np.ndarray, np.ndarray]:
+def _read_val_pair(
+    lr_path: Path, hr_path: Path, s: int, quantum: int, size: int, conv: Conversions
+) -> tuple[np.ndarray, np.ndarray]:
     lr, hr = read_rgb8(lr_path, conv), read_rgb8(hr_path, conv)
     if hr.shape != (lr.shape[0] * s, lr.shape[1] * s, 3):
-        raise VhsupError(f"LR {lr_path.name} is {lr.shape[1]}x{lr.shape[0]} and HR is "
-                         f"{hr.shape[1]}x{hr.shape[0]}; x{s} training needs HR = "
-                         f"{lr.shape[1] * s}x{lr.shape[0] * s}", hr_path)
+        raise VhsupError(
+            f"LR {lr_path.name} is {lr.shape[1]}x{lr.shape[0]} and HR is "
+            f"{hr.shape[1]}x{hr.shape[0]}; x{s} training needs HR = "
+            f"{lr.shape[1] * s}x{lr.shape[0] * s}",
+            hr_path,
+        )
     return centre_pair(lr, hr, s, quantum, size)
 
 
@@ -494,7 +552,7 @@ def centre_crop(img: np.ndarray, quantum: int, size: int) -> np.ndarray:
     if ch < quantum or cw < quantum:
         raise VhsupError(f"validation frame is {w}x{h}, too small for this x{quantum} model")
     y, x = (h - ch) // 2, (w - cw) // 2
-    return np.ascontiguousarray(img[y:y + ch, x:x + cw])
+    return np.ascontiguousarray(img[y : y + ch, x : x + cw])
 
 
 def centre_pair(lr: np.ndarray, hr: np.ndarray, s: int, quantum: int, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -504,4 +562,4 @@ def centre_pair(lr: np.ndarray, hr: np.ndarray, s: int, quantum: int, size: int)
     h, w = lr.shape[:2]
     ch, cw = lr_c.shape[:2]
     y, x = (h - ch) // 2, (w - cw) // 2
-    return lr_c, np.ascontiguousarray(hr[y * s:(y + ch) * s, x * s:(x + cw) * s])
+    return lr_c, np.ascontiguousarray(hr[y * s : (y + ch) * s, x * s : (x + cw) * s])

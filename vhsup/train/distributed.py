@@ -96,7 +96,7 @@ class Dist:
                 dist.broadcast(flat, src=0)
                 offset = 0
                 for t in tensors:
-                    t.copy_(flat[offset:offset + t.numel()].view_as(t))
+                    t.copy_(flat[offset : offset + t.numel()].view_as(t))
                     offset += t.numel()
 
 

@@ -253,8 +253,18 @@ def _scan(path: Path, info: VideoInfo, plan: Plan, stride: int, tick: Callable[[
     if first is None:
         raise VhsupError(f"no decodable video frames ({stats.errors} decode errors)", path)
     assert last is not None  # set with first
-    return _Scan(path, info, plan, np.array(times, np.float64), np.array(scores, np.float32),
-                 np.array(hashes, np.uint64), np.array(flat, bool), first, last + period, stats.errors)
+    return _Scan(
+        path,
+        info,
+        plan,
+        np.array(times, np.float64),
+        np.array(scores, np.float32),
+        np.array(hashes, np.uint64),
+        np.array(flat, bool),
+        first,
+        last + period,
+        stats.errors,
+    )
 
 
 # --------------------------------------------------------------------------
@@ -305,8 +315,9 @@ def _shares(durations: list[float], count: int) -> list[int]:
     return shares
 
 
-def _choose(scans: list[_Scan], slots_per_source: list[int], *, min_gap: float, kept: _Kept,
-            target: int, refill: bool) -> tuple[list[list[int]], int]:
+def _choose(
+    scans: list[_Scan], slots_per_source: list[int], *, min_gap: float, kept: _Kept, target: int, refill: bool
+) -> tuple[list[list[int]], int]:
     """Candidate indices chosen per source (time order) and the duplicates refused."""
     slots: list[_Slot] = []
     for s, (scan, n) in enumerate(zip(scans, slots_per_source)):
@@ -484,8 +495,9 @@ class _Writer:
     continue.
     """
 
-    def __init__(self, out: Path, entries: list[dict], number: int, keep_sar: bool,
-                 progress: Progress | None, total: int):
+    def __init__(
+        self, out: Path, entries: list[dict], number: int, keep_sar: bool, progress: Progress | None, total: int
+    ):
         self.out, self.entries, self.number, self.keep_sar = out, entries, number, keep_sar
         self.progress, self.total = progress, total
         self.files: list[Path] = []
@@ -504,19 +516,21 @@ class _Writer:
         key = str(scan.path)
         self.per_source[key] = self.per_source.get(key, 0) + 1
         g = scan.plan.geometry
-        self.entries.append({
-            "frame": name,
-            "source": str(scan.path.resolve()),
-            "time": round(t - scan.info.start_time, 6),
-            "source_time": round(t, 6),
-            "width": w,
-            "height": h,
-            "hash": f"{phash:016x}",
-            "deinterlace": scan.plan.filters.describe(),
-            "crop": str(g.crop),
-            "sar": f"{g.sar.numerator}:{g.sar.denominator}",
-            "square_pixels": not self.keep_sar or g.sar == 1,
-        })
+        self.entries.append(
+            {
+                "frame": name,
+                "source": str(scan.path.resolve()),
+                "time": round(t - scan.info.start_time, 6),
+                "source_time": round(t, 6),
+                "width": w,
+                "height": h,
+                "hash": f"{phash:016x}",
+                "deinterlace": scan.plan.filters.describe(),
+                "crop": str(g.crop),
+                "sar": f"{g.sar.numerator}:{g.sar.denominator}",
+                "square_pixels": not self.keep_sar or g.sar == 1,
+            }
+        )
         if self.progress:
             self.progress("write", len(self.files), self.total)
         if len(self.entries) - self.saved >= MANIFEST_EVERY:
@@ -612,8 +626,11 @@ def extract_frames(
     old_files = _numbered(out)
     existing = len({e["frame"] for e in old_entries} | {p.name for p in old_files})
     if existing and not (append or overwrite):
-        raise VhsupError(f"already holds {existing} extracted frames; pass --append to add more "
-                         "(near-duplicates of them are skipped) or --overwrite to replace them", out)
+        raise VhsupError(
+            f"already holds {existing} extracted frames; pass --append to add more "
+            "(near-duplicates of them are skipped) or --overwrite to replace them",
+            out,
+        )
 
     # Every input is opened and probed before anything is written. Among
     # several, one that cannot be read is skipped with a notice (as batch
@@ -701,8 +718,11 @@ def extract_frames(
             if FRAME_RE.match(victim.name) and victim.is_file():
                 victim.unlink()
         old_files = []
-    number = 1 + max([int(m.group(1)) for p in old_files if (m := FRAME_RE.match(p.name))]
-                     + [int(m.group(1)) for e in keep if (m := FRAME_RE.match(e["frame"]))] + [0])
+    number = 1 + max(
+        [int(m.group(1)) for p in old_files if (m := FRAME_RE.match(p.name))]
+        + [int(m.group(1)) for e in keep if (m := FRAME_RE.match(e["frame"]))]
+        + [0]
+    )
 
     # Pass 2: this thread decodes; a writer thread resamples and encodes PNGs
     # (cv2 releases the GIL), so the two overlap.
@@ -726,8 +746,9 @@ def extract_frames(
         worker.cancel()
         writer.save()  # the frames already written stay listed and usable
         if isinstance(exc, KeyboardInterrupt):
-            raise Interrupted(f"interrupted; the {plural(len(writer.files), 'frame')} written are listed in "
-                              f"{out / MANIFEST_NAME}") from None
+            raise Interrupted(
+                f"interrupted; the {plural(len(writer.files), 'frame')} written are listed in {out / MANIFEST_NAME}"
+            ) from None
         raise
     manifest = writer.save()
     files, per_source = writer.files, writer.per_source
@@ -737,10 +758,21 @@ def extract_frames(
             why.append(plural(skipped_duplicate, "near-duplicate"))
         if skipped_flat:
             why.append(plural(skipped_flat, "black or flat candidate"))
-        tell(f"wrote {len(files)} of {plural(target, 'frame')}: the sources have too few distinct pictures"
-             + (f" ({', '.join(why)} skipped)" if why else ""))
+        tell(
+            f"wrote {len(files)} of {plural(target, 'frame')}: the sources have too few distinct pictures"
+            + (f" ({', '.join(why)} skipped)" if why else "")
+        )
     return ExtractReport(
-        out=out, manifest=manifest, frames=len(files), requested=target, per_source=per_source,
-        skipped_flat=skipped_flat, skipped_duplicate=skipped_duplicate, files=files, existing=len(keep),
-        decode_errors=decode_errors, seconds=round(time.perf_counter() - t_start, 3), notices=notices,
+        out=out,
+        manifest=manifest,
+        frames=len(files),
+        requested=target,
+        per_source=per_source,
+        skipped_flat=skipped_flat,
+        skipped_duplicate=skipped_duplicate,
+        files=files,
+        existing=len(keep),
+        decode_errors=decode_errors,
+        seconds=round(time.perf_counter() - t_start, 3),
+        notices=notices,
     )

@@ -109,7 +109,9 @@ class PerceptualLoss(nn.Module):
         if backbone not in BACKBONES:
             raise VhsupError(f"unknown perceptual backbone {backbone!r}; use one of {', '.join(BACKBONES)}")
         default = VGG19_LAYER_WEIGHTS if backbone == "vgg19" else RESNET18_LAYER_WEIGHTS
-        self.layer_weights = {str(k): float(v) for k, v in (layer_weights if layer_weights is not None else default).items()}
+        self.layer_weights = {
+            str(k): float(v) for k, v in (layer_weights if layer_weights is not None else default).items()
+        }
         if not self.layer_weights:
             raise VhsupError("the perceptual loss needs at least one layer weight")
         if pixel_weight is None:

@@ -70,8 +70,15 @@ def to_memory_format(module: nn.Module, fmt: torch.memory_format) -> None:
             p.data = p.data.contiguous(memory_format=fmt)
 
 
-def prepare_generator(net: nn.Module, device: torch.device, memory_format: torch.memory_format, *,
-                      checkpointing: bool, notice: Callable[[str], None], arch: str) -> tuple[nn.Module, nn.Module]:
+def prepare_generator(
+    net: nn.Module,
+    device: torch.device,
+    memory_format: torch.memory_format,
+    *,
+    checkpointing: bool,
+    notice: Callable[[str], None],
+    arch: str,
+) -> tuple[nn.Module, nn.Module]:
     """G on the device in training mode, and its EMA (a copy made before
     activation recompute touches G's forwards)."""
     G = net.to(device).train()
@@ -96,8 +103,17 @@ def build_losses(cfg: TrainConfig, device: torch.device, *, gan_stage: bool, all
     return Losses(pix=pix, perceptual=perceptual, gan=GANLoss())
 
 
-def build_nets(G: nn.Module, ema: nn.Module, cfg: TrainConfig, device: torch.device, dist: Dist, *,
-               gan_stage: bool, precision: str, memory_format: torch.memory_format) -> Nets:
+def build_nets(
+    G: nn.Module,
+    ema: nn.Module,
+    cfg: TrainConfig,
+    device: torch.device,
+    dist: Dist,
+    *,
+    gan_stage: bool,
+    precision: str,
+    memory_format: torch.memory_format,
+) -> Nets:
     """D (seeded from the run's seed, without moving the global RNG), the
     optimisers and loss scalers, and the modules wrapped for DDP."""
     from vhsup.arch import build_discriminator
@@ -116,6 +132,15 @@ def build_nets(G: nn.Module, ema: nn.Module, cfg: TrainConfig, device: torch.dev
     fp16 = precision == "fp16"
     scaler_g = torch.amp.GradScaler("cuda", enabled=fp16)
     scaler_d = torch.amp.GradScaler("cuda", enabled=fp16)
-    return Nets(G=G, ema=ema, D=D, g_train=dist.wrap(G, device),
-                d_train=dist.wrap(D, device) if D is not None else None, opt_g=opt_g, opt_d=opt_d,
-                scaler_g=scaler_g, scaler_d=scaler_d, sn_modules=sn_modules)
+    return Nets(
+        G=G,
+        ema=ema,
+        D=D,
+        g_train=dist.wrap(G, device),
+        d_train=dist.wrap(D, device) if D is not None else None,
+        opt_g=opt_g,
+        opt_d=opt_d,
+        scaler_g=scaler_g,
+        scaler_d=scaler_d,
+        sn_modules=sn_modules,
+    )

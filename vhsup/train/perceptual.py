@@ -113,7 +113,9 @@ def find_backbone_weights(backbone: str, path: Path | None, *, allow_download: b
     if cached.is_file():
         return cached
     if not allow_download:
-        raise _no_file_error(backbone, cached, "not in the torch hub cache, and downloads are off: --download allows one")
+        raise _no_file_error(
+            backbone, cached, "not in the torch hub cache, and downloads are off: --download allows one"
+        )
     name = FILES[backbone]
     prefix = name.rsplit("-", 1)[1].split(".", 1)[0]
     try:
@@ -125,8 +127,9 @@ def find_backbone_weights(backbone: str, path: Path | None, *, allow_download: b
 # ---------------------------------------------------------------- checking a file
 
 
-def _check_keys(state: dict[str, torch.Tensor], expected: dict[str, torch.Size], what: str, path: Path,
-                optional: Iterable[str] = ()) -> None:
+def _check_keys(
+    state: dict[str, torch.Tensor], expected: dict[str, torch.Size], what: str, path: Path, optional: Iterable[str] = ()
+) -> None:
     """Refuse a file whose backbone keys or shapes differ from ``expected``."""
     optional = set(optional)
     missing = [k for k in expected if k not in state and k not in optional]
@@ -275,7 +278,11 @@ class _ResNet18Trunk(nn.Module):
         chans = (64, 64, 128, 256, 512)
         for i in range(1, 5):
             stride = 1 if i == 1 else 2
-            setattr(self, f"layer{i}", nn.Sequential(BasicBlock(chans[i - 1], chans[i], stride), BasicBlock(chans[i], chans[i])))
+            setattr(
+                self,
+                f"layer{i}",
+                nn.Sequential(BasicBlock(chans[i - 1], chans[i], stride), BasicBlock(chans[i], chans[i])),
+            )
         self.fc = nn.Linear(512, 1000)
 
 
@@ -320,8 +327,9 @@ class ResNet18Features(_Frozen):
         path = Path(path)
         state = load_state_dict_file(path)
         expected = self.expected_shapes()
-        _check_keys(state, expected, "ResNet-18", path,
-                    optional=[k for k in expected if k.endswith("num_batches_tracked")])
+        _check_keys(
+            state, expected, "ResNet-18", path, optional=[k for k in expected if k.endswith("num_batches_tracked")]
+        )
         mine = {}
         for key, value in self.state_dict().items():
             got = state.get(key)
@@ -379,7 +387,9 @@ def check_taps(backbone: str, taps: Iterable[str]) -> tuple[str, ...]:
     return taps
 
 
-def build_backbone(backbone: str, taps: Iterable[str], path: str | os.PathLike[str]) -> VGG19Features | ResNet18Features:
+def build_backbone(
+    backbone: str, taps: Iterable[str], path: str | os.PathLike[str]
+) -> VGG19Features | ResNet18Features:
     """A frozen, loaded feature extractor for ``backbone`` with ``taps``."""
     if backbone == "vgg19":
         return VGG19Features(taps).load_file(path)

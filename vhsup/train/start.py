@@ -67,9 +67,16 @@ def starting_model(cfg: TrainConfig, device: torch.device, *, allow_download: bo
     loaded = origin.loaded
     if isinstance(loaded.module, Rescaled):  # a card we did not foresee; never train the resize
         raise VhsupError(f"{spec} wraps its network in a resize; train the network at its own scale instead")
-    start = Start(net=loaded.module, arch=origin.arch, hyper=origin.hyper, base=origin.base,
-                  pretrained=origin.pretrained, scale=int(loaded.descriptor.scale),
-                  size_multiple=max(1, int(loaded.descriptor.size_multiple)), note=origin.note)
+    start = Start(
+        net=loaded.module,
+        arch=origin.arch,
+        hyper=origin.hyper,
+        base=origin.base,
+        pretrained=origin.pretrained,
+        scale=int(loaded.descriptor.scale),
+        size_multiple=max(1, int(loaded.descriptor.size_multiple)),
+        note=origin.note,
+    )
     start.switched = switch(start.net, cfg, start.arch, start.base, keep_plain=keep_plain)
     if start.switched is not None:
         start.arch, start.hyper = start.switched.arch, start.switched.hyper
@@ -84,16 +91,19 @@ def _from_card(spec: str, cfg: TrainConfig, seed: int, allow_download: bool) -> 
     if c.scale != net_scale:
         raise VhsupError(
             f"{spec} is the x{net_scale} network followed by a resize to x{c.scale}; vhsup trains networks "
-            f"at their own scale: train the x{net_scale} model (e.g. compact-x{net_scale}) instead")
+            f"at their own scale: train the x{net_scale} model (e.g. compact-x{net_scale}) instead"
+        )
     pretrained = registry.has_pretrained_weights(spec) and not cfg.from_scratch
     if pretrained:
         loaded = registry.load_model(spec, allow_download=allow_download)
         note = f"starting from {spec}'s pretrained weights"
     else:
         loaded = registry.build_model(spec, seed=seed)
-        note = (f"{spec} has no pretrained weights: training from random initialisation"
-                if not registry.has_pretrained_weights(spec)
-                else f"training {spec} from random initialisation (--from-scratch)")
+        note = (
+            f"{spec} has no pretrained weights: training from random initialisation"
+            if not registry.has_pretrained_weights(spec)
+            else f"training {spec} from random initialisation (--from-scratch)"
+        )
     return _Origin(loaded, c.arch, dict(c.hyper), spec, pretrained, note)
 
 
@@ -103,15 +113,21 @@ def _from_file(spec: str, cfg: TrainConfig, seed: int) -> _Origin:
 
     path = Path(spec).expanduser()
     if not path.is_file():
-        raise registry.unknown_model(spec) if not registry.looks_like_path(spec) else \
-            VhsupError("model file not found", path)
+        raise (
+            registry.unknown_model(spec)
+            if not registry.looks_like_path(spec)
+            else VhsupError("model file not found", path)
+        )
     try:
         state = canonical(load_state_dict_file(path), path)
         arch, hyper = detect(state, path)
     except UnknownArchitecture as exc:
         # upscale may still run it through spandrel; training needs vhsup's own networks
-        raise VhsupError(f"vhsup train fine-tunes vhsup's own architectures only (ESRGAN/RRDBNet, Compact, "
-                         f"SRResNet, MESRGAN, ResUNet, switched); {exc.reason}", path) from None
+        raise VhsupError(
+            f"vhsup train fine-tunes vhsup's own architectures only (ESRGAN/RRDBNet, Compact, "
+            f"SRResNet, MESRGAN, ResUNet, switched); {exc.reason}",
+            path,
+        ) from None
     loaded = registry.load_model(os.fspath(path))
     if cfg.from_scratch:
         from vhsup.arch import build
@@ -164,10 +180,13 @@ def _check_sizes(cfg: TrainConfig, start: Start) -> None:
     scale, multiple = start.scale, start.size_multiple
     quantum = scale * multiple
     if cfg.patch % quantum:
-        raise VhsupError(f"--patch {cfg.patch}: must be a multiple of {quantum} for this x{scale} "
-                         f"{start.arch} (LR patches must be multiples of {multiple})")
+        raise VhsupError(
+            f"--patch {cfg.patch}: must be a multiple of {quantum} for this x{scale} "
+            f"{start.arch} (LR patches must be multiples of {multiple})"
+        )
     if cfg.tc_start >= 0 and cfg.patch // scale <= 2 * cfg.tc_shift:
-        raise VhsupError(f"--tc-shift {cfg.tc_shift}: the LR patch ({cfg.patch // scale} px) must be more "
-                         "than twice the shift")
+        raise VhsupError(
+            f"--tc-shift {cfg.tc_shift}: the LR patch ({cfg.patch // scale} px) must be more than twice the shift"
+        )
     if cfg.tc_start >= 0 and cfg.tc_shift % multiple:
         raise VhsupError(f"--tc-shift {cfg.tc_shift}: must be a multiple of {multiple} for this {start.arch}")

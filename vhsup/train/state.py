@@ -43,14 +43,27 @@ class RunState:
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> RunState:
-        return cls(step=int(meta["step"]),
-                   best_psnr=meta["best_psnr"] if meta.get("best_psnr") is not None else -math.inf,
-                   best_step=meta.get("best_step"), best_metrics=meta.get("best_metrics") or {},
-                   skipped_steps=int(meta.get("skipped_steps", 0)))
+        return cls(
+            step=int(meta["step"]),
+            best_psnr=meta["best_psnr"] if meta.get("best_psnr") is not None else -math.inf,
+            best_step=meta.get("best_step"),
+            best_metrics=meta.get("best_metrics") or {},
+            skipped_steps=int(meta.get("skipped_steps", 0)),
+        )
 
 
-def save_run(run_dir: Path, cfg: TrainConfig, state: RunState, nets: Nets, data: TrainData, *, dist: Dist,
-             device: torch.device, arch: str, hyper: dict[str, Any]) -> Path | None:
+def save_run(
+    run_dir: Path,
+    cfg: TrainConfig,
+    state: RunState,
+    nets: Nets,
+    data: TrainData,
+    *,
+    dist: Dist,
+    device: torch.device,
+    arch: str,
+    hyper: dict[str, Any],
+) -> Path | None:
     """Write a checkpoint of the current step (process 0; every process must
     call this, as the per-process random states are gathered), then prune
     the older ones."""
@@ -75,14 +88,27 @@ def save_run(run_dir: Path, cfg: TrainConfig, state: RunState, nets: Nets, data:
         "hyper": hyper,
         "config": config_dict(cfg),
     }
-    path = ckpt.save_checkpoint(ckpt.checkpoint_path(run_dir, state.step), models=nets.models(),
-                                optimizers=optimizers, extra_tensors=extra, meta=meta)
+    path = ckpt.save_checkpoint(
+        ckpt.checkpoint_path(run_dir, state.step),
+        models=nets.models(),
+        optimizers=optimizers,
+        extra_tensors=extra,
+        meta=meta,
+    )
     ckpt.prune_checkpoints(run_dir, cfg.keep, state.best_step)
     return path
 
 
-def load_run(path: Path, nets: Nets, data: TrainData, *, dist: Dist, device: torch.device, seed: int,
-             notice: Callable[[str], None]) -> RunState:
+def load_run(
+    path: Path,
+    nets: Nets,
+    data: TrainData,
+    *,
+    dist: Dist,
+    device: torch.device,
+    seed: int,
+    notice: Callable[[str], None],
+) -> RunState:
     """Restore a checkpoint into a freshly set-up run; returns its state."""
     models, other, meta = ckpt.load_checkpoint(path)
     try:
@@ -122,9 +148,11 @@ def _process_rngs(data: TrainData, device: torch.device) -> dict[str, torch.Tens
 
 def _rng_tensors(states: list[dict[str, torch.Tensor | None]], sampler: PatchSampler) -> dict[str, torch.Tensor]:
     """The random streams and the data queue as checkpoint tensors."""
-    extra = {"rng.order": sampler.order_gen.get_state(),
-             "rng.torch_cpu": torch.get_rng_state(),
-             "data.queue": torch.tensor(sampler.queue, dtype=torch.int64)}
+    extra = {
+        "rng.order": sampler.order_gen.get_state(),
+        "rng.torch_cpu": torch.get_rng_state(),
+        "data.queue": torch.tensor(sampler.queue, dtype=torch.int64),
+    }
     for r, st in enumerate(states):
         for name in ("crop", "degrade", "cuda"):
             value = st[name]
@@ -133,8 +161,16 @@ def _rng_tensors(states: list[dict[str, torch.Tensor | None]], sampler: PatchSam
     return extra
 
 
-def _restore_rngs(other: dict[str, torch.Tensor], meta: dict[str, Any], data: TrainData, *, dist: Dist,
-                  device: torch.device, seed: int, notice: Callable[[str], None]) -> None:
+def _restore_rngs(
+    other: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    data: TrainData,
+    *,
+    dist: Dist,
+    device: torch.device,
+    seed: int,
+    notice: Callable[[str], None],
+) -> None:
     """The streams as saved; a run resumed on another number of processes
     continues the crops and degradations from fresh streams (said once)."""
     r = dist.rank
@@ -149,8 +185,10 @@ def _restore_rngs(other: dict[str, torch.Tensor], meta: dict[str, Any], data: Tr
         if device.type == "cuda" and f"rng.cuda.{r}" in other:
             torch.cuda.set_rng_state(other[f"rng.cuda.{r}"], device)
     else:
-        notice(f"the checkpoint was written by {meta.get('world', 1)} processes and this run has "
-               f"{dist.world}: crops and degradations continue from fresh random streams")
+        notice(
+            f"the checkpoint was written by {meta.get('world', 1)} processes and this run has "
+            f"{dist.world}: crops and degradations continue from fresh random streams"
+        )
         sampler.crop_gen.manual_seed(derive_seed(seed, "crop", r, "resumed", dist.world))
         data.degrade_gen.manual_seed(derive_seed(seed, "degrade", r, "resumed", dist.world))
 
@@ -175,14 +213,19 @@ def resume_config(run_dir: Path, changes: dict[str, Any]) -> tuple[TrainConfig, 
             continue
         if key == "preset":
             if value != cfg.degradation.get("preset"):
-                raise VhsupError(f"--degradation cannot change when resuming (the run uses "
-                                 f"{cfg.degradation.get('preset')!r}); start a new run instead", run_dir)
+                raise VhsupError(
+                    f"--degradation cannot change when resuming (the run uses "
+                    f"{cfg.degradation.get('preset')!r}); start a new run instead",
+                    run_dir,
+                )
             continue
         if key in RESUMABLE:
             cfg = cfg.replace(**{key: value})
         elif getattr(cfg, key) != value:
-            raise VhsupError(f"--{key.replace('_', '-')} cannot change when resuming (the run uses "
-                             f"{getattr(cfg, key)!r}): only {', '.join('--' + k.replace('_', '-') for k in RESUMABLE)} "
-                             f"can; start a new run with --config {Path(run_dir) / 'config.toml'} --out NEW",
-                             run_dir)
+            raise VhsupError(
+                f"--{key.replace('_', '-')} cannot change when resuming (the run uses "
+                f"{getattr(cfg, key)!r}): only {', '.join('--' + k.replace('_', '-') for k in RESUMABLE)} "
+                f"can; start a new run with --config {Path(run_dir) / 'config.toml'} --out NEW",
+                run_dir,
+            )
     return cfg.replace(out=os.fspath(Path(run_dir).resolve())), path

@@ -114,8 +114,19 @@ class Stepper:
     degradation stream, which the checkpoint keeps).
     """
 
-    def __init__(self, cfg: TrainConfig, nets: Nets, losses: Losses, dist: Dist, device: torch.device, *,
-                 precision: str, memory_format: torch.memory_format, scale: int, rng: torch.Generator) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        nets: Nets,
+        losses: Losses,
+        dist: Dist,
+        device: torch.device,
+        *,
+        precision: str,
+        memory_format: torch.memory_format,
+        scale: int,
+        rng: torch.Generator,
+    ) -> None:
         self.cfg, self.nets, self.losses, self.dist, self.device = cfg, nets, losses, dist, device
         self.precision = precision
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
@@ -130,14 +141,19 @@ class Stepper:
 
     def lr_at(self, step: int) -> float:
         drops = sum(1 for m in self.cfg.milestones if step >= m)
-        return self.cfg.learning_rate * self.cfg.gamma ** drops
+        return self.cfg.learning_rate * self.cfg.gamma**drops
 
     def step(self, batches: list[Batch], step: int) -> StepStats:
         """Step ``step`` (0-based) of G, and of D in the GAN stage, on ``batches``."""
         nets = self.nets
         gan_stage = step >= self.cfg.pixel_steps
-        plan = _Plan(step=step, lr=self.lr_at(step), use_d=gan_stage and nets.D is not None,
-                     use_p=gan_stage and self.losses.perceptual is not None, use_tc=tc_active(self.cfg, step))
+        plan = _Plan(
+            step=step,
+            lr=self.lr_at(step),
+            use_d=gan_stage and nets.D is not None,
+            use_p=gan_stage and self.losses.perceptual is not None,
+            use_tc=tc_active(self.cfg, step),
+        )
         for opt in (nets.opt_g, nets.opt_d):
             if opt is not None:
                 for group in opt.param_groups:
@@ -205,8 +221,9 @@ class Stepper:
 
             assert b.lr_big is not None, "the consistency loss needs the enlarged LR patch (Trainer.make_batch)"
             with self.autocast():
-                tc = translational_consistency(self.nets.g_train, b.lr_big, shift=cfg.tc_shift, scale=self.scale,
-                                               rng=self.rng)
+                tc = translational_consistency(
+                    self.nets.g_train, b.lr_big, shift=cfg.tc_shift, scale=self.scale, rng=self.rng
+                )
             terms["tc"] = cfg.tc_weight * tc
         return terms
 
@@ -250,8 +267,9 @@ class Stepper:
 
     # -- the discriminator -----------------------------------------------------
 
-    def _discriminator_step(self, batches: list[Batch], fakes: list[torch.Tensor], stats: StepStats,
-                            saved_d: BufferCopies) -> None:
+    def _discriminator_step(
+        self, batches: list[Batch], fakes: list[torch.Tensor], stats: StepStats, saved_d: BufferCopies
+    ) -> None:
         """D's update on the step's real and generated patches; a bad loss or
         gradient undoes it alone (named in ``stats.bad``, the step counts)."""
         nets = self.nets
@@ -322,6 +340,11 @@ class Stepper:
 
     def _label(self, name: str) -> str:
         cfg = self.cfg
-        return {"pixel": f"pixel ({cfg.pixel})", "perceptual": f"perceptual ({cfg.perceptual})",
-                "gan": "adversarial (generator)", "tc": "translational consistency",
-                "d_real": "discriminator (real)", "d_fake": "discriminator (fake)"}.get(name, name)
+        return {
+            "pixel": f"pixel ({cfg.pixel})",
+            "perceptual": f"perceptual ({cfg.perceptual})",
+            "gan": "adversarial (generator)",
+            "tc": "translational consistency",
+            "d_real": "discriminator (real)",
+            "d_fake": "discriminator (fake)",
+        }.get(name, name)

@@ -46,8 +46,9 @@ def default_switched_layers(net: nn.Module) -> list[str]:
     from vhsup.arch.switched import SwitchedConv2d, switched_layers, unconvertible
 
     inside = tuple(name + "." for name, _ in switched_layers(net))
-    order = [(n, m) for n, m in net.named_modules()
-             if isinstance(m, nn.Conv2d | SwitchedConv2d) and not n.startswith(inside)]
+    order = [
+        (n, m) for n, m in net.named_modules() if isinstance(m, nn.Conv2d | SwitchedConv2d) and not n.startswith(inside)
+    ]
     if len(order) < 3:
         return []
     out = []
@@ -64,7 +65,7 @@ def brief(names: list[str], limit: int = 12) -> str:
     """Names for one line: all of a short list, the ends of a long one."""
     if len(names) <= limit:
         return ", ".join(names)
-    return ", ".join(names[:limit - 3]) + ", ..., " + ", ".join(names[-2:]) + f" ({len(names)} in all)"
+    return ", ".join(names[: limit - 3]) + ", ..., " + ", ".join(names[-2:]) + f" ({len(names)} in all)"
 
 
 def switch(net: nn.Module, cfg: TrainConfig, arch: str, base: str, *, keep_plain: bool) -> Switched | None:
@@ -79,12 +80,16 @@ def switch(net: nn.Module, cfg: TrainConfig, arch: str, base: str, *, keep_plain
 
     if not cfg.switched:
         if cfg.switched_layers:
-            raise VhsupError("--switched-layers chooses the convs that --switched converts: add --switched "
-                             "(or [run] switched = true)")
+            raise VhsupError(
+                "--switched-layers chooses the convs that --switched converts: add --switched "
+                "(or [run] switched = true)"
+            )
         return None
     if spec_named(arch).switched_native:
-        raise VhsupError(f"{base} is built from switched convs already; --switched converts a plain "
-                         "network such as compact-x4: train this one without --switched")
+        raise VhsupError(
+            f"{base} is built from switched convs already; --switched converts a plain "
+            "network such as compact-x4: train this one without --switched"
+        )
     names = {n for n, _ in _chosen(net, cfg, arch)}
     plain = copy.deepcopy(net) if keep_plain else None
     b = cfg.switched_breadth
@@ -92,8 +97,10 @@ def switch(net: nn.Module, cfg: TrainConfig, arch: str, base: str, *, keep_plain
         torch.manual_seed(derive_seed(cfg.seed, "switched"))
         done = convert_to_switched(net, breadth=b, predicate=lambda n, _conv: n in names)
     arch, hyper = detect(net.state_dict())
-    note = (f"switched: {len(done)} conv{'s' if len(done) != 1 else ''} now hold {b} kernels "
-            f"each (copies of the trained one, so the output is unchanged until they diverge): {brief(done)}")
+    note = (
+        f"switched: {len(done)} conv{'s' if len(done) != 1 else ''} now hold {b} kernels "
+        f"each (copies of the trained one, so the output is unchanged until they diverge): {brief(done)}"
+    )
     return Switched(names=done, plain=plain, arch=arch, hyper=hyper, note=note)
 
 
@@ -104,25 +111,31 @@ def _chosen(net: nn.Module, cfg: TrainConfig, arch: str) -> list[tuple[str, nn.C
     existing = switched_layers(net)
     old = sorted({m.breadth for _, m in existing})
     if old and old != [cfg.switched_breadth]:
-        raise VhsupError(f"the model's switched convs have breadth {old[0]}; one model cannot mix breadths: "
-                         f"give --switched-breadth {old[0]}")
+        raise VhsupError(
+            f"the model's switched convs have breadth {old[0]}; one model cannot mix breadths: "
+            f"give --switched-breadth {old[0]}"
+        )
     inside = tuple(name + "." for name, _ in existing)
     convs = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Conv2d) and not n.startswith(inside)]
     if not cfg.switched_layers:
         defaults = set(default_switched_layers(net))
         chosen = [(n, m) for n, m in convs if n in defaults]
         if not chosen:
-            raise VhsupError(f"this {arch} has no trunk convs left to convert"
-                             + (f" ({len(existing)} are switched already)" if existing else "")
-                             + "; choose convs with --switched-layers, or train without --switched")
+            raise VhsupError(
+                f"this {arch} has no trunk convs left to convert"
+                + (f" ({len(existing)} are switched already)" if existing else "")
+                + "; choose convs with --switched-layers, or train without --switched"
+            )
         return chosen
     patterns = [p.strip() for p in cfg.switched_layers.split(",") if p.strip()]
     if not patterns:
         raise VhsupError(f"--switched-layers {cfg.switched_layers!r}: no pattern given")
     for pat in patterns:
         if not any(fnmatch.fnmatchcase(n, pat) for n, _ in convs):
-            raise VhsupError(f"--switched-layers {pat!r} matches no conv of this {arch}; its convs are "
-                             f"{brief([n for n, _ in convs])}" + (" (the switched ones excluded)" if existing else ""))
+            raise VhsupError(
+                f"--switched-layers {pat!r} matches no conv of this {arch}; its convs are "
+                f"{brief([n for n, _ in convs])}" + (" (the switched ones excluded)" if existing else "")
+            )
     chosen = [(n, m) for n, m in convs if any(fnmatch.fnmatchcase(n, pat) for pat in patterns)]
     for n, m in chosen:
         why = unconvertible(m)

@@ -111,8 +111,14 @@ class Trainer:
     validator: Validator  # process 0, from run() on
     metrics_log: MetricsLog  # process 0, from run() on
 
-    def __init__(self, cfg: TrainConfig, *, notice: Notice | None = None, resume: Path | None = None,
-                 allow_download: bool = False):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        *,
+        notice: Notice | None = None,
+        resume: Path | None = None,
+        allow_download: bool = False,
+    ):
         self.dist = Dist()
         self._say = notice or _print_notice
         self._live: Progress | None = None  # the rich progress, while it runs
@@ -135,14 +141,28 @@ class Trainer:
         cfg, self.precision = settle(cfg, self.start, self.device)
         self.cfg = cfg
         if self.resume_path is None and ckpt.list_checkpoints(self.run_dir):
-            raise VhsupError("the run folder already has checkpoints: continue it with --resume, "
-                             "or give a new --out", self.run_dir)
-        self.data = training_data(cfg, self.start.scale, self.start.size_multiple, rank=self.dist.rank,
-                                  world=self.dist.world, notice=self.notice)
+            raise VhsupError(
+                "the run folder already has checkpoints: continue it with --resume, or give a new --out", self.run_dir
+            )
+        self.data = training_data(
+            cfg,
+            self.start.scale,
+            self.start.size_multiple,
+            rank=self.dist.rank,
+            world=self.dist.world,
+            notice=self.notice,
+        )
         self._setup_training(cfg)
         if self.resume_path is not None:
-            self.state = load_run(self.resume_path, self.nets, self.data, dist=self.dist, device=self.device,
-                                  seed=cfg.seed, notice=self.notice)
+            self.state = load_run(
+                self.resume_path,
+                self.nets,
+                self.data,
+                dist=self.dist,
+                device=self.device,
+                seed=cfg.seed,
+                notice=self.notice,
+            )
 
     def _setup_training(self, cfg: TrainConfig) -> None:
         """The modules, losses and optimisers on the device, and the stepper that runs them."""
@@ -155,20 +175,37 @@ class Trainer:
         switched = self.start.switched
         self.start_net: nn.Module | None = None
         if self.dist.main:
-            start = switched.plain if switched is not None and switched.plain is not None \
-                else copy.deepcopy(self.start.net)
+            start = (
+                switched.plain if switched is not None and switched.plain is not None else copy.deepcopy(self.start.net)
+            )
             self.start_net = start.to(dev)
         if switched is not None:
             switched.plain = None
-        G, ema = prepare_generator(self.start.net, dev, self.memory_format, checkpointing=cfg.checkpointing,
-                                   notice=self.notice, arch=self.start.arch)
+        G, ema = prepare_generator(
+            self.start.net,
+            dev,
+            self.memory_format,
+            checkpointing=cfg.checkpointing,
+            notice=self.notice,
+            arch=self.start.arch,
+        )
         self.losses = build_losses(cfg, dev, gan_stage=gan_stage, allow_download=self.allow_download)
         if dev.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed patch sizes: the autotuned kernels pay off
-        self.nets = build_nets(G, ema, cfg, dev, self.dist, gan_stage=gan_stage, precision=self.precision,
-                               memory_format=self.memory_format)
-        self.stepper = Stepper(cfg, self.nets, self.losses, self.dist, dev, precision=self.precision,
-                               memory_format=self.memory_format, scale=self.scale, rng=self.data.degrade_gen)
+        self.nets = build_nets(
+            G, ema, cfg, dev, self.dist, gan_stage=gan_stage, precision=self.precision, memory_format=self.memory_format
+        )
+        self.stepper = Stepper(
+            cfg,
+            self.nets,
+            self.losses,
+            self.dist,
+            dev,
+            precision=self.precision,
+            memory_format=self.memory_format,
+            scale=self.scale,
+            rng=self.data.degrade_gen,
+        )
 
     # -- what tests, benchmarks and the loop look at -----------------------------
 
@@ -244,8 +281,17 @@ class Trainer:
     def save_checkpoint(self) -> Path | None:
         """Write a checkpoint of the current step (process 0; every process
         must call this, as the per-process random states are gathered)."""
-        return save_run(self.run_dir, self.cfg, self.state, self.nets, self.data, dist=self.dist,
-                        device=self.device, arch=self.start.arch, hyper=self.start.hyper)
+        return save_run(
+            self.run_dir,
+            self.cfg,
+            self.state,
+            self.nets,
+            self.data,
+            dist=self.dist,
+            device=self.device,
+            arch=self.start.arch,
+            hyper=self.start.hyper,
+        )
 
     # -- one step ----------------------------------------------------------
 
@@ -334,13 +380,24 @@ class Trainer:
         from vhsup.train.card import write_model_card
         from vhsup.weights.detect import detect
 
-        state = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous().clone()
-                 for k, v in self.ema.state_dict().items()}
+        state = {
+            k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous().clone()
+            for k, v in self.ema.state_dict().items()
+        }
         arch, hyper = detect(state, path)
         with replacing(path, "trained weights") as tmp:
             save_file(state, os.fspath(tmp), metadata={"format": "pt", "vhsup_arch": arch})
-        write_model_card(path, arch=arch, hyper=hyper, scale=self.scale, base=self.start.base, description="",
-                         metrics=metrics, config=config_dict(self.cfg), step=int(metrics.get("step", self.step)))
+        write_model_card(
+            path,
+            arch=arch,
+            hyper=hyper,
+            scale=self.scale,
+            base=self.start.base,
+            description="",
+            metrics=metrics,
+            config=config_dict(self.cfg),
+            step=int(metrics.get("step", self.step)),
+        )
         return path
 
     # -- the loop --------------------------------------------------------------
@@ -352,8 +409,10 @@ class Trainer:
         if self.start.switched is not None:
             self.notice(self.start.switched.note)
         eff = cfg.batch * cfg.accumulate * d.world
-        self.notice(f"effective batch {eff} = {cfg.batch} per micro-batch x {cfg.accumulate} accumulated x "
-                    f"{d.world} process{'es' if d.world > 1 else ''}; device {self.device}, {self.precision}")
+        self.notice(
+            f"effective batch {eff} = {cfg.batch} per micro-batch x {cfg.accumulate} accumulated x "
+            f"{d.world} process{'es' if d.world > 1 else ''}; device {self.device}, {self.precision}"
+        )
         parts = []
         if cfg.pixel_steps > 0:
             parts.append(f"pixel stage ({cfg.pixel}) to step {min(cfg.pixel_steps, cfg.steps)}")
@@ -363,16 +422,22 @@ class Trainer:
                 terms.append(f"perceptual {cfg.perceptual}")
             if self.D is not None:
                 terms.append(f"adversarial ({cfg.discriminator} discriminator)")
-            parts.append(f"{'GAN' if self.D is not None else 'content'} stage ({' + '.join(terms)}) to step {cfg.steps}")
+            parts.append(
+                f"{'GAN' if self.D is not None else 'content'} stage ({' + '.join(terms)}) to step {cfg.steps}"
+            )
         if cfg.tc_start >= 0:
             parts.append(f"translational consistency from step {cfg.tc_start}")
         self.notice("; ".join(parts))
         val_count = len(self.data.val_pairs)
-        self.notice(f"{len(self.frames)} training frames, {val_count} validation frame"
-                    f"{'s' if val_count != 1 else ''}; {cfg.mode} data, patch {cfg.patch} px")
+        self.notice(
+            f"{len(self.frames)} training frames, {val_count} validation frame"
+            f"{'s' if val_count != 1 else ''}; {cfg.mode} data, patch {cfg.patch} px"
+        )
         if cfg.mode == "self":
-            self.notice("self mode: your frames are the targets and a further-degraded copy the inputs, so the model "
-                        "learns to undo that degradation on footage like yours")
+            self.notice(
+                "self mode: your frames are the targets and a further-degraded copy the inputs, so the model "
+                "learns to undo that degradation on footage like yours"
+            )
 
     def _write_config(self) -> None:
         from vhsup.atomic import replacing
@@ -381,8 +446,10 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise VhsupError(f"cannot create the run folder: {exc.strerror or exc}", self.run_dir) from None
-        header = ("Resolved config of this run, written by `vhsup train`. Repeat the run with\n"
-                  f"  vhsup train --config {self.run_dir / 'config.toml'} --out NEW_RUN_DIR")
+        header = (
+            "Resolved config of this run, written by `vhsup train`. Repeat the run with\n"
+            f"  vhsup train --config {self.run_dir / 'config.toml'} --out NEW_RUN_DIR"
+        )
         with replacing(self.run_dir / "config.toml", "run config") as tmp:
             tmp.write_text(config_toml(self.cfg, header=header), encoding="utf-8")
 
@@ -396,24 +463,32 @@ class Trainer:
             if main:
                 self._write_config()
                 self._intro()
-                self.metrics_log = MetricsLog(self.run_dir, tensorboard=cfg.tensorboard,
-                                              resume_step=self.step if self.resume_path else None)
+                self.metrics_log = MetricsLog(
+                    self.run_dir, tensorboard=cfg.tensorboard, resume_step=self.step if self.resume_path else None
+                )
                 self.validator = self._make_validator()
             done = self.step >= cfg.steps
             if done:
-                self.notice(f"the run is already at step {self.step} of {cfg.steps}; nothing to do "
-                            "(raise --steps to go on)")
+                self.notice(
+                    f"the run is already at step {self.step} of {cfg.steps}; nothing to do (raise --steps to go on)"
+                )
             progress = self._progress() if (main and not cfg.quiet) else None
             task = progress.add_task("training", total=cfg.steps, completed=self.step, losses="") if progress else None
-            with (progress if progress is not None else contextlib.nullcontext()), self._stop_on_ctrl_c() as stop:
+            with progress if progress is not None else contextlib.nullcontext(), self._stop_on_ctrl_c() as stop:
                 self._live = progress
                 self._loop(stop, done, progress, task)
                 self._live = None
             if main:
                 self._report_best()
             self._dump()
-            return TrainResult(self.run_dir, self.step, self.run_dir / "best.safetensors" if main else None,
-                               dict(self.state.best_metrics), self.history, self.state.skipped_steps)
+            return TrainResult(
+                self.run_dir,
+                self.step,
+                self.run_dir / "best.safetensors" if main else None,
+                dict(self.state.best_metrics),
+                self.history,
+                self.state.skipped_steps,
+            )
         finally:
             self._live = None
             if main and getattr(self, "metrics_log", None) is not None:
@@ -431,8 +506,10 @@ class Trainer:
         while self.step < cfg.steps:
             if stop.is_set():
                 self.save_checkpoint()
-                raise Interrupted(f"stopped at step {self.step} of {cfg.steps}; the checkpoint is saved: "
-                                  f"continue with `vhsup train --resume {self.run_dir}`")
+                raise Interrupted(
+                    f"stopped at step {self.step} of {cfg.steps}; the checkpoint is saved: "
+                    f"continue with `vhsup train --resume {self.run_dir}`"
+                )
             stats = self.train_step(self.next_batches())
             self.history.append(stats)
             self._after_step(stats)
@@ -505,7 +582,8 @@ class Trainer:
             if self._bad_run >= MAX_BAD_STEPS:
                 raise VhsupError(
                     f"training diverged: {MAX_BAD_STEPS} steps in a row had a non-finite {', '.join(stats.bad)}; "
-                    "lower --learning-rate, use --precision fp32, or start from pretrained weights")
+                    "lower --learning-rate, use --precision fp32, or start from pretrained weights"
+                )
         else:
             self._bad_run = 0
             if stats.bad:  # the generator stepped, the discriminator did not
@@ -522,9 +600,15 @@ class Trainer:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        return Progress(TextColumn("step"), MofNCompleteColumn(), BarColumn(), TimeRemainingColumn(),
-                        TextColumn("{task.fields[losses]}"),
-                        console=Console(stderr=True, highlight=False, soft_wrap=True), transient=False)
+        return Progress(
+            TextColumn("step"),
+            MofNCompleteColumn(),
+            BarColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[losses]}"),
+            console=Console(stderr=True, highlight=False, soft_wrap=True),
+            transient=False,
+        )
 
     def _dump(self) -> None:
         """Each process's final weights, for checking that DDP kept them equal."""
@@ -546,7 +630,8 @@ def _loss_text(losses: dict[str, float]) -> str:
     return " ".join(f"{short.get(k, k)} {v:.4g}" for k, v in losses.items())
 
 
-def train(cfg: TrainConfig, *, resume: Path | None = None, notice: Notice | None = None,
-          allow_download: bool = False) -> TrainResult:
+def train(
+    cfg: TrainConfig, *, resume: Path | None = None, notice: Notice | None = None, allow_download: bool = False
+) -> TrainResult:
     """Run (or continue) a training run; see :class:`Trainer`."""
     return Trainer(cfg, notice=notice, resume=resume, allow_download=allow_download).run()

@@ -196,8 +196,15 @@ class Validator:
     ``scale`` pixels cropped from each border.
     """
 
-    def __init__(self, pairs: Sequence[tuple[np.ndarray, np.ndarray]], scale: int, *, device="cpu",
-                 tile: int | str = "auto", start_model: nn.Module | None = None):
+    def __init__(
+        self,
+        pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+        scale: int,
+        *,
+        device="cpu",
+        tile: int | str = "auto",
+        start_model: nn.Module | None = None,
+    ):
         scale = int(scale)
         if scale < 1:
             raise ValueError(f"scale must be at least 1, not {scale}")
@@ -207,8 +214,9 @@ class Validator:
         for i, (lr, hr) in enumerate(pairs):
             lr, hr = _check_rgb(lr, f"lr #{i}"), _check_rgb(hr, f"hr #{i}")
             if hr.shape != (lr.shape[0] * scale, lr.shape[1] * scale, 3):
-                raise ValueError(f"pair #{i}: hr {hr.shape[1]}x{hr.shape[0]} is not x{scale} of "
-                                 f"lr {lr.shape[1]}x{lr.shape[0]}")
+                raise ValueError(
+                    f"pair #{i}: hr {hr.shape[1]}x{hr.shape[0]} is not x{scale} of lr {lr.shape[1]}x{lr.shape[0]}"
+                )
             checked.append((lr, hr))
         self.pairs = checked
         self.scale = scale
@@ -264,9 +272,19 @@ class Validator:
             crops = [_centre_crop(c, s) for c in cells]
             sr_p = psnr_y(current[i], hr, border=self.border)
             ref_p = psnr_y(self._reference[i], hr, border=self.border)
-            rows.append(list(zip(
-                (f"LR (nearest x{s})", f"{self._reference_label} {ref_p:.2f} dB", f"current {sr_p:.2f} dB", "HR"),
-                crops)))
+            rows.append(
+                list(
+                    zip(
+                        (
+                            f"LR (nearest x{s})",
+                            f"{self._reference_label} {ref_p:.2f} dB",
+                            f"current {sr_p:.2f} dB",
+                            "HR",
+                        ),
+                        crops,
+                    )
+                )
+            )
         col_w = max(c.shape[1] for row in rows for _t, c in row)
         cap_h = caption_height(col_w)
         height = sum(cap_h + row[0][1].shape[0] for row in rows) + _GAP * (n - 1)
@@ -280,7 +298,7 @@ class Validator:
                 x = col * (col_w + _GAP)
                 caption(canvas, text, x, y, col_w, cap_h)
                 ih, iw = img.shape[:2]
-                canvas[y + cap_h:y + cap_h + ih, x:x + iw] = img
+                canvas[y + cap_h : y + cap_h + ih, x : x + iw] = img
                 placed[key] = (x, y + cap_h, iw, ih)
             boxes.append(placed)
             y += cap_h + row[0][1].shape[0] + _GAP
@@ -312,16 +330,24 @@ class Validator:
         benchmark = torch.backends.cudnn.benchmark
         net.eval()
         try:
-            engine = SREngine(LoadedModel(_Guest(net), describe_network(net, self.scale)), device=self.device,
-                              precision="fp32", tile=self.tile, batch="auto")
+            engine = SREngine(
+                LoadedModel(_Guest(net), describe_network(net, self.scale)),
+                device=self.device,
+                precision="fp32",
+                tile=self.tile,
+                batch="auto",
+            )
             indices = list(indices)
             chunk = 4  # frames per engine call: bounds the outputs held at once
             start = 0
             while start < len(indices):
                 size = self.pairs[indices[start]][0].shape
                 group = [indices[start]]
-                while (start + len(group) < len(indices) and len(group) < chunk
-                       and self.pairs[indices[start + len(group)]][0].shape == size):
+                while (
+                    start + len(group) < len(indices)
+                    and len(group) < chunk
+                    and self.pairs[indices[start + len(group)]][0].shape == size
+                ):
                     group.append(indices[start + len(group)])
                 outs = engine.upscale([self.pairs[i][0] for i in group])
                 yield from zip(group, outs)
@@ -338,7 +364,7 @@ def _centre_crop(img: np.ndarray, align: int) -> np.ndarray:
     ch, cw = min(h, GRID_CELL), min(w, GRID_CELL)
     y0 = (h - ch) // 2 // align * align
     x0 = (w - cw) // 2 // align * align
-    return np.ascontiguousarray(img[y0:y0 + ch, x0:x0 + cw])
+    return np.ascontiguousarray(img[y0 : y0 + ch, x0 : x0 + cw])
 
 
 def _check_rgb(a: np.ndarray, what: str) -> np.ndarray:
@@ -402,8 +428,11 @@ class MetricsLog:
             self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held open for the run
         except OSError as exc:
             raise VhsupError(f"cannot write the metrics log: {exc.strerror or exc}", self.path) from exc
-        self._tb = _summary_writer(run_dir / "tensorboard", None if resume_step is None else resume_step + 1) \
-            if tensorboard else None
+        self._tb = (
+            _summary_writer(run_dir / "tensorboard", None if resume_step is None else resume_step + 1)
+            if tensorboard
+            else None
+        )
 
     @property
     def tensorboard(self) -> bool:

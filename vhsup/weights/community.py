@@ -49,8 +49,10 @@ def _import_spandrel() -> tuple[types.ModuleType | None, str]:
 
 def _broken(exc: BaseException) -> str:
     text = " ".join(str(exc).split())[:120]
-    return (f"installed but does not import ({type(exc).__name__}: {text}); it needs the torchvision built for "
-            f"torch {torch.__version__.split('+')[0]}")
+    return (
+        f"installed but does not import ({type(exc).__name__}: {text}); it needs the torchvision built for "
+        f"torch {torch.__version__.split('+')[0]}"
+    )
 
 
 def status() -> str:
@@ -75,8 +77,16 @@ class CommunityNet(torch.nn.Module):
     back, so the engine's tiles need not know the network's rules.
     """
 
-    def __init__(self, net: torch.nn.Module, call, scale: int, minimum: int, multiple: int, square: bool,
-                 one_at_a_time: bool = False):
+    def __init__(
+        self,
+        net: torch.nn.Module,
+        call,
+        scale: int,
+        minimum: int,
+        multiple: int,
+        square: bool,
+        one_at_a_time: bool = False,
+    ):
         super().__init__()
         self.net = net
         self._call = call
@@ -168,8 +178,11 @@ def load(state: dict[str, torch.Tensor], path: str | os.PathLike[str], unknown: 
     """
     spandrel, info = _import_spandrel()
     if spandrel is None:
-        raise VhsupError(f"{unknown.reason}; files of other architectures (SwinIR, HAT, SPAN, RealCUGAN, ...) load "
-                         f"through spandrel, which is {info}", path)
+        raise VhsupError(
+            f"{unknown.reason}; files of other architectures (SwinIR, HAT, SPAN, RealCUGAN, ...) load "
+            f"through spandrel, which is {info}",
+            path,
+        )
     state = spandrel.canonicalize_state_dict(dict(state))
     try:
         with warnings.catch_warnings():
@@ -185,11 +198,17 @@ def load(state: dict[str, torch.Tensor], path: str | os.PathLike[str], unknown: 
         raise VhsupError(f"spandrel {info} could not load this model: {first}", path) from None
     arch = desc.architecture.id
     if not isinstance(desc, spandrel.ImageModelDescriptor):
-        raise VhsupError(f"spandrel loads this as {arch}, a {desc.purpose.lower()} model that needs a mask; "
-                         "vhsup runs upscaling and restoration models", path)
+        raise VhsupError(
+            f"spandrel loads this as {arch}, a {desc.purpose.lower()} model that needs a mask; "
+            "vhsup runs upscaling and restoration models",
+            path,
+        )
     if desc.purpose == "FaceSR":
-        raise VhsupError(f"spandrel loads this as {arch}, a face restoration model for cropped, aligned faces; "
-                         "vhsup runs models for whole frames", path)
+        raise VhsupError(
+            f"spandrel loads this as {arch}, a face restoration model for cropped, aligned faces; "
+            "vhsup runs models for whole frames",
+            path,
+        )
     req = desc.size_requirements
     tiling = {1: "supported", 2: "discouraged", 3: "internal"}.get(desc.tiling.value, "supported")
     # The descriptor's call function is how spandrel runs the network (some
@@ -199,8 +218,15 @@ def load(state: dict[str, torch.Tensor], path: str | os.PathLike[str], unknown: 
     # that architecture, for one picture at a time.
     call = getattr(desc, "_call_fn", None)
     custom = call is not None and "ModelDescriptor.__init__" not in getattr(call, "__qualname__", "")
-    module = CommunityNet(desc.model, call or _forward, int(desc.scale), int(req.minimum), int(req.multiple_of),
-                          bool(req.square), one_at_a_time=custom)
+    module = CommunityNet(
+        desc.model,
+        call or _forward,
+        int(desc.scale),
+        int(req.minimum),
+        int(req.multiple_of),
+        bool(req.square),
+        one_at_a_time=custom,
+    )
     return CommunityModel(
         module=module,
         arch=arch,

@@ -225,14 +225,18 @@ def _name_blobs(spec: ArchSpec, hyper: dict, blobs: list[_Blob], path) -> dict[s
     """
     with torch.device("meta"):
         module = build(spec.name, hyper)
-    slots = [[f"{name}.{p}" if name else p for p, _ in m.named_parameters(recurse=False)]
-             for name, m in module.named_modules()]
+    slots = [
+        [f"{name}.{p}" if name else p for p, _ in m.named_parameters(recurse=False)]
+        for name, m in module.named_modules()
+    ]
     slots = [keys for keys in slots if keys]
     if len(slots) != len(blobs):
         raise _layout_error(path, f"{len(blobs)} weighted layers, a {spec.title} with {hyper} has {len(slots)}")
     state: dict[str, torch.Tensor] = {}
     for keys, blob in zip(slots, blobs):
-        arrays = [blob] if isinstance(blob, np.ndarray) else [blob.weight] + ([blob.bias] if blob.bias is not None else [])
+        arrays = (
+            [blob] if isinstance(blob, np.ndarray) else [blob.weight] + ([blob.bias] if blob.bias is not None else [])
+        )
         for key, array in zip(keys, arrays):
             state[key] = torch.from_numpy(array)
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
@@ -279,7 +283,9 @@ def _rrdbnet_layout(layers: list[Layer], blobs: list[_Blob], path) -> tuple[dict
     return hyper, state, None
 
 
-def _compact_layout(layers: list[Layer], blobs: list[_Blob], path) -> tuple[dict, dict[str, torch.Tensor], float | None]:
+def _compact_layout(
+    layers: list[Layer], blobs: list[_Blob], path
+) -> tuple[dict, dict[str, torch.Tensor], float | None]:
     """A Compact: conv, PReLU, ..., conv, one PixelShuffle, a nearest
     residual upscale and perhaps a bicubic resize after it."""
     convs = _convs(blobs)
@@ -361,6 +367,8 @@ def import_ncnn_model(param_path: str | os.PathLike[str], bin_path: str | os.Pat
     return read_ncnn(param_text, bin_data, param_path=param_path, bin_path=bin_path)
 
 
-def import_ncnn(param_path: str | os.PathLike[str], bin_path: str | os.PathLike[str] | None = None) -> dict[str, torch.Tensor]:
+def import_ncnn(
+    param_path: str | os.PathLike[str], bin_path: str | os.PathLike[str] | None = None
+) -> dict[str, torch.Tensor]:
     """Convert an ncnn pair to a plain float32 state dict with Real-ESRGAN key names."""
     return import_ncnn_model(param_path, bin_path).state_dict

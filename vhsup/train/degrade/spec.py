@@ -32,7 +32,16 @@ RESIZE_MODES = ("area", "bilinear", "bicubic")
 SUBSAMPLINGS = ("444", "422", "420", "411")
 
 
-def _p(default, kind: str, lo: float = 0.0, hi: float = 1.0, *, choices: tuple = (), length: int | None = None, doc: str = ""):
+def _p(
+    default,
+    kind: str,
+    lo: float = 0.0,
+    hi: float = 1.0,
+    *,
+    choices: tuple = (),
+    length: int | None = None,
+    doc: str = "",
+):
     """A spec field.
 
     kinds: 'range' (two floats lo <= a <= b <= hi), 'irange' (two ints),
@@ -312,7 +321,9 @@ def _build(cls, table: dict, where: str, path):
     if cls is OrderSpec:
         lo, hi = kwargs["resize_range"]
         if not lo <= 1.0 <= hi:
-            raise VhsupError(f"{where}.resize_range: must contain 1 (down below it, up above it), got [{lo}, {hi}]", path)
+            raise VhsupError(
+                f"{where}.resize_range: must contain 1 (down below it, up above it), got [{lo}, {hi}]", path
+            )
     return cls(**kwargs)
 
 
