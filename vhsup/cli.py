@@ -23,6 +23,7 @@ from vhsup.wording import aspect_label, plural
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
+WORKERS_HELP = "Split the video at keyframes and upscale the chunks in this many processes (one GPU each)."
 
 
 @click.group(cls=ReportingGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -150,13 +151,7 @@ def _fmt_time(seconds: float) -> str:
     help="Output file; container from the extension (default: <input>.<model>.mkv).",
 )
 @cli_params.upscale_options("upscale")
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Split the video at keyframes and upscale the chunks in this many processes (one GPU each).",
-)
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help=WORKERS_HELP)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary at the end.")
 @_debug_option

@@ -26,6 +26,7 @@ from vhsup.cli_errors import ReportingGroup
 from vhsup.wording import plural
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+RETRIES_HELP = "Later runs retry a failed file until it has failed this many extra times."
 out = Console(highlight=False, soft_wrap=True)
 
 
@@ -166,13 +167,7 @@ class _Live(Reporter):
     callback=lambda c, p, v: _jobs(v),
     help="Local worker processes (auto: one per GPU, else 1).",
 )
-@click.option(
-    "--retries",
-    type=click.IntRange(min=0),
-    default=2,
-    show_default=True,
-    help="Later runs retry a failed file until it has failed this many extra times.",
-)
+@click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True, help=RETRIES_HELP)
 @click.option("--include", multiple=True, help="Only paths matching this glob (relative to SRC; repeatable).")
 @click.option("--exclude", multiple=True, help="Skip paths (files or folders) matching this glob (repeatable).")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True)
