@@ -1,7 +1,8 @@
 """Held-out validation during training: PSNR-Y / SSIM, comparison grids, a metrics log.
 
 The numbers follow the super-resolution literature so that a run can be
-compared with published tables: both metrics are computed on BT.601 luma
+compared with published tables (they live in :mod:`vhsup.eval.metrics`,
+which the benchmark shares): both metrics are computed on BT.601 luma
 (the Y of 8-bit studio-range YCbCr, as MATLAB's ``rgb2ycbcr``) without
 rounding Y, PSNR with a peak of 255, SSIM with the 11x11 Gaussian window of
 sigma 1.5 and K1 = 0.01, K2 = 0.03, averaged over the picture minus the
@@ -23,18 +24,19 @@ one module at a time afterwards.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Self
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
 
 from vhsup.errors import VhsupError
+from vhsup.eval.metrics import check_rgb as _check_rgb
+from vhsup.eval.metrics import json_float, psnr_y, ssim_y
+from vhsup.eval.metrics import luma as rgb_to_y
 
 __all__ = ["METRICS_FILE", "MetricsLog", "Validator", "psnr_y", "rgb_to_y", "ssim_y"]
 
@@ -47,82 +49,6 @@ MAX_GRID_ROWS = 8
 #: crop: SR is judged on pixels, and four full HD columns make a huge PNG.
 GRID_CELL = 512
 _GAP = 8
-
-# BT.601 luma of 8-bit RGB into studio range 16..235, as in the SR literature.
-_Y_WEIGHTS = np.array([65.481, 128.553, 24.966]) / 255.0
-_SSIM_RADIUS = 5  # 11x11 window
-_SSIM_SIGMA = 1.5
-_K1, _K2 = 0.01, 0.03
-_PEAK = 255.0
-
-
-# --- metrics -----------------------------------------------------------------
-
-
-def rgb_to_y(rgb: np.ndarray) -> np.ndarray:
-    """BT.601 luma (16..235, float64, not rounded) of an H x W x 3 uint8 RGB picture."""
-    rgb = _check_rgb(rgb, "picture")
-    return rgb.astype(np.float64) @ _Y_WEIGHTS + 16.0
-
-
-def _pair_y(a: np.ndarray, b: np.ndarray, border: int) -> tuple[np.ndarray, np.ndarray]:
-    a, b = _check_rgb(a, "first picture"), _check_rgb(b, "second picture")
-    if a.shape != b.shape:
-        raise ValueError(f"pictures differ in size: {a.shape} vs {b.shape}")
-    border = int(border)
-    if border < 0 or 2 * border >= min(a.shape[:2]):
-        raise ValueError(f"border {border} leaves nothing of a {a.shape[1]}x{a.shape[0]} picture")
-    if border:
-        a, b = a[border:-border, border:-border], b[border:-border, border:-border]
-    return rgb_to_y(a), rgb_to_y(b)
-
-
-def psnr_y(a: np.ndarray, b: np.ndarray, *, border: int = 0) -> float:
-    """PSNR in dB on BT.601 luma, peak 255; ``inf`` for identical pictures.
-
-    ``a`` and ``b`` are H x W x 3 uint8 RGB of one size; ``border`` pixels
-    are dropped from each edge first.
-    """
-    ya, yb = _pair_y(a, b, border)
-    mse = float(np.mean((ya - yb) ** 2))
-    if mse == 0.0:
-        return math.inf
-    return 10.0 * math.log10(_PEAK * _PEAK / mse)
-
-
-def _gauss_1d() -> np.ndarray:
-    x = np.arange(-_SSIM_RADIUS, _SSIM_RADIUS + 1, dtype=np.float64)
-    g = np.exp(-(x * x) / (2 * _SSIM_SIGMA**2))
-    return g / g.sum()
-
-
-def ssim_y(a: np.ndarray, b: np.ndarray, *, border: int = 0) -> float:
-    """Mean SSIM on BT.601 luma (Gaussian 11x11 window, sigma 1.5, K1 .01, K2 .03).
-
-    Local statistics are population (not sample) moments, and the mean is
-    taken only where the whole window lies inside the picture, so no edge
-    padding enters the score. Pictures must be at least 11 px each way after
-    the ``border`` crop.
-    """
-    ya, yb = _pair_y(a, b, border)
-    r = _SSIM_RADIUS
-    if min(ya.shape) < 2 * r + 1:
-        raise ValueError(f"SSIM needs at least {2 * r + 1}x{2 * r + 1} pixels, got {ya.shape[1]}x{ya.shape[0]}")
-    g = _gauss_1d()
-
-    def blur(x: np.ndarray) -> np.ndarray:
-        # Only the fully-covered ("valid") part is kept below, so the border
-        # mode never matters.
-        return cv2.sepFilter2D(x, cv2.CV_64F, g, g)[r:-r, r:-r]
-
-    mu_a, mu_b = blur(ya), blur(yb)
-    var_a = blur(ya * ya) - mu_a * mu_a
-    var_b = blur(yb * yb) - mu_b * mu_b
-    cov = blur(ya * yb) - mu_a * mu_b
-    c1, c2 = (_K1 * _PEAK) ** 2, (_K2 * _PEAK) ** 2
-    ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
-    return float(ssim_map.mean())
-
 
 # --- running a module under training through the engine ------------------------
 
@@ -367,13 +293,6 @@ def _centre_crop(img: np.ndarray, align: int) -> np.ndarray:
     return np.ascontiguousarray(img[y0 : y0 + ch, x0 : x0 + cw])
 
 
-def _check_rgb(a: np.ndarray, what: str) -> np.ndarray:
-    a = np.asarray(a)
-    if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8 or 0 in a.shape:
-        raise ValueError(f"{what} must be an H x W x 3 uint8 RGB array, not {a.dtype} {a.shape}")
-    return a
-
-
 # --- metrics log ---------------------------------------------------------------
 
 
@@ -392,9 +311,7 @@ def _jsonable(key: str, value):
     if isinstance(value, bool | int | str):
         return value
     if isinstance(value, float):
-        if math.isfinite(value):
-            return value
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+        return json_float(value)
     raise TypeError(f"metric {key!r} has a {type(value).__name__}, not a number")
 
 
