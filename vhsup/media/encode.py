@@ -188,6 +188,21 @@ def temp_path(dst: Path) -> Path:
     return dst.with_name(f".{dst.stem}{_TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}{dst.suffix}")
 
 
+def sane_dts(packets: list[av.Packet]) -> list[av.Packet]:
+    """Drop a decode time that falls after its packet's presentation time.
+
+    libx265 (through FFmpeg) now and then gives the first packet of a very
+    short encode a garbage dts (seen: pts 0, dts 6.5e16, in about one of ten
+    two-frame encodes on a busy machine), and the muxer then refuses the
+    file. A dts after the pts is never valid; without one, libavformat
+    derives it from the pts, as it does for encoders that give none.
+    """
+    for p in packets:
+        if p.dts is not None and p.pts is not None and p.dts > p.pts:
+            p.dts = None
+    return packets
+
+
 def remove_own_temp_files(dst: Path) -> None:
     """Remove this process's temp files for ``dst``.
 
@@ -659,7 +674,7 @@ class VideoEncoder:
         # so that one is the nominal frame length.
         frame.duration = self._frame_ticks
         assert self._out is not None  # open
-        self._out.mux(self._video.encode(frame))
+        self._out.mux(sane_dts(self._video.encode(frame)))
         self._last_time = t
         if self._first_pts is None:
             self._first_pts = pts
@@ -682,7 +697,7 @@ class VideoEncoder:
         assert self._out is not None and self._tmp is not None
         assert self._last_time is not None and self._first_pts is not None and self._last_pts is not None
         if self._template is None:
-            self._out.mux(self._video.encode(None))
+            self._out.mux(sane_dts(self._video.encode(None)))
         video_end = self._last_time + self._frame_ticks * self._tb
         if self._aux is not None:
             self._aux.finish(video_end)
