@@ -53,7 +53,7 @@ def _pan(big: np.ndarray, frames: int, step: tuple[int, int], size=(200, 160), o
     frame t at (x + dx, y + dy): the backward motion is ``step`` everywhere."""
     w, h = size
     (x0, y0), (dx, dy) = origin, step
-    clip = [big[y0 + t * dy:y0 + t * dy + h, x0 + t * dx:x0 + t * dx + w].copy() for t in range(frames)]
+    clip = [big[y0 + t * dy : y0 + t * dy + h, x0 + t * dx : x0 + t * dx + w].copy() for t in range(frames)]
     motion = [np.broadcast_to(np.array(step, np.float32), (h, w, 2)).copy() for _ in range(frames - 1)]
     return clip, motion
 
@@ -174,8 +174,11 @@ def test_haarpsi_matches_piq():
     rng = np.random.default_rng(3)
     for pic in (data.astronaut()[:256, 128:384], data.chelsea()[:200, :300]):
         ok, jpeg = cv2.imencode(".jpg", pic, [cv2.IMWRITE_JPEG_QUALITY, 10])
-        for other in (np.clip(pic + rng.normal(0, 10, pic.shape), 0, 255).astype(np.uint8),
-                      cv2.GaussianBlur(pic, (0, 0), 1.5), cv2.imdecode(jpeg, cv2.IMREAD_COLOR)):
+        for other in (
+            np.clip(pic + rng.normal(0, 10, pic.shape), 0, 255).astype(np.uint8),
+            cv2.GaussianBlur(pic, (0, 0), 1.5),
+            cv2.imdecode(jpeg, cv2.IMREAD_COLOR),
+        ):
             assert haarpsi(other, pic) == pytest.approx(ref(other, pic), abs=1e-6)
 
 
@@ -206,18 +209,18 @@ def test_occlusion_is_masked():
     for t, frame in enumerate(bg_clip):
         frame = frame.copy()
         x, y = 60 + 5 * t, 50 - 3 * t  # the square's own motion: (+5, -3) per frame
-        frame[y:y + 40, x:x + 40] = patch
+        frame[y : y + 40, x : x + 40] = patch
         clip.append(frame)
         if t:
             m = motion[t - 1]
-            m[y:y + 40, x:x + 40] = (-5, 3)  # the square at t came from (x - 5, y + 3) at t - 1
+            m[y : y + 40, x : x + 40] = (-5, 3)  # the square at t came from (x - 5, y + 3) at t - 1
             seen = np.ones(frame.shape[:2], bool)
             # Background pixels that lay under the square in frame t - 1 were hidden there.
             px, py = 60 + 5 * (t - 1), 50 - 3 * (t - 1)
-            yy, xx = np.mgrid[:frame.shape[0], :frame.shape[1]]
+            yy, xx = np.mgrid[: frame.shape[0], : frame.shape[1]]
             sx, sy = xx + 2, yy + 1
             seen &= ~((sx >= px) & (sx < px + 40) & (sy >= py) & (sy < py + 40))
-            seen[y:y + 40, x:x + 40] = True
+            seen[y : y + 40, x : x + 40] = True
             masks.append(seen)
     assert max(warp_errors(clip, motion, masks)) < 1e-6
     assert min(warp_errors(clip, motion)) > 0.5  # unmasked, the uncovered strip counts

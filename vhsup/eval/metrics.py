@@ -210,8 +210,12 @@ def _halve(y: np.ndarray) -> np.ndarray:
 def _box_sums(table: np.ndarray, r0: int, c0: int, rows: int, cols: int, h: int, w: int) -> np.ndarray:
     """From the summed-area ``table`` of a picture P: for every (r, c) of an h x w
     output, the sum of P[r0 + r : r0 + r + rows, c0 + c : c0 + c + cols]."""
-    return (table[r0 + rows:r0 + rows + h, c0 + cols:c0 + cols + w] - table[r0:r0 + h, c0 + cols:c0 + cols + w]
-            - table[r0 + rows:r0 + rows + h, c0:c0 + w] + table[r0:r0 + h, c0:c0 + w])
+    return (
+        table[r0 + rows : r0 + rows + h, c0 + cols : c0 + cols + w]
+        - table[r0 : r0 + h, c0 + cols : c0 + cols + w]
+        - table[r0 + rows : r0 + rows + h, c0 : c0 + w]
+        + table[r0 : r0 + h, c0 : c0 + w]
+    )
 
 
 def _haar_magnitudes(y: np.ndarray, scales: int = 3) -> list[list[np.ndarray]]:
@@ -268,12 +272,15 @@ def haarpsi(a: np.ndarray, b: np.ndarray, *, border: int = 0) -> float:
 # --- motion and warping -------------------------------------------------------------
 
 
-def _check_motion(flow: np.ndarray, visible: np.ndarray | None, height: int, width: int,
-                  what: str) -> tuple[np.ndarray, np.ndarray | None]:
+def _check_motion(
+    flow: np.ndarray, visible: np.ndarray | None, height: int, width: int, what: str
+) -> tuple[np.ndarray, np.ndarray | None]:
     flow = np.asarray(flow)
     if flow.shape != (height, width, 2) or not np.issubdtype(flow.dtype, np.floating):
-        raise ValueError(f"{what}: motion must be a {height} x {width} x 2 float array (the frames' size), "
-                         f"not {flow.dtype} {flow.shape}; see resize_motion")
+        raise ValueError(
+            f"{what}: motion must be a {height} x {width} x 2 float array (the frames' size), "
+            f"not {flow.dtype} {flow.shape}; see resize_motion"
+        )
     return flow.astype(np.float32, copy=False), _check_visible(visible, height, width, what)
 
 
@@ -282,8 +289,9 @@ def _check_visible(visible: np.ndarray | None, height: int, width: int, what: st
         return None
     visible = np.asarray(visible)
     if visible.shape != (height, width) or visible.dtype != np.bool_:
-        raise ValueError(f"{what}: the visibility mask must be a {height} x {width} bool array, "
-                         f"not {visible.dtype} {visible.shape}")
+        raise ValueError(
+            f"{what}: the visibility mask must be a {height} x {width} bool array, not {visible.dtype} {visible.shape}"
+        )
     return visible
 
 
@@ -314,8 +322,9 @@ def _scored(inside: np.ndarray, visible: np.ndarray | None, border: int) -> np.n
     return mask
 
 
-def warp_error(prev: np.ndarray, nxt: np.ndarray, flow: np.ndarray, visible: np.ndarray | None = None, *,
-               border: int = 0) -> float:
+def warp_error(
+    prev: np.ndarray, nxt: np.ndarray, flow: np.ndarray, visible: np.ndarray | None = None, *, border: int = 0
+) -> float:
     """E_warp of one pair: mean |nxt - warp(prev, flow)| over the kept pixels and the three channels.
 
     ``flow`` and ``visible`` describe the pair on ``nxt``'s grid (see the
@@ -336,8 +345,9 @@ def warp_error(prev: np.ndarray, nxt: np.ndarray, flow: np.ndarray, visible: np.
     return float(diff[mask].mean())
 
 
-def _pairs_of(frames: Sequence[np.ndarray], motion: Sequence[np.ndarray],
-              visible: Sequence[np.ndarray | None] | None) -> list[np.ndarray | None]:
+def _pairs_of(
+    frames: Sequence[np.ndarray], motion: Sequence[np.ndarray], visible: Sequence[np.ndarray | None] | None
+) -> list[np.ndarray | None]:
     if len(frames) < 2:
         raise ValueError(f"a temporal score needs at least 2 frames, got {len(frames)}")
     if len(motion) != len(frames) - 1:
@@ -348,8 +358,13 @@ def _pairs_of(frames: Sequence[np.ndarray], motion: Sequence[np.ndarray],
     return masks
 
 
-def warp_errors(frames: Sequence[np.ndarray], motion: Sequence[np.ndarray],
-                visible: Sequence[np.ndarray | None] | None = None, *, border: int = 0) -> list[float]:
+def warp_errors(
+    frames: Sequence[np.ndarray],
+    motion: Sequence[np.ndarray],
+    visible: Sequence[np.ndarray | None] | None = None,
+    *,
+    border: int = 0,
+) -> list[float]:
     """:func:`warp_error` of each pair (t, t+1), with ``motion[t]`` and ``visible[t]`` on frame t+1's grid."""
     masks = _pairs_of(frames, motion, visible)
     return [warp_error(frames[t], frames[t + 1], motion[t], masks[t], border=border) for t in range(len(motion))]
@@ -369,22 +384,34 @@ def _ratio(num: float, den: float) -> float:
     return num / den
 
 
-def e_warp(frames: Sequence[np.ndarray], motion: Sequence[np.ndarray],
-           visible: Sequence[np.ndarray | None] | None = None, *, border: int = 0) -> float:
+def e_warp(
+    frames: Sequence[np.ndarray],
+    motion: Sequence[np.ndarray],
+    visible: Sequence[np.ndarray | None] | None = None,
+    *,
+    border: int = 0,
+) -> float:
     """Mean E_warp of a clip over its pairs (pairs with nothing visible left out; NaN if all are)."""
     return _finite_mean(warp_errors(frames, motion, visible, border=border))
 
 
-def flicker_ratio(out: Sequence[np.ndarray], truth: Sequence[np.ndarray], motion: Sequence[np.ndarray],
-                  visible: Sequence[np.ndarray | None] | None = None, *, border: int = 0) -> float:
+def flicker_ratio(
+    out: Sequence[np.ndarray],
+    truth: Sequence[np.ndarray],
+    motion: Sequence[np.ndarray],
+    visible: Sequence[np.ndarray | None] | None = None,
+    *,
+    border: int = 0,
+) -> float:
     """E_warp(out) / E_warp(truth) under the truth's motion: 1.0 is as steady as the truth."""
     if len(out) != len(truth):
         raise ValueError(f"the output has {len(out)} frames and the truth {len(truth)}")
     return _ratio(e_warp(out, motion, visible, border=border), e_warp(truth, motion, visible, border=border))
 
 
-def resize_motion(flow: np.ndarray, visible: np.ndarray | None, size: tuple[int, int]
-                  ) -> tuple[np.ndarray, np.ndarray | None]:
+def resize_motion(
+    flow: np.ndarray, visible: np.ndarray | None, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Motion (and mask) known at one resolution, brought to ``size`` = (width, height).
 
     The field is resampled bilinearly with pixel centres aligned (as
@@ -406,8 +433,9 @@ def resize_motion(flow: np.ndarray, visible: np.ndarray | None, size: tuple[int,
     if visible is None:
         return resized, None
     shrink = new_w < w or new_h < h
-    mask = cv2.resize(visible.astype(np.float32), (new_w, new_h),
-                      interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    mask = cv2.resize(
+        visible.astype(np.float32), (new_w, new_h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    )
     return resized, mask >= 1.0 - 1e-6
 
 
@@ -439,8 +467,13 @@ def _flow_distance(a: np.ndarray, b: np.ndarray, visible: np.ndarray | None, bor
     return float(np.hypot(*(a - b).transpose(2, 0, 1))[mask].mean(dtype=np.float64))
 
 
-def tof_pairs(out: Sequence[np.ndarray], truth: Sequence[np.ndarray],
-              visible: Sequence[np.ndarray | None] | None = None, *, border: int = 0) -> list[float]:
+def tof_pairs(
+    out: Sequence[np.ndarray],
+    truth: Sequence[np.ndarray],
+    visible: Sequence[np.ndarray | None] | None = None,
+    *,
+    border: int = 0,
+) -> list[float]:
     """Per pair (t, t+1): mean |flow(out) - flow(truth)| in pixels (end-point distance).
 
     ``visible[t]`` (frame t+1's grid, as for E_warp) limits the mean to
@@ -467,8 +500,13 @@ def tof_pairs(out: Sequence[np.ndarray], truth: Sequence[np.ndarray],
     return scores
 
 
-def tof(out: Sequence[np.ndarray], truth: Sequence[np.ndarray],
-        visible: Sequence[np.ndarray | None] | None = None, *, border: int = 0) -> float:
+def tof(
+    out: Sequence[np.ndarray],
+    truth: Sequence[np.ndarray],
+    visible: Sequence[np.ndarray | None] | None = None,
+    *,
+    border: int = 0,
+) -> float:
     """Mean tOF of a clip over its pairs (see :func:`tof_pairs`)."""
     return _finite_mean(tof_pairs(out, truth, visible, border=border))
 
@@ -567,8 +605,9 @@ class ClipScorer:
         self._prev: tuple[np.ndarray, np.ndarray] | None = None
         self._dis: cv2.DISOpticalFlow | None = None
 
-    def add(self, out: np.ndarray, truth: np.ndarray, motion: np.ndarray | None = None,
-            visible: np.ndarray | None = None) -> None:
+    def add(
+        self, out: np.ndarray, truth: np.ndarray, motion: np.ndarray | None = None, visible: np.ndarray | None = None
+    ) -> None:
         n = self._scores.frames
         out, truth = check_rgb(out, f"output frame {n}"), check_rgb(truth, f"truth frame {n}")
         if out.shape != truth.shape:
