@@ -304,8 +304,12 @@ def _set_stream_sar(stream: av.video.stream.VideoStream, sar: Fraction) -> bool:
     The pointer is taken from where PyAV's Stream keeps it and trusted only
     if the AVStream it points to holds the stream's own index and time base
     (set just before); otherwise nothing is written and False returned.
+    Only PyAV 18, whose object layout this was checked against, is read
+    this way; other releases get the caller's notice instead.
     """
-    if av.library_versions["libavformat"] < (60, 16) or stream.time_base is None:
+    if not av.__version__.startswith("18.") or av.library_versions["libavformat"] < (60, 16):
+        return False
+    if stream.time_base is None:
         return False
     ptr = ctypes.c_void_p.from_address(id(stream) + _PYAV_STREAM_PTR).value
     if not ptr:
