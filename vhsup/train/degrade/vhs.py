@@ -141,11 +141,21 @@ def vhs_artefacts(x: torch.Tensor, spec, draw: Draw) -> torch.Tensor:
 
 def _tape(x: torch.Tensor, spec, draw: Draw) -> torch.Tensor:
     n, _, h, w = x.shape
-    dev = x.device
-    px = spec.line_width / 720.0  # LR pixels per 720-line sample
-    fs = BT601_MHZ * px
+    return play_tape(x, draw_tape(spec, draw, n, h, w), spec.line_width, draw)
 
-    # Per-sample strengths, drawn in a fixed order.
+
+def draw_tape(spec, draw: Draw, n: int, h: int, w: int) -> list[dict]:
+    """Per-sample strengths for ``n`` pictures of h x w, drawn from ``spec`` in a fixed order.
+
+    Each dict holds, in LR pixels and [0, 1] code values: ``luma_mhz``,
+    ``chroma_mhz``, ``delay`` (chroma lag), ``luma_noise``, ``chroma_noise``,
+    ``comb`` (1H comb filter on/off), ``sharpen`` (peaking gain), ``jitter``
+    (RMS line shift), ``dropouts`` (streak count), ``head`` (head-switching
+    lines, 0 for none), ``comb_motion`` and ``field`` (missed-deinterlace
+    combing). A caller may build these itself, e.g. to hold a tape's
+    strengths fixed over a clip (``vhsup.eval.tape``).
+    """
+    px = spec.line_width / 720.0  # LR pixels per 720-line sample
     P = []
     for _ in range(n):
         p = {
@@ -167,6 +177,20 @@ def _tape(x: torch.Tensor, spec, draw: Draw) -> torch.Tensor:
             p["comb_motion"] = sign * draw.uniform(*spec.interlace_motion_px)
             p["field"] = draw.integer(0, 1)
         P.append(p)
+    return P
+
+
+def play_tape(x: torch.Tensor, P: list[dict], line_width: float, draw: Draw) -> torch.Tensor:
+    """The tape chain on x (N, 3, h, w) RGB [0, 1] with the strengths ``P`` (see :func:`draw_tape`).
+
+    Noise, jitter, dropout shapes and head-switching tears are drawn here
+    from ``draw``; everything else comes from ``P``. ``line_width``: LR
+    pixels per 13.5 MHz line.
+    """
+    n, _, h, w = x.shape
+    dev = x.device
+    px = line_width / 720.0
+    fs = BT601_MHZ * px
 
     # 1. Combing: the lines of one field come from a moved copy.
     motion = [p["comb_motion"] for p in P]
