@@ -188,17 +188,34 @@ def _shift(a: np.ndarray, b: np.ndarray) -> float:
     a = a - a.mean(1, keepdims=True)
     b = b - b.mean(1, keepdims=True)
     ks = np.arange(-10, 11)
-    c = np.array([(a[:, max(0, -k) : a.shape[1] - max(0, k)] * b[:, max(0, k) : b.shape[1] - max(0, -k)]).sum() for k in ks])
+    c = np.array(
+        [(a[:, max(0, -k) : a.shape[1] - max(0, k)] * b[:, max(0, k) : b.shape[1] - max(0, -k)]).sum() for k in ks]
+    )
     i = int(np.clip(c.argmax(), 1, len(ks) - 2))
     return float(ks[i] + (c[i - 1] - c[i + 1]) / (2 * (c[i - 1] - 2 * c[i] + c[i + 1])))
 
 
 def test_tape_look_is_fixed_over_the_clip_and_noise_is_new_every_frame(tmp_path):
     coffee = np.ascontiguousarray(load_picture("coffee"))
-    still = Scene("still", [Shot(0.0, (Layer(coffee, lambda t: view(300.0, 200.0, 360.0), picture="coffee"),))], 8,
-                  size=(360, 240))
-    look = TapeLook(generation=1, luma_mhz=2.5, chroma_mhz=0.4, chroma_delay_px=3.0, luma_noise=3.0,
-                    chroma_noise=4.0, comb=True, sharpen=0.6, jitter_px=0.0, dropouts=0.0, head_switch_lines=8)
+    still = Scene(
+        "still",
+        [Shot(0.0, (Layer(coffee, lambda t: view(300.0, 200.0, 360.0), picture="coffee"),))],
+        8,
+        size=(360, 240),
+    )
+    look = TapeLook(
+        generation=1,
+        luma_mhz=2.5,
+        chroma_mhz=0.4,
+        chroma_delay_px=3.0,
+        luma_noise=3.0,
+        chroma_noise=4.0,
+        comb=True,
+        sharpen=0.6,
+        jitter_px=0.0,
+        dropouts=0.0,
+        head_switch_lines=8,
+    )
     info = make_clip(still, "vhs", tmp_path / "still.avi", seed=2, look=look)
     with av.open(str(info.path)) as c:
         planes = [f.to_ndarray(format="yuv444p").astype(np.float64) for f in c.decode(video=0)]
@@ -206,8 +223,11 @@ def test_tape_look_is_fixed_over_the_clip_and_noise_is_new_every_frame(tmp_path)
     rows = slice(16, 440)
     clean = cv2.cvtColor(np.round(camera_frame(still, 0, "bff")).astype(np.uint8), cv2.COLOR_RGB2YCrCb)
     # Chroma lags luma by the look's delay in every frame, and by the same amount.
-    lag = [_shift(clean[rows, :, 1].astype(np.float64), p[2][rows]) - _shift(clean[rows, :, 0].astype(np.float64), p[0][rows])
-           for p in planes]
+    lag = [
+        _shift(clean[rows, :, 1].astype(np.float64), p[2][rows])
+        - _shift(clean[rows, :, 0].astype(np.float64), p[0][rows])
+        for p in planes
+    ]
     assert min(lag) > 1.5, lag
     assert max(abs(_shift(planes[0][2][rows], p[2][rows])) for p in planes[1:]) < 0.15
     # The scene stands still, yet no two frames are alike: the noise is drawn

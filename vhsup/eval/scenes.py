@@ -75,7 +75,12 @@ PICTURES: dict[str, str] = {
 }
 
 # Greyscale pictures get a colour, so that chroma has something to carry.
-_TINTS = {"grass": (0.62, 0.88, 0.40), "gravel": (0.95, 0.88, 0.78), "brick": (1.0, 0.58, 0.46), "text": (1.0, 0.97, 0.9)}
+_TINTS = {
+    "grass": (0.62, 0.88, 0.40),
+    "gravel": (0.95, 0.88, 0.78),
+    "brick": (1.0, 0.58, 0.46),
+    "text": (1.0, 0.97, 0.9),
+}
 
 Pictures = Callable[[str], np.ndarray]
 #: t (seconds) -> 3x3 matrix taking display units to picture pixel coordinates.

@@ -437,13 +437,10 @@ def describe(info: ClipInfo, scene: Scene, seed: int, oversample: int) -> dict:
                 "for a W x H truth; the whole frame is picture (no black edges)"
             ),
             "fields": (
-                f"SD frame n: the {first} field shows the scene at n / rate s, "
-                "the other field at (n + 0.5) / rate s"
+                f"SD frame n: the {first} field shows the scene at n / rate s, the other field at (n + 0.5) / rate s"
             ),
             "truth_frame": "truth frame n is the scene at n / rate s (the first field's instant)",
-            "damaged_rows": (
-                [h - 2 * info.look.head_switch_lines, h] if isinstance(info.look, TapeLook) else []
-            ),
+            "damaged_rows": ([h - 2 * info.look.head_switch_lines, h] if isinstance(info.look, TapeLook) else []),
         },
         "scene": scene.describe(),
     }
