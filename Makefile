@@ -16,7 +16,28 @@ COMMUNITY_TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 CPY := $(COMMUNITY_VENV)/bin/python
 COMMUNITY_STAMP := $(COMMUNITY_VENV)/.vhsup-installed
 
-.PHONY: demo test test-fast lint format bench install clean
+# The benchmark's anchor, vs_temporalfix (vhsup/eval/anchor.py), runs in a
+# venv of its own: it needs Python 3.12 and VapourSynth's wheels, which the
+# main venv must not get. Not part of `make test` or CI; its tests skip
+# without it. Python 3.12 is found as anchor.find_python312 does: a
+# python3.12 on PATH that runs (a pyenv shim without 3.12 does not), else
+# pyenv's own $(pyenv root)/versions/3.12.*. Override with ANCHOR_PYTHON=...
+# vapoursynth-mvutensils 10 dropped the `fields` argument vs_temporalfix passes: pin 9.
+ANCHOR_VENV ?= .venv-anchor
+ANCHOR_SPEC ?= vs-temporalfix==2.4.1 vapoursynth==81 vapoursynth-mvutensils==9 numpy
+ANCHOR_PYTHON ?= $(shell for p in $$(command -v python3.12) $$(ls -r $$(pyenv root 2>/dev/null || echo $${PYENV_ROOT:-$$HOME/.pyenv})/versions/3.12.*/bin/python3.12 2>/dev/null); do "$$p" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' 2>/dev/null && { echo "$$p"; break; }; done)
+ANCHOR_STAMP := $(ANCHOR_VENV)/.vhsup-anchor-installed
+
+.PHONY: demo test test-fast lint format bench install clean anchor-venv
+
+anchor-venv: $(ANCHOR_STAMP)
+
+$(ANCHOR_STAMP): Makefile
+	@test -n "$(ANCHOR_PYTHON)" || { echo "anchor-venv: no Python 3.12 runs here (none on PATH, none under pyenv's versions/3.12.*); install one or pass ANCHOR_PYTHON=/path/to/python3.12" >&2; exit 1; }
+	test -x $(ANCHOR_VENV)/bin/python || $(ANCHOR_PYTHON) -m venv $(ANCHOR_VENV)
+	$(ANCHOR_VENV)/bin/python -m pip install --quiet --disable-pip-version-check $(ANCHOR_SPEC)
+	$(ANCHOR_VENV)/bin/python -I vhsup/eval/temporalfix_worker.py check
+	touch $(ANCHOR_STAMP)
 
 install: $(STAMP)
 
@@ -62,4 +83,4 @@ bench: $(STAMP)
 	$(PY) bench/run.py memory --model bicubic --seconds 2 --factor 10
 
 clean:
-	rm -rf $(VENV) $(COMMUNITY_VENV) demo-out .pytest_cache
+	rm -rf $(VENV) $(COMMUNITY_VENV) $(ANCHOR_VENV) demo-out .pytest_cache
