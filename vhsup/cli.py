@@ -426,10 +426,12 @@ def models_selector_map(
 
 def _register_subcommands() -> None:
     from vhsup.batch.cli import batch
+    from vhsup.eval.cli import eval_group
     from vhsup.train.cli import train
     from vhsup.train.cli_extract import extract
 
     main.add_command(batch)
+    main.add_command(eval_group)
     main.add_command(extract)
     main.add_command(train)
 
