@@ -13,8 +13,11 @@ sizes, so that a run takes a second or two on 2 cores.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
 import tempfile
+import time
 
 import cv2
 import numpy as np
@@ -96,6 +99,32 @@ def test_clips_below_the_filters_minimum_go_through(ready):
         out = anchor.temporalfix(frames, strength=0)
         assert len(out) == n and out[0].shape == (h, w, 3)
         assert _max_diff(out, frames) <= 1
+
+
+def test_interrupt_removes_the_temporary_files_and_the_worker(ready, tmp_path):
+    # Ctrl-C while the worker renders: the caller gets KeyboardInterrupt, the worker is ended and
+    # the private temporary directory (input and half-written output) is gone.
+    script = (
+        "import numpy as np\n"
+        "from vhsup.eval import anchor\n"
+        "frames = list(np.random.default_rng(0).integers(0, 256, (60, 320, 480, 3), dtype=np.uint8))\n"
+        "anchor.temporalfix(frames)\n"
+    )
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    child = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob("vhsup-anchor-*/out.npy")):  # the worker has started writing
+            assert child.poll() is None and time.monotonic() < deadline, "the worker never started writing"
+            time.sleep(0.02)
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode != 0 and "KeyboardInterrupt" in err
+    assert list(tmp_path.iterdir()) == []
+    workers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)  # its argv names the dir
+    assert workers.stdout == ""
 
 
 # --- what it is there for: less shimmer -----------------------------------------------------------------
