@@ -46,7 +46,7 @@ __all__ = ["DEFAULT_STRENGTH", "DEFAULT_TR", "available", "find_python312", "tem
 DEFAULT_STRENGTH = 500
 DEFAULT_TR = 6
 
-# How long the worker's self-check may take (it renders one 96x64 frame).
+# How long the worker's self-check may take (it renders one 128x128 frame).
 _CHECK_TIMEOUT_S = 300.0
 
 WORKER = Path(__file__).with_name("temporalfix_worker.py")
