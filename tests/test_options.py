@@ -112,6 +112,7 @@ OTHER = {
     "ivtc": True,
     "force_ivtc": True,
     "crop": "8,0,8,0",
+    "temporal": "strong",
     "width": 640,
     "height": 480,
     "codec": "libx265",

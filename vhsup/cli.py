@@ -53,11 +53,11 @@ def probe(file: Path, as_json, debug, **options) -> None:
     try:
         # A named model's card has its scale and cost: no need to load weights to plan.
         c = card(name)
-        scale, macs = c.scale, float(c.macs_per_px)
+        scale, macs, arch = c.scale, float(c.macs_per_px), c.arch
     except VhsupError:
         desc = load_model(name).descriptor  # a weights file, or bicubic-xN / lanczos-xN
-        scale, macs = desc.scale, desc.macs_per_px
-    plan = make_plan(file, opts, scale=scale, model=name, info=info)
+        scale, macs, arch = desc.scale, desc.macs_per_px, desc.arch
+    plan = make_plan(file, opts, scale=scale, model=name, info=info, classical=arch == "classical")
     estimate = _estimate_seconds(macs, plan)
     if as_json:
         data = info.to_json()
@@ -99,6 +99,7 @@ def probe(file: Path, as_json, debug, **options) -> None:
         ("plan: fields", p["deinterlace"]),
         ("plan: crop", f"{p['crop']} ({p['crop_source']})"),
         ("plan: model", f"{name} x{plan.scale}"),
+        ("plan: temporal", _temporal_row(plan.temporal, opts.temporal)),
         (
             "plan: output",
             f"{p['output_size'][0]}x{p['output_size'][1]} SAR {p['output_sar']} (display {p['display_aspect']}), "
@@ -132,6 +133,13 @@ def _estimate_seconds(macs_per_px: float, plan) -> float | None:
         # compact-x4 (0.21 TMAC per 720x480 frame) runs ~5 s a frame on 2 cores: ~45 GMAC/s.
         rate = 45e9 * max(1, torch.get_num_threads()) / 2
     return round(macs / rate, 1)
+
+
+def _temporal_row(mode: str, asked: str) -> str:
+    """probe's line for the stabiliser: the mode that runs, and why when ``auto`` chose it."""
+    if mode == "off":
+        return "off" + ("  [auto: a classical resampler invents no texture to steady]" if asked == "auto" else "")
+    return f"on ({mode})" + ("  [auto: on for a model that invents texture]" if asked == "auto" else "")
 
 
 def _fmt_time(seconds: float) -> str:

@@ -163,6 +163,14 @@ class Options:
         commands=_MEDIA,
         output=True,
     )
+    temporal: str = _opt(
+        "auto",
+        "Temporal stabiliser after SR: auto (on for GAN models, off for bicubic/lanczos), off, light or strong.",
+        choices=("auto", "off", "light", "strong"),
+        commands=_PLAN | _ENGINE,
+        output=True,
+        added_later=True,
+    )
     width: int | None = _opt(None, "Output width, aspect kept.", kind="int", commands=_PLAN, output=True)
     height: int | None = _opt(None, "Output height, aspect kept (e.g. 1080).", kind="int", commands=_PLAN, output=True)
     codec: str = _opt(

@@ -1,8 +1,9 @@
-"""The upscale pipeline, top to bottom: probe -> decode -> filter -> infer -> stitch -> encode.
+"""The upscale pipeline, top to bottom: probe -> decode -> filter -> infer -> stabilise -> stitch -> encode.
 
 Three threads share the work. A decode thread demuxes, decodes,
 deinterlaces and converts to RGB; the calling thread runs the SR engine in
-batches; an encode thread resizes to the target, converts to YUV, encodes
+batches and the temporal stabiliser (:mod:`vhsup.stabilise`) frame by
+frame; an encode thread resizes to the target, converts to YUV, encodes
 and muxes (copying the audio and subtitles alongside). Bounded queues
 between them keep memory flat however long the tape is.
 """
@@ -28,6 +29,7 @@ from vhsup.media.picture import Picture
 from vhsup.media.probe import VideoInfo, probe
 from vhsup.options import Options, model_name
 from vhsup.preview import check_still_name
+from vhsup.stabilise import PERIOD, Stabiliser, resolve_mode
 from vhsup.stages import Background, Worker
 from vhsup.wording import aspect_label, plural
 
@@ -54,6 +56,7 @@ class Plan:
     frames_estimate: int
     crop_source: str  # 'none', 'user' or 'auto'
     notices: list[str] = field(default_factory=list)  # options that will not do what they say
+    temporal: str = "off"  # the stabiliser mode that runs (--temporal, with auto resolved)
 
     def to_json(self) -> dict:
         g = self.geometry
@@ -64,6 +67,7 @@ class Plan:
             "crop_source": self.crop_source,
             "model": self.model,
             "scale": self.scale,
+            "temporal": self.temporal,
             "model_size": [g.in_w, g.in_h],
             "sr_size": [g.sr_w, g.sr_h],
             "output_size": [g.out_w, g.out_h],
@@ -101,6 +105,7 @@ class Result:
     notices: list[str] = field(default_factory=list)
     compare: str | None = None
     backend: str = "torch"
+    temporal: str = "off"
 
     #: The fields that say how a run was set up, the same for every chunk of a chunked run.
     SETUP: ClassVar[tuple[str, ...]] = (
@@ -115,6 +120,7 @@ class Result:
         "deinterlace",
         "crop",
         "backend",
+        "temporal",
     )
 
     @classmethod
@@ -194,9 +200,16 @@ def field_plan(info: VideoInfo, opts: Options) -> FilterPlan:
 
 
 def make_plan(
-    src: str | os.PathLike[str], opts: Options, *, scale: int, model: str, info: VideoInfo | None = None
+    src: str | os.PathLike[str],
+    opts: Options,
+    *,
+    scale: int,
+    model: str,
+    info: VideoInfo | None = None,
+    classical: bool = False,
 ) -> Plan:
-    """Probe and decide fields, crop, range and sizes for a model of ``scale``."""
+    """Probe and decide fields, crop, range, sizes and the stabiliser for a model of ``scale``
+    (``classical``: a resampler such as bicubic, which ``--temporal auto`` leaves alone)."""
     path = Path(src)
     info = info or probe(path)
     filters = field_plan(info, opts)
@@ -229,6 +242,7 @@ def make_plan(
         max(estimate, 0),
         crop_source,
         notices=list(filters.notes),
+        temporal=resolve_mode(opts.temporal, classical),
     )
 
 
@@ -291,7 +305,14 @@ class Run:
         self.model_name, loaded = _load(opts, self.notice)
         self.backend = loaded.backend
         self.engine = _engine(loaded, opts, self.notice)
-        self.plan = make_plan(self.src, opts, scale=self.engine.scale, model=self.model_name, info=self.info)
+        self.plan = make_plan(
+            self.src,
+            opts,
+            scale=self.engine.scale,
+            model=self.model_name,
+            info=self.info,
+            classical=self.engine.descriptor.arch == "classical",
+        )
         for message in self.plan.notices:
             self.notice(message)
         if span is not None:
@@ -300,6 +321,7 @@ class Run:
             if p.end is not None:
                 t0 = p.start if p.start is not None else Fraction(self.info.start_time).limit_denominator(1_000_000)
                 p.frames_estimate = max(0, round((p.end - t0) * p.filters.rate))
+        self.span = span is not None
         self.stats = DecodeStats()
         self.frames_out = 0
         self.compare_pair: tuple[np.ndarray, np.ndarray] | None = None
@@ -310,34 +332,80 @@ class Run:
         if self._user_notice:
             self._user_notice(message)
 
+    def warm_up_start(self) -> Fraction | None:
+        """Where a span's pictures start when the stabiliser must warm up on the ones before it.
+
+        A chunk's first frame depends on the :data:`~vhsup.stabilise.PERIOD`
+        pictures before it; upscaling those too (and not writing them) makes
+        a chunked run give the frames one whole run gives. Only spans warm
+        up: a --start preview does not pay for it.
+        """
+        p = self.plan
+        if not self.span or p.temporal == "off" or p.start is None:
+            return None
+        first = Fraction(self.info.start_time).limit_denominator(1_000_000)
+        return max(first, p.start - (PERIOD + Fraction(1, 2)) / p.filters.rate)
+
     # probe -> decode -> filter, in the decode thread
-    def source_pictures(self) -> Iterator[Picture]:
-        """The run's progressive, cropped source pictures, before the model (what the engine is fed)."""
+    def source_pictures(self, *, warm_up: bool = False) -> Iterator[Picture]:
+        """The run's progressive, cropped source pictures, before the model (what the engine is fed).
+
+        With ``warm_up``, the stabiliser's warm-up pictures come first (see
+        :meth:`warm_up_start`), numbered -1: they are upscaled, not written.
+        """
         plan, info = self.plan, self.info
+        warm = self.warm_up_start() if warm_up else None
         container = open_input(self.src)
         try:
             stream = container.streams.video[0]
-            frames = decode_from(container, plan.start, threads=self.opts.decode_threads, stats=self.stats)
+            first = warm if warm is not None else plan.start
+            frames = decode_from(container, first, threads=self.opts.decode_threads, stats=self.stats)
             progressive = progressive_frames(frames, stream, plan.filters)
             colour = source_colour(info.height, info.colorspace, info.color_range)
-            yield from pictures(
-                progressive, colour, plan.geometry.crop, start=plan.start, end=plan.end, limit=plan.limit
-            )
+            if warm is None:
+                yield from pictures(
+                    progressive, colour, plan.geometry.crop, start=plan.start, end=plan.end, limit=plan.limit
+                )
+                return
+            assert plan.start is not None  # warm_up_start() is None without a start
+            index = 0
+            for pic in pictures(progressive, colour, plan.geometry.crop, start=warm, end=plan.end):
+                if pic.time < plan.start:
+                    yield Picture(pic.rgb, pic.time, -1)
+                    continue
+                if plan.limit is not None and index >= plan.limit:
+                    break
+                yield Picture(pic.rgb, pic.time, index)
+                index += 1
         finally:
             container.close()
 
-    # infer, in the calling thread (stitch, the resize to the output size, runs in the encode thread: see write)
+    def stabiliser(self) -> Stabiliser | None:
+        """A fresh stabiliser for the plan's mode, on the engine's device (None when off)."""
+        if self.plan.temporal == "off":
+            return None
+        return Stabiliser(self.plan.temporal, device=self.engine.device)
+
+    # infer and stabilise, in the calling thread (stitch, the resize to the output size, runs in the
+    # encode thread: see write)
     def _upscaled(self, want_compare: bool) -> Iterator[tuple[Picture, Picture]]:
         self.stats, self.frames_out, self.origin, self.compare_pair = DecodeStats(), 0, None, None
         target = max(0, self.plan.frames_estimate // 2)
         batch: list[Picture] = []
-        with Background(self.source_pictures(), maxsize=self.opts.queue, name="decode") as source:
+        steady = self.stabiliser()
+        rate = self.plan.filters.rate
+        with Background(self.source_pictures(warm_up=True), maxsize=self.opts.queue, name="decode") as source:
 
             def flush() -> Iterator[tuple[Picture, Picture]]:
                 outputs = self.engine.upscale([p.rgb for p in batch])
                 if len(outputs) != len(batch):  # the engine's contract; never lose a frame quietly
                     raise RuntimeError(f"engine returned {len(outputs)} frames for {len(batch)}")
                 for pic, sr in zip(batch, outputs):
+                    if steady is not None:
+                        # numbered by presentation time, so that every chunk numbers a picture alike
+                        sr = steady.push(round(pic.time * rate), pic.rgb, sr)
+                    if pic.index < 0:  # a warm-up picture: it steadies the next ones, and is not written
+                        continue
                     if want_compare and (pic.index <= target or self.compare_pair is None):
                         self.compare_pair = (pic.rgb, sr)
                     self.frames_out += 1
@@ -347,7 +415,7 @@ class Run:
                 batch.clear()
 
             for pic in source:
-                if self.origin is None:
+                if self.origin is None and pic.index >= 0:
                     self.origin = pic.time
                 batch.append(pic)
                 if len(batch) >= max(1, self.engine.batch):
@@ -459,6 +527,7 @@ class Run:
             "deinterlace": plan.filters.describe(),
             "crop": str(g.crop),
             "backend": self.backend,
+            "temporal": plan.temporal,
         }
         return Result.written(
             setup,

@@ -1,0 +1,187 @@
+"""Temporal stabiliser: the stage between SR and encode that stops per-frame shimmer.
+
+An upscaler run one frame at a time invents its texture anew in every
+frame, and passes on whatever noise the tape put there, so a still face
+"boils". This stage carries the previous output forward along the picture's
+motion and blends it into the new one wherever the two show the same thing:
+
+1. **Motion, at input resolution** (cheap): OpenCV's DIS optical flow on
+   the luma of the model's input pictures, measured backward (for each
+   pixel of picture t, where it was in picture t-1).
+2. **Trust, at input resolution**: the previous input picture warped by
+   that motion is compared with the new one after a low-pass (so that
+   noise averages out and only structure counts). Where they differ more
+   than the noise explains - an occlusion, a flash, motion the flow got
+   wrong - the new frame is used as it is. A pair that differs almost
+   everywhere (a scene cut, a jump) resets the stage: the first frame
+   after a cut is exactly the per-frame output.
+3. **Blend, at output resolution** (on the engine's device): the running
+   output is warped by the motion scaled up and mixed with the new SR
+   frame, ``state = sr + w * (warp(state) - sr)`` with ``w`` up to the
+   mode's strength where the pair is trusted.
+
+Finite memory, so that chunked runs give the frames one process gives.
+A recursive blend remembers every frame it ever saw a little, which a
+chunk that starts later could never reproduce. So two running outputs
+are kept, restarted in turn every :data:`PERIOD` frames (at picture
+numbers 0 and PERIOD/2 modulo PERIOD, numbered by presentation time), and
+the frame written is a cross-fade between them that gives a running output
+no weight at its restart. A frame therefore depends only on the PERIOD
+pictures before it, and a chunk that starts PERIOD pictures early (its
+warm-up) gives the same frames as one long run.
+
+Nothing here looks ahead: each output frame is written as its SR frame
+arrives, so the encoder's queue holds nothing extra.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["MODES", "PERIOD", "Stabiliser", "resolve_mode"]
+
+#: Frames between restarts of each running output (and a chunk's warm-up).
+PERIOD = 32
+
+#: Mode -> largest share of the carried-forward output in a frame.
+STRENGTH = {"light": 0.6, "auto": 0.8, "strong": 0.9}
+MODES = ("auto", "off", "light", "strong")
+
+_FLOW_BLUR = 1.0  # input pixels: luma is softened before flow, so noise does not drive it
+_LOWPASS_SIGMA = 1.5  # input pixels: the scale at which structure must agree
+# Trust, in 8-bit code values of the low-passed difference (mean over RGB). The
+# frame's median difference is what noise alone leaves (most of a picture is
+# where the flow is right); a pixel is trusted fully below _T_NOISE times it
+# (at least _T_MIN) and not at all above twice that.
+_T_MIN = 2.0
+_T_NOISE = 1.5
+_CUT_LEVEL = 20.0  # a median difference above this: another picture (a cut)
+_FADE_LEVEL = 3.0  # a mean (signed) difference above this: the light changed (fade, flash)
+
+
+def resolve_mode(mode: str, classical: bool) -> str:
+    """The mode a run uses: ``auto`` is off for classical resamplers (nothing invented to steady)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown temporal mode {mode!r}; choose one of {', '.join(MODES)}")
+    if mode == "auto":
+        return "off" if classical else "auto"
+    return mode
+
+
+@dataclass
+class Trust:
+    """What the input pair says: motion (backward, input pixels) and the per-pixel blend weight."""
+
+    flow: np.ndarray  # h x w x 2 float32
+    weight: np.ndarray  # h x w float32, 0..strength
+    cut: bool
+
+
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+
+
+class Stabiliser:
+    """Steadies upscaled frames one at a time (see the module docstring).
+
+    ``push(number, src, sr)`` takes picture ``number`` (its place in the
+    video by presentation time), the model's input ``src`` (h x w x 3
+    uint8) and its output ``sr`` (h*scale x w*scale x 3 uint8), and returns
+    the steadied output frame. Frames must come in order; a gap in the
+    numbers restarts the stage.
+    """
+
+    def __init__(self, mode: str, *, device: torch.device | str = "cpu", period: int = PERIOD):
+        if mode not in STRENGTH:
+            raise ValueError(f"temporal mode {mode!r} has no strength; choose one of {', '.join(STRENGTH)}")
+        if period < 2 or period % 2:
+            raise ValueError("the period must be an even number of frames")
+        self.mode = mode
+        self.strength = STRENGTH[mode]
+        self.device = torch.device(device)
+        self.period = period
+        self._dis = cv2.DISOpticalFlow.create(cv2.DISOpticalFlow_PRESET_FAST)
+        self._prev: tuple[int, np.ndarray, np.ndarray] | None = None  # number, src float, luma for flow
+        self._states: torch.Tensor | None = None  # 2 x 3 x H x W float32
+        self._grid: torch.Tensor | None = None
+        self.cuts = 0
+
+    def reset(self) -> None:
+        self._prev = None
+        self._states = None
+
+    # -- input resolution --------------------------------------------------
+
+    def trust(self, prev_src: np.ndarray, prev_y: np.ndarray, src: np.ndarray, y: np.ndarray) -> Trust:
+        h, w = y.shape
+        flow: np.ndarray = self._dis.calc(y, prev_y, None)  # type: ignore[call-overload]
+        xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+        mx, my = xs + flow[..., 0], ys + flow[..., 1]
+        warped = cv2.remap(prev_src, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        diff = cv2.GaussianBlur(warped - src, (0, 0), _LOWPASS_SIGMA)
+        d = np.abs(diff).mean(axis=2)
+        outside = (mx < 0) | (mx > w - 1) | (my < 0) | (my > h - 1)
+        level = float(np.median(d))  # what noise alone leaves in a low-passed difference
+        t1 = max(_T_MIN, _T_NOISE * level)
+        t2 = 2.0 * t1
+        weight = np.clip((t2 - d) / (t2 - t1), 0.0, 1.0) * self.strength
+        weight[outside] = 0.0
+        shift = abs(float(diff.mean()))  # a fade or a flash moves the whole picture's level
+        cut = level > _CUT_LEVEL or shift > _FADE_LEVEL
+        return Trust(flow, weight.astype(np.float32), cut)
+
+    # -- output resolution -------------------------------------------------
+
+    def _base_grid(self, height: int, width: int) -> torch.Tensor:
+        if self._grid is None or self._grid.shape[1:3] != (height, width):
+            ys = (torch.arange(height, dtype=torch.float32, device=self.device) + 0.5) * (2.0 / height) - 1.0
+            xs = (torch.arange(width, dtype=torch.float32, device=self.device) + 0.5) * (2.0 / width) - 1.0
+            gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+            self._grid = torch.stack([gx, gy], dim=-1)[None]
+        return self._grid
+
+    def push(self, number: int, src: np.ndarray, sr: np.ndarray) -> np.ndarray:
+        h, w = src.shape[:2]
+        H, W = sr.shape[:2]
+        src_f = src.astype(np.float32)
+        y = cv2.GaussianBlur(_luma(src), (0, 0), _FLOW_BLUR)
+        cur = torch.from_numpy(sr).to(self.device).permute(2, 0, 1).float()
+        prev = self._prev
+        self._prev = (number, src_f, y)
+        phase = number % self.period
+        half = self.period // 2
+        if prev is None or prev[0] != number - 1 or self._states is None or self._states.shape[-2:] != (H, W):
+            return self._restart(cur, sr)
+        t = self.trust(prev[1], prev[2], src_f, y)
+        if t.cut:
+            self.cuts += 1
+            return self._restart(cur, sr)
+        flow = torch.from_numpy(t.flow).to(self.device).permute(2, 0, 1)[None]
+        flow = F.interpolate(flow, size=(H, W), mode="bilinear", align_corners=False)
+        grid = (
+            self._base_grid(H, W)
+            + torch.stack([flow[0, 0] * (2.0 * W / w / W), flow[0, 1] * (2.0 * H / h / H)], dim=-1)[None]
+        )
+        weight = torch.from_numpy(t.weight).to(self.device)[None, None]
+        weight = F.interpolate(weight, size=(H, W), mode="bilinear", align_corners=False)[0]
+        warped = F.grid_sample(
+            self._states, grid.expand(2, -1, -1, -1), mode="bilinear", padding_mode="border", align_corners=False
+        )
+        states = cur[None] + weight[None] * (warped - cur[None])
+        if phase == 0:
+            states[0] = cur
+        elif phase == half:
+            states[1] = cur
+        self._states = states
+        lam = 1.0 - abs(phase - half) / half  # share of state 0: none at its restart, all at the other's
+        out = states[1] + lam * (states[0] - states[1])
+        return out.round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+    def _restart(self, cur: torch.Tensor, sr: np.ndarray) -> np.ndarray:
+        self._states = torch.stack([cur, cur])
+        return sr
