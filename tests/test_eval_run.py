@@ -287,3 +287,53 @@ def test_errors_are_one_line_naming_the_file(bench, tmp_path):
         ["eval", "run", bench, "--model", "bicubic", "--window", "700,0,64,48"],
         "--window 700,0,64,48 does not fit in the 720x480 frame",
     )
+
+
+# --------------------------------------------------------------------------
+# The rows the benchmark exists for: the stabiliser, and the anchor beside it.
+
+
+def _rows(out: str) -> dict[tuple[str, str], dict]:
+    return {(r["clip"], r["config"]): r for r in json.loads(out)}
+
+
+def test_the_stabiliser_row_steadies_the_model_per_frame(bench):
+    window = ",".join(map(str, WINDOW))
+    code, out, err = cli(
+        "eval", "run", bench, "--model", "compact-x4", "--temporal", "off", "--temporal", "auto",
+        "--clip", "talking_head-*", "--window", window, "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    rows = _rows(out)
+    for clip in ("talking_head-vhs", "talking_head-dvd"):
+        off, auto = rows[clip, "compact-x4.temporal-off"], rows[clip, "compact-x4.temporal-auto"]
+        assert (off["temporal_ran"], auto["temporal_ran"]) == ("off", "auto")
+        assert auto["frames"] == off["frames"] == FRAMES
+        e_off, e_auto = off["scores"]["mean"]["e_warp"], auto["scores"]["mean"]["e_warp"]
+        assert e_auto < 0.75 * e_off, (clip, e_off, e_auto)
+        assert auto["scores"]["per_frame"]["psnr_y"][0] == off["scores"]["per_frame"]["psnr_y"][0]  # nothing before
+
+
+def test_anchor_row_or_a_one_line_reason(bench, monkeypatch):
+    from vhsup.eval import anchor
+
+    window = ",".join(map(str, WINDOW))
+    args = ["eval", "run", bench, "--model", "compact-x4", "--temporal", "off", "--anchor"]
+    args += ["--clip", "talking_head-dvd", "--window", window]
+    monkeypatch.setenv("VHSUP_ANCHOR_VENV", str(bench / "no-venv"))
+    one_line_error(
+        args,
+        f"--anchor: vs_temporalfix cannot run: the anchor venv {bench / 'no-venv'} is missing: "
+        "build it with `make anchor-venv`",
+    )
+    monkeypatch.delenv("VHSUP_ANCHOR_VENV")
+    reason = anchor.available()
+    if reason is not None:
+        pytest.skip(f"the anchor cannot run here: {reason}")
+    code, out, err = cli(*args, "--json")
+    assert code == 0, err
+    rows = _rows(out)
+    fixed = rows["talking_head-dvd", "compact-x4.temporal-off.vs-temporalfix"]
+    assert fixed["anchor"] == "vs-temporalfix" and fixed["frames"] == FRAMES
+    per_frame = rows["talking_head-dvd", "compact-x4.temporal-off"]
+    assert fixed["scores"]["mean"]["e_warp"] < per_frame["scores"]["mean"]["e_warp"]

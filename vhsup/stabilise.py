@@ -150,37 +150,37 @@ class Stabiliser:
         H, W = sr.shape[:2]
         src_f = src.astype(np.float32)
         y = cv2.GaussianBlur(_luma(src), (0, 0), _FLOW_BLUR)
-        cur = torch.from_numpy(sr).to(self.device).permute(2, 0, 1).float()
+        cur = torch.from_numpy(sr).to(self.device).permute(2, 0, 1).contiguous().float()  # 3 x H x W
         prev = self._prev
         self._prev = (number, src_f, y)
-        phase = number % self.period
-        half = self.period // 2
         if prev is None or prev[0] != number - 1 or self._states is None or self._states.shape[-2:] != (H, W):
             return self._restart(cur, sr)
         t = self.trust(prev[1], prev[2], src_f, y)
         if t.cut:
             self.cuts += 1
             return self._restart(cur, sr)
-        flow = torch.from_numpy(t.flow).to(self.device).permute(2, 0, 1)[None]
-        flow = F.interpolate(flow, size=(H, W), mode="bilinear", align_corners=False)
-        grid = (
-            self._base_grid(H, W)
-            + torch.stack([flow[0, 0] * (2.0 * W / w / W), flow[0, 1] * (2.0 * H / h / H)], dim=-1)[None]
-        )
-        weight = torch.from_numpy(t.weight).to(self.device)[None, None]
-        weight = F.interpolate(weight, size=(H, W), mode="bilinear", align_corners=False)[0]
-        warped = F.grid_sample(
+        # Motion (as grid_sample's -1..1 offsets) and weight, brought to the output size in one pass.
+        low = np.dstack([t.flow[..., 0] * (2.0 / w), t.flow[..., 1] * (2.0 / h), t.weight])
+        up = F.interpolate(
+            torch.from_numpy(low).to(self.device).permute(2, 0, 1)[None],
+            size=(H, W),
+            mode="bilinear",
+            align_corners=False,
+        )[0]
+        grid = self._base_grid(H, W) + up[:2].permute(1, 2, 0)[None]
+        states = F.grid_sample(
             self._states, grid.expand(2, -1, -1, -1), mode="bilinear", padding_mode="border", align_corners=False
         )
-        states = cur[None] + weight[None] * (warped - cur[None])
+        torch.lerp(cur[None], states, up[2:3][None], out=states)  # sr + w * (carried - sr)
+        phase, half = number % self.period, self.period // 2
         if phase == 0:
             states[0] = cur
         elif phase == half:
             states[1] = cur
         self._states = states
         lam = 1.0 - abs(phase - half) / half  # share of state 0: none at its restart, all at the other's
-        out = states[1] + lam * (states[0] - states[1])
-        return out.round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        out = torch.lerp(states[1], states[0], lam).add_(0.5).clamp_(0.0, 255.0).to(torch.uint8)
+        return out.permute(1, 2, 0).contiguous().cpu().numpy()
 
     def _restart(self, cur: torch.Tensor, sr: np.ndarray) -> np.ndarray:
         self._states = torch.stack([cur, cur])

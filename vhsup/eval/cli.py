@@ -109,10 +109,15 @@ def build(out_dir: Path, seconds, scenes, variants, seed, overwrite, as_json, de
     show_default=True,
     help="Region scored: default (each scene's action, 240x160 SD), full, or LEFT,TOP,WIDTH,HEIGHT in SD samples.",
 )
+@click.option(
+    "--anchor",
+    is_flag=True,
+    help="Also run each model per frame followed by vs_temporalfix (needs make anchor-venv).",
+)
 @click.option("--out", "results", type=_PATH, default=None, help="Results folder (default: FOLDER/results).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON list.")
 @debug_option
-def run(folder: Path, models, temporals, clips, frames, window, results, as_json, debug) -> None:
+def run(folder: Path, models, temporals, clips, frames, window, anchor, results, as_json, debug) -> None:
     """Run each --model x --temporal configuration (and bicubic, the baseline) on the benchmark in FOLDER.
 
     Each output frame is scored against the clip's ground truth; results go
@@ -122,7 +127,13 @@ def run(folder: Path, models, temporals, clips, frames, window, results, as_json
 
     choice = parse_window(window)
     done = run_benchmark(
-        folder, configs(models, temporals), clips=clips, window=choice, frames=frames, results=results, echo=_say
+        folder,
+        configs(models, temporals, anchor=anchor),
+        clips=clips,
+        window=choice,
+        frames=frames,
+        results=results,
+        echo=_say,
     )
     if as_json:
         out.print_json(json.dumps(done, allow_nan=False))

@@ -55,6 +55,7 @@ from vhsup.atomic import replacing
 from vhsup.errors import VhsupError
 from vhsup.eval.metrics import ClipScorer
 from vhsup.eval.scenes import FRAME_RATE, SCENES, SECONDS, WINDOWS, Scene, make_scene
+from vhsup.media.picture import Picture
 
 INDEX = "benchmark.json"
 RESULTS = "results"
@@ -307,23 +308,30 @@ def _ordered(clips: Iterable[BenchClip]) -> tuple[BenchClip, ...]:
 # Configurations and windows.
 
 
+#: The post-filter the ``--anchor`` rows run after a model's per-frame output.
+ANCHOR = "vs-temporalfix"
+
+
 @dataclass(frozen=True)
 class Config:
-    """One row of the benchmark: a model (name or weights file) and a ``--temporal`` mode."""
+    """One row of the benchmark: a model (name or weights file) and a ``--temporal`` mode;
+    ``anchor`` rows run the model per frame and then vs_temporalfix (:mod:`vhsup.eval.anchor`)."""
 
     model: str
     temporal: str
+    anchor: str = ""
 
     @property
     def label(self) -> str:
-        """A name fit for a file: ``compact-x4.temporal-off``."""
+        """A name fit for a file: ``compact-x4.temporal-off`` (``...temporal-off.vs-temporalfix``)."""
         m = self.model
         stem = Path(m).stem if ("/" in m or os.sep in m or Path(m).suffix) else m
-        return f"{stem}.temporal-{self.temporal}"
+        return f"{stem}.temporal-{self.temporal}" + (f".{self.anchor}" if self.anchor else "")
 
 
-def configs(models: Sequence[str], temporals: Sequence[str]) -> list[Config]:
-    """Every (model, temporal) pair, after the bicubic baseline (per frame), each once.
+def configs(models: Sequence[str], temporals: Sequence[str], *, anchor: bool = False) -> list[Config]:
+    """Every (model, temporal) pair, after the bicubic baseline (per frame), each once; with
+    ``anchor``, each model per frame followed by vs_temporalfix as well.
 
     Bicubic with ``auto`` is the baseline itself (auto leaves a classical
     resampler unstabilised), so it is not run twice.
@@ -333,7 +341,19 @@ def configs(models: Sequence[str], temporals: Sequence[str]) -> list[Config]:
         for t in temporals:
             if Config(m, t) not in out and (m, t) != (BASELINE, "auto"):
                 out.append(Config(m, t))
+        if anchor and m != BASELINE:
+            out.append(Config(m, "off", ANCHOR))
     return out
+
+
+def check_anchor(configurations: Sequence[Config]) -> None:
+    """A one-line error, before any work, when an anchor row is asked for and cannot run."""
+    if any(c.anchor for c in configurations):
+        from vhsup.eval import anchor
+
+        reason = anchor.available()
+        if reason is not None:
+            raise VhsupError(f"--anchor: vs_temporalfix cannot run: {reason}")
 
 
 @dataclass(frozen=True)
@@ -517,10 +537,18 @@ def run_clip(
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "samples").mkdir(exist_ok=True)
 
-    echo(f"{clip.path}: {config.model}, temporal {config.temporal}, window {win}, {limit} frames ...")
+    echo(f"{clip.path}: {config.label}, window {win}, {limit} frames ...")
     scorer = ClipScorer(clip.name, border=scale)
     pictures = run.pictures()
     seconds = 0.0
+    if config.anchor:  # the whole clip per frame, then the post-filter over it (both timed)
+        from vhsup.eval import anchor
+
+        t0 = time.perf_counter()
+        made = list(pictures)
+        fixed = anchor.temporalfix([p.rgb for p in made])
+        seconds = time.perf_counter() - t0
+        pictures = iter([Picture(rgb, p.time, p.index) for p, rgb in zip(made, fixed)])
     count = 0
     first_time = None
     period = 1 / FRAME_RATE
@@ -575,6 +603,7 @@ def run_clip(
         "model_name": run.model_name,
         "scale": scale,
         "temporal": config.temporal,
+        "anchor": config.anchor,
         "temporal_ran": temporal_mode(run, opts),
         "device": str(run.engine.describe().get("device")),
         "window": win.to_json(),
@@ -629,6 +658,7 @@ def run_benchmark(
             if not path.is_file():
                 raise VhsupError(f"the {what} is missing; rebuild it with vhsup eval build", path)
     check_models([c.model for c in configurations])
+    check_anchor(configurations)
     out = Path(results) if results is not None else bench.folder / RESULTS
     out.mkdir(parents=True, exist_ok=True)
     done = []
