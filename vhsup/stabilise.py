@@ -59,7 +59,7 @@ _LOWPASS_SIGMA = 1.5  # input pixels: the scale at which structure must agree
 # where the flow is right); a pixel is trusted fully below _T_NOISE times it
 # (at least _T_MIN) and not at all above twice that.
 _T_MIN = 2.0
-_T_NOISE = 1.5
+_T_NOISE = 2.0
 _CUT_LEVEL = 20.0  # a median difference above this: another picture (a cut)
 _FADE_LEVEL = 3.0  # a mean (signed) difference above this: the light changed (fade, flash)
 
@@ -75,11 +75,25 @@ def resolve_mode(mode: str, classical: bool) -> str:
 
 @dataclass
 class Trust:
-    """What the input pair says: motion (backward, input pixels) and the per-pixel blend weight."""
+    """What the input pair says: motion (backward, input pixels), per-pixel trust 0..1 and whether it is a cut."""
 
     flow: np.ndarray  # h x w x 2 float32
-    weight: np.ndarray  # h x w float32, 0..strength
+    trust: np.ndarray  # h x w float32
     cut: bool
+    maps: tuple[np.ndarray, np.ndarray]  # the flow as cv2.remap's absolute positions
+
+
+def _agreement(carried: np.ndarray, current: np.ndarray) -> np.ndarray:
+    """0..1 per pixel: 1 where the carried picture shows what the current one does, up to noise.
+
+    Both are h x w x 3 float32. The difference is low-passed, so noise
+    averages out and structure counts; the picture's median difference is
+    taken as what noise alone leaves (most of a picture is where the motion
+    is right).
+    """
+    d = np.abs(cv2.GaussianBlur(carried - current, (0, 0), _LOWPASS_SIGMA)).mean(axis=2)
+    t1 = max(_T_MIN, _T_NOISE * float(np.median(d)))
+    return np.clip((2.0 * t1 - d) / t1, 0.0, 1.0)
 
 
 def _luma(rgb: np.ndarray) -> np.ndarray:
@@ -107,33 +121,32 @@ class Stabiliser:
         self.period = period
         self._dis = cv2.DISOpticalFlow.create(cv2.DISOpticalFlow_PRESET_FAST)
         self._prev: tuple[int, np.ndarray, np.ndarray] | None = None  # number, src float, luma for flow
-        self._states: torch.Tensor | None = None  # 2 x 3 x H x W float32
+        self._states: torch.Tensor | None = None  # 2 x 3 x H x W float32: the running outputs
+        self._low: list[np.ndarray] = []  # their input-size mirrors, h x w x 3 float32
         self._grid: torch.Tensor | None = None
         self.cuts = 0
 
     def reset(self) -> None:
         self._prev = None
         self._states = None
+        self._low = []
 
     # -- input resolution --------------------------------------------------
 
     def trust(self, prev_src: np.ndarray, prev_y: np.ndarray, src: np.ndarray, y: np.ndarray) -> Trust:
+        """Motion from picture t back to t-1, and where warping t-1 by it shows picture t."""
         h, w = y.shape
         flow: np.ndarray = self._dis.calc(y, prev_y, None)  # type: ignore[call-overload]
         xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
         mx, my = xs + flow[..., 0], ys + flow[..., 1]
         warped = cv2.remap(prev_src, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         diff = cv2.GaussianBlur(warped - src, (0, 0), _LOWPASS_SIGMA)
-        d = np.abs(diff).mean(axis=2)
-        outside = (mx < 0) | (mx > w - 1) | (my < 0) | (my > h - 1)
-        level = float(np.median(d))  # what noise alone leaves in a low-passed difference
-        t1 = max(_T_MIN, _T_NOISE * level)
-        t2 = 2.0 * t1
-        weight = np.clip((t2 - d) / (t2 - t1), 0.0, 1.0) * self.strength
-        weight[outside] = 0.0
+        level = float(np.median(np.abs(diff).mean(axis=2)))  # what noise alone leaves
         shift = abs(float(diff.mean()))  # a fade or a flash moves the whole picture's level
         cut = level > _CUT_LEVEL or shift > _FADE_LEVEL
-        return Trust(flow, weight.astype(np.float32), cut)
+        trust = _agreement(warped, src)
+        trust[(mx < 0) | (mx > w - 1) | (my < 0) | (my > h - 1)] = 0.0  # came from outside the picture
+        return Trust(flow, trust.astype(np.float32), cut, (mx, my))
 
     # -- output resolution -------------------------------------------------
 
@@ -150,19 +163,30 @@ class Stabiliser:
         H, W = sr.shape[:2]
         src_f = src.astype(np.float32)
         y = cv2.GaussianBlur(_luma(src), (0, 0), _FLOW_BLUR)
+        sr_low = cv2.resize(sr, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32)
         cur = torch.from_numpy(sr).to(self.device).permute(2, 0, 1).contiguous().float()  # 3 x H x W
         prev = self._prev
         self._prev = (number, src_f, y)
         if prev is None or prev[0] != number - 1 or self._states is None or self._states.shape[-2:] != (H, W):
-            return self._restart(cur, sr)
+            return self._restart(cur, sr, sr_low)
         t = self.trust(prev[1], prev[2], src_f, y)
         if t.cut:
             self.cuts += 1
-            return self._restart(cur, sr)
-        # Motion (as grid_sample's -1..1 offsets) and weight, brought to the output size in one pass.
-        low = np.dstack([t.flow[..., 0] * (2.0 / w), t.flow[..., 1] * (2.0 / h), t.weight])
+            return self._restart(cur, sr, sr_low)
+        phase, half = number % self.period, self.period // 2
+        # Each running output also agrees with the new frame where it is carried (its input-size
+        # mirror, steadied alike, says so): a trail left by an earlier mistake is not carried on.
+        weights = []
+        for k, low in enumerate(self._low):
+            carried = cv2.remap(low, *t.maps, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            weight = np.minimum(t.trust, _agreement(carried, sr_low)) * self.strength
+            restart = phase == (0 if k == 0 else half)
+            self._low[k] = sr_low if restart else sr_low + weight[..., None] * (carried - sr_low)
+            weights.append(np.zeros_like(weight) if restart else weight)
+        # Motion (as grid_sample's -1..1 offsets) and weights, brought to the output size in one pass.
+        low = np.dstack([t.flow[..., 0] * (2.0 / w), t.flow[..., 1] * (2.0 / h), *weights])
         up = F.interpolate(
-            torch.from_numpy(low).to(self.device).permute(2, 0, 1)[None],
+            torch.from_numpy(low).to(self.device).permute(2, 0, 1).contiguous()[None],
             size=(H, W),
             mode="bilinear",
             align_corners=False,
@@ -171,17 +195,13 @@ class Stabiliser:
         states = F.grid_sample(
             self._states, grid.expand(2, -1, -1, -1), mode="bilinear", padding_mode="border", align_corners=False
         )
-        torch.lerp(cur[None], states, up[2:3][None], out=states)  # sr + w * (carried - sr)
-        phase, half = number % self.period, self.period // 2
-        if phase == 0:
-            states[0] = cur
-        elif phase == half:
-            states[1] = cur
+        torch.lerp(cur[None], states, up[2:4, None], out=states)  # sr + w * (carried - sr), w = 0 at a restart
         self._states = states
         lam = 1.0 - abs(phase - half) / half  # share of state 0: none at its restart, all at the other's
         out = torch.lerp(states[1], states[0], lam).add_(0.5).clamp_(0.0, 255.0).to(torch.uint8)
         return out.permute(1, 2, 0).contiguous().cpu().numpy()
 
-    def _restart(self, cur: torch.Tensor, sr: np.ndarray) -> np.ndarray:
+    def _restart(self, cur: torch.Tensor, sr: np.ndarray, sr_low: np.ndarray) -> np.ndarray:
         self._states = torch.stack([cur, cur])
+        self._low = [sr_low, sr_low]
         return sr
