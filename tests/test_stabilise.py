@@ -13,6 +13,7 @@ import json
 import cv2
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 import mediagen
@@ -224,3 +225,14 @@ def test_run_and_probe_say_which_mode_runs(clips, tmp_path):
     assert data["plan"]["temporal"] == "off"
     text = cli("probe", str(clip.path), "--model", "compact-x4", "--temporal", "off")
     assert "plan: temporal" in text and "off" in text
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_the_stabiliser_gives_the_cpu_frames():
+    rng = np.random.default_rng(12)
+    frames = [np.roll(picture(seed=13), k, axis=1) for k in range(8)]
+    srs = [shimmer(up(f), rng) for f in frames]
+    on_cpu = run(Stabiliser("auto"), range(8), frames, srs)
+    on_gpu = run(Stabiliser("auto", device="cuda"), range(8), frames, srs)
+    for a, b in zip(on_cpu, on_gpu):
+        assert np.abs(a.astype(np.int16) - b).max() <= 1

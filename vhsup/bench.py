@@ -2,7 +2,8 @@
 
 Model-only fps times the SR engine on frames that are already decoded,
 deinterlaced and in memory. End-to-end fps times the full pipeline on the
-same frames, from the file to a real encoded output. Their ratio is the
+same frames, from the file to a real encoded output (the temporal
+stabiliser included, when the run's ``temporal`` mode is on). Their ratio is the
 pipeline's overhead: with decode and encode in their own threads it should
 stay close to 1.
 """
@@ -77,6 +78,7 @@ def run_bench(
         "input_size": f"{g.in_w}x{g.in_h}",
         "output_size": f"{g.out_w}x{g.out_h}",
         "codec": codec,
+        "temporal": run.plan.temporal,
         "model_only_fps": round(n / model_s, 4),
         "end_to_end_fps": round(result.frames_out / e2e_s, 4),
         "end_to_end_over_model_time": round(e2e_s / model_s, 4),
