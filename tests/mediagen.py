@@ -1176,3 +1176,82 @@ def drop_to_not_coded(src: str | Path, dst: str | Path, slots: Sequence[int], fo
         return [nvop if n in slots else data for n, data in enumerate(video)]
 
     return _rewrite_mpeg4_avi(Path(src), Path(dst), drop, fourcc)
+
+
+def _coverage(x0: np.ndarray, a: float, b: float) -> np.ndarray:
+    """How much of each pixel [x0, x0 + 1) the interval [a, b) covers (an exact box-filtered edge)."""
+    return np.clip(np.minimum(x0 + 1, b) - np.maximum(x0, a), 0.0, 1.0)
+
+
+def chroma_delay_planes(
+    width: int, height: int, delay: float, *, seed: int = 0, frame: int = 0, boxes: int = 40
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Full-resolution limited-range Y, Cb, Cr (float) of coloured boxes, the chroma ``delay`` pixels right of the luma.
+
+    Every box edge is drawn box-filtered at its exact position, the chroma's
+    at that position plus ``delay``, so the true lag is exactly ``delay``.
+    The boxes drift 3 pixels a frame. The chroma is then softened by a
+    Gaussian (sigma 1.5 px, as a tape's colour-under path does), which
+    blurs without moving.
+    """
+    rng = np.random.default_rng(seed)
+    x0 = np.arange(width, dtype=np.float64)
+    y = np.full((height, width), 0.5)
+    cb = np.zeros((height, width))
+    cr = np.zeros((height, width))
+    for _ in range(boxes):
+        bw, bh = rng.uniform(min(20, width / 4), width / 3), int(rng.integers(min(16, height // 4), height // 3))
+        left = rng.uniform(-bw / 2, width - bw / 2) + 3 * frame
+        top = int(rng.integers(0, height - bh))
+        r, g, b = rng.uniform(0, 1, 3)
+        luma = 0.299 * r + 0.587 * g + 0.114 * b
+        rows = slice(top, top + bh)
+        for plane, value, shift in ((y, luma, 0.0), (cb, (b - luma) / 1.772, delay), (cr, (r - luma) / 1.402, delay)):
+            cover = _coverage(x0 - shift, left, left + bw)
+            plane[rows] = plane[rows] * (1 - cover) + value * cover
+    k = np.exp(-0.5 * (np.arange(-5, 6) / 1.5) ** 2)
+    k /= k.sum()
+    for plane in (cb, cr):
+        padded = np.pad(plane, ((0, 0), (5, 5)), mode="edge")
+        plane[:] = sum(w * padded[:, i : i + width] for i, w in enumerate(k))
+    return 16 + 219 * y, 128 + 224 * cb, 128 + 224 * cr
+
+
+def make_chroma_delay_clip(
+    path: str | Path,
+    delay: float,
+    *,
+    frames: int = 6,
+    size: tuple[int, int] = (720, 480),
+    pix_fmt: str = "yuv422p",
+    vcodec: str = "ffv1",
+    rate: Fraction = Fraction(30000, 1001),
+    seed: int = 0,
+) -> Path:
+    """A clip whose chroma lags its luma by exactly ``delay`` pixels (see :func:`chroma_delay_planes`).
+
+    The chroma is decimated co-sited (sample j at luma x = j * factor), as
+    MPEG-2, DV and 4:2:2 place it; ``pix_fmt`` is a planar 8-bit YUV layout
+    (yuv444p, yuv422p, yuv411p, yuv420p).
+    """
+    path = Path(path)
+    w, h = size
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(vcodec, rate=rate)
+        stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
+        for n in range(frames):
+            planes = chroma_delay_planes(w, h, delay, seed=seed, frame=n)
+            vf = av.VideoFrame(w, h, pix_fmt)
+            fx = w // vf.planes[1].width
+            fy = h // vf.planes[1].height
+            for plane, data in zip(vf.planes, (planes[0], planes[1][::fy, ::fx], planes[2][::fy, ::fx])):
+                buf = np.zeros((plane.height, plane.line_size), np.uint8)
+                buf[:, : data.shape[1]] = np.clip(np.round(data), 0, 255).astype(np.uint8)
+                plane.update(buf.tobytes())
+            vf.pts = n
+            vf.time_base = 1 / rate
+            for pkt in stream.encode(vf):
+                out.mux(pkt)
+        for pkt in stream.encode():
+            out.mux(pkt)
+    return path

@@ -113,6 +113,8 @@ OTHER = {
     "force_ivtc": True,
     "crop": "8,0,8,0",
     "temporal": "strong",
+    "chroma_shift": "auto",
+    "detail": 0.5,
     "width": 640,
     "height": 480,
     "codec": "libx265",

@@ -98,7 +98,8 @@ def probe(file: Path, as_json, debug, **options) -> None:
     rows += [
         ("plan: fields", p["deinterlace"]),
         ("plan: crop", f"{p['crop']} ({p['crop_source']})"),
-        ("plan: model", f"{name} x{plan.scale}"),
+        ("plan: chroma shift", plan.chroma.describe()),
+        ("plan: model", f"{name} x{plan.scale}" + _detail_note(plan.detail)),
         ("plan: temporal", _temporal_row(plan.temporal, opts.temporal)),
         (
             "plan: output",
@@ -133,6 +134,10 @@ def _estimate_seconds(macs_per_px: float, plan) -> float | None:
         # compact-x4 (0.21 TMAC per 720x480 frame) runs ~5 s a frame on 2 cores: ~45 GMAC/s.
         rate = 45e9 * max(1, torch.get_num_threads()) / 2
     return round(macs / rate, 1)
+
+
+def _detail_note(detail: float) -> str:
+    return "" if detail == 1 else f", detail {detail:g} (blended with a Lanczos upscale)"
 
 
 def _temporal_row(mode: str, asked: str) -> str:

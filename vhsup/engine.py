@@ -208,6 +208,11 @@ class SREngine:
         batch: ``"auto"`` or the number of frames/tiles per forward pass.
         notice: called with a one-line message when the engine changes
             course (fp32 retry, OOM backoff).
+        detail: the model's share of each output (``--detail``): below 1,
+            the model's output is blended, on the device and in fp32, with
+            a Lanczos-3 upscale of the same whole input frame (0: Lanczos
+            alone). Tiles are blended as usual first, so a tiled frame is
+            the untiled one within 1/255 here too.
 
     Attributes:
         device, precision (resolved), tile (current; 0 = whole frame),
@@ -228,6 +233,7 @@ class SREngine:
         tile: int | str = "auto",
         batch: int | str = "auto",
         notice: Callable[[str], None] | None = None,
+        detail: float = 1.0,
     ):
         desc = model.descriptor
         self.descriptor = desc
@@ -241,6 +247,14 @@ class SREngine:
                 f"model {desc.name} has {desc.in_channels}->{desc.out_channels} "
                 "channels; only RGB models (3->3) can upscale video"
             )
+
+        if not 0.0 <= detail <= 1.0:
+            raise VhsupError(f"detail must be between 0 and 1, got {detail}")
+        self.detail = float(detail)
+        # Imported here: the classical resamplers are an architecture like any other.
+        from vhsup.arch.classical import Lanczos
+
+        self._lanczos = Lanczos(self.scale).to(self.device) if self.detail < 1.0 else None
 
         self._tile_auto = tile == "auto"
         self._batch_auto = batch == "auto"
@@ -399,7 +413,7 @@ class SREngine:
             out = self._forward(x)
             for j, (i, k) in enumerate(chunk):
                 if whole:
-                    done[i] = self._download(out[j], h, w)
+                    done[i] = self._download(self._blend(out[j], inputs[i], h, w), h, w)
                     del inputs[i]
                     continue
                 t = tiles[k]
@@ -414,7 +428,7 @@ class SREngine:
                     out[j, :, ry, rx], wy[ry, None] * wx[None, rx]
                 )
                 if k == len(tiles) - 1:
-                    done[i] = self._download(accs.pop(i), h, w)
+                    done[i] = self._download(self._blend(accs.pop(i), inputs[i], h, w), h, w)
                     del inputs[i]
 
     def _crop(self, hp: int, wp: int) -> tuple[int, int]:
@@ -452,6 +466,15 @@ class SREngine:
             mode = "reflect" if ph < frame.shape[0] and pw < frame.shape[1] else "replicate"
             x = F.pad(x, (0, pw, 0, ph), mode=mode)
         return x
+
+    def _blend(self, y: torch.Tensor, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """The model's output ``y`` (3,H*s,W*s) of input ``x`` (1,3,hp,wp) at :attr:`detail` against Lanczos."""
+        if self._lanczos is None:
+            return y
+        s = self.scale
+        # Each picture as it would be shown (finite, clamped), so the blend lies between the two.
+        base = self._lanczos(x[:, :, :h, :w])[0].clamp_(0.0, 1.0)
+        return torch.lerp(base, y[:, : h * s, : w * s].nan_to_num(0.0).clamp(0.0, 1.0), self.detail)
 
     def _download(self, y: torch.Tensor, h: int, w: int) -> np.ndarray:
         """float (3,H*s,W*s) on the device -> uint8 HxWx3 on the host."""

@@ -163,6 +163,22 @@ class Options:
         commands=_MEDIA,
         output=True,
     )
+    chroma_shift: str = _opt(
+        "off",
+        "Move the chroma back onto the luma before SR (tape chroma lags 2-6 px): auto (measured once per file), "
+        "off, or X,Y source pixels (right/down positive, e.g. -3.5,0).",
+        commands=_PLAN,
+        output=True,
+        added_later=True,
+    )
+    detail: float = _opt(
+        1.0,
+        "0..1: blend the model's output with a Lanczos upscale of the same picture (1: the model, 0: Lanczos).",
+        kind="float",
+        commands=_PLAN | _ENGINE,
+        output=True,
+        added_later=True,
+    )
     temporal: str = _opt(
         "auto",
         "Temporal stabiliser after SR: auto (on for GAN models, off for bicubic/lanczos), off, light or strong.",

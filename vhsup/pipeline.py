@@ -1,8 +1,10 @@
-"""The upscale pipeline, top to bottom: probe -> decode -> filter -> infer -> stabilise -> stitch -> encode.
+"""The upscale pipeline, top to bottom: probe -> decode -> filter -> restore -> infer -> stabilise -> stitch -> encode.
 
 Three threads share the work. A decode thread demuxes, decodes,
-deinterlaces and converts to RGB; the calling thread runs the SR engine in
-batches and the temporal stabiliser (:mod:`vhsup.stabilise`) frame by
+deinterlaces, moves the chroma back onto the luma (``--chroma-shift``,
+:mod:`vhsup.restore.chroma`) and converts to RGB; the calling thread runs
+the SR engine in batches (blended with a Lanczos upscale below
+``--detail 1``) and the temporal stabiliser (:mod:`vhsup.stabilise`) frame by
 frame; an encode thread resizes to the target, converts to YUV, encodes
 and muxes (copying the audio and subtitles alongside). Bounded queues
 between them keep memory flat however long the tape is.
@@ -29,6 +31,7 @@ from vhsup.media.picture import Picture
 from vhsup.media.probe import VideoInfo, probe
 from vhsup.options import Options, model_name
 from vhsup.preview import check_still_name
+from vhsup.restore.chroma import ChromaShift, plan_shift, shift_frames
 from vhsup.stabilise import PERIOD, Stabiliser, resolve_mode
 from vhsup.stages import Background, Worker
 from vhsup.wording import aspect_label, plural
@@ -57,6 +60,8 @@ class Plan:
     crop_source: str  # 'none', 'user' or 'auto'
     notices: list[str] = field(default_factory=list)  # options that will not do what they say
     temporal: str = "off"  # the stabiliser mode that runs (--temporal, with auto resolved)
+    chroma: ChromaShift = field(default_factory=ChromaShift)  # before SR (--chroma-shift)
+    detail: float = 1.0  # the model's share against a Lanczos upscale (--detail)
 
     def to_json(self) -> dict:
         g = self.geometry
@@ -68,6 +73,8 @@ class Plan:
             "model": self.model,
             "scale": self.scale,
             "temporal": self.temporal,
+            "chroma_shift": self.chroma.to_json(),
+            "detail": self.detail,
             "model_size": [g.in_w, g.in_h],
             "sr_size": [g.sr_w, g.sr_h],
             "output_size": [g.out_w, g.out_h],
@@ -106,6 +113,8 @@ class Result:
     compare: str | None = None
     backend: str = "torch"
     temporal: str = "off"
+    chroma_shift: str = "off"
+    detail: float = 1.0
 
     #: The fields that say how a run was set up, the same for every chunk of a chunked run.
     SETUP: ClassVar[tuple[str, ...]] = (
@@ -121,6 +130,8 @@ class Result:
         "crop",
         "backend",
         "temporal",
+        "chroma_shift",
+        "detail",
     )
 
     @classmethod
@@ -187,6 +198,13 @@ def source_range(info: VideoInfo, opts: Options) -> tuple[Fraction | None, Fract
     return start, end, opts.frames
 
 
+def check_detail(value: float) -> float:
+    """``--detail``, checked: a share between 0 and 1."""
+    if not 0.0 <= value <= 1.0:
+        raise VhsupError(f"--detail must be between 0 and 1 (0: Lanczos, 1: the model), not {value}")
+    return float(value)
+
+
 def field_plan(info: VideoInfo, opts: Options) -> FilterPlan:
     """The field handling (deinterlace, field order, inverse telecine) ``opts`` asks for on ``info``."""
     return plan_filters(
@@ -222,6 +240,8 @@ def make_plan(
         info.width, info.height, info.sar, scale, crop=crop or None, width=opts.width, height=opts.height
     )
     start, end, limit = source_range(info, opts)
+    detail = check_detail(opts.detail)
+    shift = plan_shift(opts.chroma_shift, path, info)
     ratio = filters.rate / info.fps if info.fps else Fraction(1)
     estimate = int(round(info.frames * ratio))
     if start is not None or end is not None:
@@ -243,6 +263,8 @@ def make_plan(
         crop_source,
         notices=list(filters.notes),
         temporal=resolve_mode(opts.temporal, classical),
+        chroma=shift,
+        detail=detail,
     )
 
 
@@ -273,7 +295,13 @@ def _engine(loaded, opts: Options, notice: Notice):
     from vhsup.engine import SREngine
 
     return SREngine(
-        loaded, device=opts.device, precision=opts.precision, tile=opts.tile, batch=opts.batch, notice=notice
+        loaded,
+        device=opts.device,
+        precision=opts.precision,
+        tile=opts.tile,
+        batch=opts.batch,
+        notice=notice,
+        detail=check_detail(opts.detail),
     )
 
 
@@ -360,7 +388,7 @@ class Run:
             stream = container.streams.video[0]
             first = warm if warm is not None else plan.start
             frames = decode_from(container, first, threads=self.opts.decode_threads, stats=self.stats)
-            progressive = progressive_frames(frames, stream, plan.filters)
+            progressive = shift_frames(progressive_frames(frames, stream, plan.filters), plan.chroma)
             colour = source_colour(info.height, info.colorspace, info.color_range)
             if warm is None:
                 yield from pictures(
@@ -528,6 +556,8 @@ class Run:
             "crop": str(g.crop),
             "backend": self.backend,
             "temporal": plan.temporal,
+            "chroma_shift": plan.chroma.label(),
+            "detail": plan.detail,
         }
         return Result.written(
             setup,
