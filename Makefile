@@ -7,25 +7,31 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.vhsup-installed
-# Model files of other architectures load through spandrel (the `community`
-# extra), which needs a torchvision built for the installed torch. PyPI has
-# none for the CPU build of torch 2.13.0, so `make test` checks that path in
-# a second venv with a matching pair (a CUDA build; it runs on the CPU).
-COMMUNITY_VENV ?= .venv-community
+# The second venv runs on Python 3.12 and holds the extras the main venv
+# cannot: `community` (spandrel needs a torchvision built for the installed
+# torch; PyPI has none for the CPU build of torch 2.13.0, so a matching pair,
+# a CUDA build that runs on the CPU) and `restore` (VapourSynth R81's wheels
+# need Python >= 3.12). `make test` runs the tests of both extras there.
+EXTRAS_VENV ?= .venv-extras
 COMMUNITY_TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
-CPY := $(COMMUNITY_VENV)/bin/python
-COMMUNITY_STAMP := $(COMMUNITY_VENV)/.vhsup-installed
+XPY := $(EXTRAS_VENV)/bin/python
+EXTRAS_STAMP := $(EXTRAS_VENV)/.vhsup-installed
+EXTRAS_TESTS := tests/test_community.py tests/test_restore.py
+
+# Python 3.12 (the extras venv and the anchor's): a python3.12 on PATH that
+# runs (a pyenv shim without 3.12 does not), else pyenv's own
+# $(pyenv root)/versions/3.12.*, newest first; as anchor.find_python312 does.
+# Override with PYTHON312=/path/to/python3.12.
+PYTHON312 ?= $(shell for p in $$(command -v python3.12) $$(ls -r $$(pyenv root 2>/dev/null || echo $${PYENV_ROOT:-$$HOME/.pyenv})/versions/3.12.*/bin/python3.12 2>/dev/null); do "$$p" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' 2>/dev/null && { echo "$$p"; break; }; done)
+NO_PYTHON312 := no Python 3.12 runs here (none on PATH, none under pyenv's versions/3.12.*); install one or pass PYTHON312=/path/to/python3.12
 
 # The benchmark's anchor, vs_temporalfix (vhsup/eval/anchor.py), runs in a
 # venv of its own: it needs Python 3.12 and VapourSynth's wheels, which the
 # main venv must not get. Not part of `make test` or CI; its tests skip
-# without it. Python 3.12 is found as anchor.find_python312 does: a
-# python3.12 on PATH that runs (a pyenv shim without 3.12 does not), else
-# pyenv's own $(pyenv root)/versions/3.12.*. Override with ANCHOR_PYTHON=...
+# without it. Python 3.12 as above (PYTHON312).
 # vapoursynth-mvutensils 10 dropped the `fields` argument vs_temporalfix passes: pin 9.
 ANCHOR_VENV ?= .venv-anchor
 ANCHOR_SPEC ?= vs-temporalfix==2.4.1 vapoursynth==81 vapoursynth-mvutensils==9 numpy
-ANCHOR_PYTHON ?= $(shell for p in $$(command -v python3.12) $$(ls -r $$(pyenv root 2>/dev/null || echo $${PYENV_ROOT:-$$HOME/.pyenv})/versions/3.12.*/bin/python3.12 2>/dev/null); do "$$p" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' 2>/dev/null && { echo "$$p"; break; }; done)
 ANCHOR_STAMP := $(ANCHOR_VENV)/.vhsup-anchor-installed
 
 .PHONY: demo test test-fast lint format bench install clean anchor-venv
@@ -33,8 +39,8 @@ ANCHOR_STAMP := $(ANCHOR_VENV)/.vhsup-anchor-installed
 anchor-venv: $(ANCHOR_STAMP)
 
 $(ANCHOR_STAMP): Makefile
-	@test -n "$(ANCHOR_PYTHON)" || { echo "anchor-venv: no Python 3.12 runs here (none on PATH, none under pyenv's versions/3.12.*); install one or pass ANCHOR_PYTHON=/path/to/python3.12" >&2; exit 1; }
-	test -x $(ANCHOR_VENV)/bin/python || $(ANCHOR_PYTHON) -m venv $(ANCHOR_VENV)
+	@test -n "$(PYTHON312)" || { echo "anchor-venv: $(NO_PYTHON312)" >&2; exit 1; }
+	test -x $(ANCHOR_VENV)/bin/python || $(PYTHON312) -m venv $(ANCHOR_VENV)
 	$(ANCHOR_VENV)/bin/python -m pip install --quiet --disable-pip-version-check $(ANCHOR_SPEC)
 	$(ANCHOR_VENV)/bin/python -I vhsup/eval/temporalfix_worker.py check
 	touch $(ANCHOR_STAMP)
@@ -48,22 +54,24 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-$(COMMUNITY_STAMP): pyproject.toml
-	test -x $(CPY) || $(PYTHON) -m venv $(COMMUNITY_VENV)
-	$(CPY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(CPY) -c "import torchvision" 2>/dev/null || $(CPY) -m pip install --quiet $(COMMUNITY_TORCH_SPEC)
-	$(CPY) -m pip install --quiet -e '.[community,onnx]' 'pytest>=8'
-	touch $(COMMUNITY_STAMP)
+# A venv left from another Python (the 3.11 community venv of before) is made anew.
+$(EXTRAS_STAMP): pyproject.toml
+	@test -n "$(PYTHON312)" || { echo "extras venv: $(NO_PYTHON312)" >&2; exit 1; }
+	$(XPY) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' 2>/dev/null || { rm -rf $(EXTRAS_VENV) && $(PYTHON312) -m venv $(EXTRAS_VENV); }
+	$(XPY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(XPY) -c "import torchvision" 2>/dev/null || $(XPY) -m pip install --quiet $(COMMUNITY_TORCH_SPEC)
+	$(XPY) -m pip install --quiet -e '.[community,onnx,restore]' 'pytest>=8'
+	touch $(EXTRAS_STAMP)
 
-# tests/test_community.py needs spandrel: it runs in the second venv, where a
-# missing or broken spandrel fails instead of skipping.
-test: $(STAMP) $(COMMUNITY_STAMP)
-	$(PY) -m pytest -q --ignore=tests/test_community.py
-	VHSUP_REQUIRE_SPANDREL=1 $(CPY) -m pytest -q tests/test_community.py
+# The tests of the community and restore extras run in the extras venv, where
+# a missing or broken extra fails instead of skipping.
+test: $(STAMP) $(EXTRAS_STAMP)
+	$(PY) -m pytest -q $(addprefix --ignore=,$(EXTRAS_TESTS))
+	VHSUP_REQUIRE_SPANDREL=1 VHSUP_REQUIRE_RESTORE=1 $(XPY) -m pytest -q $(EXTRAS_TESTS)
 
 # The tests marked slow (over ~20 s each on 2 cores) are left out: for the edit-test loop.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" --ignore=tests/test_community.py
+	$(PY) -m pytest -q -m "not slow" $(addprefix --ignore=,$(EXTRAS_TESTS))
 
 # Lint, format and types; CI runs this before the tests.
 lint: $(STAMP)
@@ -83,4 +91,4 @@ bench: $(STAMP)
 	$(PY) bench/run.py memory --model bicubic --seconds 2 --factor 10
 
 clean:
-	rm -rf $(VENV) $(COMMUNITY_VENV) $(ANCHOR_VENV) demo-out .pytest_cache
+	rm -rf $(VENV) $(EXTRAS_VENV) .venv-community $(ANCHOR_VENV) demo-out .pytest_cache

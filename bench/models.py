@@ -1,7 +1,7 @@
 """Per-model cost on this machine: params, MACs per input pixel, CPU ms per 64x64 tile.
 
     .venv/bin/python bench/models.py [--threads 2] [--repeat 3]
-    .venv-community/bin/python bench/models.py --community
+    .venv-extras/bin/python bench/models.py --community
 
 Every named model with a card is timed in one run, so the ratios between
 rows are fair; models without published weights are timed with random

@@ -2,7 +2,7 @@
 as spandrel (and so other tools built on it) reads them.
 
 spandrel needs a torchvision built for the installed torch, which the default
-CPU torch here lacks, so ``make test`` runs this file in .venv-community
+CPU torch here lacks, so ``make test`` runs this file in .venv-extras
 (torch 2.14.1 + torchvision 0.29.1) with VHSUP_REQUIRE_SPANDREL=1, where a
 missing spandrel is a failure, not a skip.
 
@@ -37,7 +37,7 @@ spandrel, _info = community._import_spandrel()
 if spandrel is None:
     if os.environ.get("VHSUP_REQUIRE_SPANDREL") == "1":
         pytest.fail(f"spandrel {_info}", pytrace=False)
-    pytest.skip(f"spandrel {_info}; `make test` runs this file in .venv-community", allow_module_level=True)
+    pytest.skip(f"spandrel {_info}; `make test` runs this file in .venv-extras", allow_module_level=True)
 
 from spandrel.architectures.DRUNet import DRUNet  # noqa: E402
 from spandrel.architectures.SAFMN import SAFMN  # noqa: E402

@@ -109,6 +109,7 @@ OTHER = {
     "deinterlace": "on",
     "field_rate": "double",
     "field_order": "bff",
+    "qtgmc_preset": "fast",
     "ivtc": True,
     "force_ivtc": True,
     "crop": "8,0,8,0",

@@ -38,7 +38,10 @@ from typing import Any, Literal, NamedTuple
 
 from vhsup.errors import VhsupError
 from vhsup.media import VIDEO_CODECS
+from vhsup.media.filters import DEINTERLACE_CHOICES
 from vhsup.media.geometry import Crop
+from vhsup.restore.qtgmc import DEFAULT_PRESET as QTGMC_DEFAULT
+from vhsup.restore.qtgmc import PRESETS as QTGMC_PRESETS
 
 #: How the command line reads an option: "tile" and "count" are "auto" or a number.
 Kind = Literal["text", "int", "float", "flag", "path", "choice", "tile", "count"]
@@ -129,7 +132,22 @@ class Options:
         "auto", "auto, 0 (whole frames) or a tile edge in input pixels.", kind="tile", commands=_ENGINE
     )
     batch: int | str = _opt("auto", "Frames or tiles per forward pass.", kind="count", commands=_ENGINE)
-    deinterlace: str = _opt("auto", choices=("auto", "on", "off"), commands=_MEDIA, output=True)
+    deinterlace: str = _opt(
+        "auto",
+        "auto: when the picture is interlaced; on: always. Both take QTGMC where the restore extra is "
+        "installed, bwdif elsewhere; qtgmc or bwdif: that one, always.",
+        choices=DEINTERLACE_CHOICES,
+        commands=_MEDIA,
+        output=True,
+    )
+    qtgmc_preset: str = _opt(
+        QTGMC_DEFAULT,
+        "QTGMC's temporal radii, as its presets of these names (slower is QTGMC's default).",
+        choices=tuple(QTGMC_PRESETS),
+        commands=_PLAN,
+        output=True,
+        added_later=True,
+    )
     field_rate: str = _opt(
         "single",
         "double: one frame per field (59.94p from 29.97i).",

@@ -214,6 +214,7 @@ def field_plan(info: VideoInfo, opts: Options) -> FilterPlan:
         ivtc=opts.ivtc,
         field_order=opts.field_order,
         force_ivtc=opts.force_ivtc,
+        qtgmc_preset=opts.qtgmc_preset,
     )
 
 

@@ -1,7 +1,10 @@
 """Turn decoded frames into progressive RGB pictures.
 
 libavfilter does the field work: ``bwdif`` (or ``yadif`` where a build lacks
-it) deinterlaces, ``fieldmatch`` + ``decimate`` undo 3:2 telecine. Then each
+it) deinterlaces, ``fieldmatch`` + ``decimate`` undo 3:2 telecine. QTGMC,
+the restorers' deinterlacer, runs through VapourSynth where the ``restore``
+extra is installed (:mod:`vhsup.restore.qtgmc`): ``--deinterlace auto``
+takes it there, bwdif elsewhere. Then each
 frame is converted to full-range RGB with the source's own matrix and
 cropped. Models treat combing as texture, so getting this step right matters
 more than any model choice.
@@ -23,6 +26,8 @@ from vhsup.media.picture import Picture
 from vhsup.media.probe import VideoInfo
 
 DEINTERLACERS = ("bwdif", "yadif")  # bwdif first: better and ~2.7x faster
+#: --deinterlace: auto and on take QTGMC where the restore extra works, bwdif elsewhere.
+DEINTERLACE_CHOICES = ("auto", "on", "off", "qtgmc", "bwdif")
 
 
 @dataclass(frozen=True)
@@ -31,7 +36,7 @@ class FilterPlan:
 
     Attributes:
         deinterlace: run a deinterlacer.
-        method: 'bwdif' or 'yadif' (whichever this FFmpeg build has).
+        method: 'qtgmc' (VapourSynth), or 'bwdif' or 'yadif' (whichever this FFmpeg build has).
         parity: 'tff' or 'bff'.
         double_rate: one output frame per field (59.94p from 29.97i).
         only_flagged: deinterlace only frames flagged interlaced (mixed content).
@@ -39,6 +44,8 @@ class FilterPlan:
         rate: output frame rate.
         notes: what the user should be told about these decisions (flags
             overruled by the pictures, an inverse telecine that may not fit).
+        preset: QTGMC's preset (method 'qtgmc' only).
+        fallback: why auto did not take QTGMC, for ``describe`` ('' when it did or was not asked).
     """
 
     deinterlace: bool
@@ -49,6 +56,8 @@ class FilterPlan:
     ivtc: bool
     rate: Fraction
     notes: tuple[str, ...] = ()
+    preset: str | None = None
+    fallback: str = ""
 
     def describe(self) -> str:
         if self.ivtc:
@@ -57,7 +66,9 @@ class FilterPlan:
             return "none (progressive)"
         what = "field rate" if self.double_rate else "frame rate"
         scope = ", flagged frames only" if self.only_flagged else ""
-        return f"{self.method} {self.parity}, {what} -> {float(self.rate):.3f}p{scope}"
+        name = f"{self.method} {self.preset}" if self.preset else self.method
+        why = f" ({self.fallback})" if self.fallback else ""
+        return f"{name} {self.parity}, {what} -> {float(self.rate):.3f}p{scope}{why}"
 
 
 def available_deinterlacer() -> str | None:
@@ -73,6 +84,7 @@ def plan_filters(
     ivtc: bool = False,
     field_order: str = "auto",
     force_ivtc: bool = False,
+    qtgmc_preset: str = "slower",  # vhsup.restore.qtgmc.DEFAULT_PRESET
 ) -> FilterPlan:
     """Decide the field handling from the probe and the user's options.
 
@@ -82,17 +94,27 @@ def plan_filters(
     picture that clearly is not telecined unless ``force_ivtc``: it would
     drop a fifth of the frames. The plan's ``notes`` also name every option
     that will not do what it says.
+
+    ``deinterlace`` 'auto' and 'on' take QTGMC where the restore extra works
+    (and the picture is wholly interlaced: mixed content keeps bwdif on the
+    flagged frames), bwdif elsewhere; 'qtgmc' and 'bwdif' name one.
     """
-    plan = _decide(info, deinterlace, field_rate, ivtc, field_order, force_ivtc)
+    plan = _decide(info, deinterlace, field_rate, ivtc, field_order, force_ivtc, qtgmc_preset)
     notes = _option_notes(info, plan, deinterlace=deinterlace, field_rate=field_rate, field_order=field_order)
     return replace(plan, notes=plan.notes + tuple(notes)) if notes else plan
 
 
 def _decide(
-    info: VideoInfo, deinterlace: str, field_rate: str, ivtc: bool, field_order: str, force_ivtc: bool
+    info: VideoInfo,
+    deinterlace: str,
+    field_rate: str,
+    ivtc: bool,
+    field_order: str,
+    force_ivtc: bool,
+    qtgmc_preset: str = "slower",  # vhsup.restore.qtgmc.DEFAULT_PRESET
 ) -> FilterPlan:
-    if deinterlace not in ("auto", "on", "off"):
-        raise VhsupError(f"--deinterlace must be auto, on or off, not {deinterlace!r}")
+    if deinterlace not in DEINTERLACE_CHOICES:
+        raise VhsupError(f"--deinterlace must be one of {', '.join(DEINTERLACE_CHOICES)}, not {deinterlace!r}")
     if field_rate not in ("single", "double"):
         raise VhsupError(f"--field-rate must be single or double, not {field_rate!r}")
     if field_order not in ("auto", "tff", "bff"):
@@ -133,15 +155,32 @@ def _decide(
         return FilterPlan(
             False, available_deinterlacer(), parity, False, False, True, info.fps * Fraction(4, 5), tuple(notes)
         )
-    wanted = deinterlace == "on" or (deinterlace == "auto" and verdict.interlaced)
+    wanted = deinterlace in ("on", "bwdif", "qtgmc") or (deinterlace == "auto" and verdict.interlaced)
     if not wanted:
         return FilterPlan(False, None, parity, False, False, False, info.fps)
+    double = field_rate == "double"
+    rate = info.fps * (2 if double else 1)
+    only_flagged = deinterlace == "auto" and verdict.mixed and not double
+    fallback = ""
+    if deinterlace == "qtgmc" or (deinterlace in ("auto", "on") and not only_flagged):
+        from vhsup.restore import qtgmc
+
+        if qtgmc_preset not in qtgmc.PRESETS:
+            raise VhsupError(f"--qtgmc-preset must be one of {', '.join(qtgmc.PRESETS)}, not {qtgmc_preset!r}")
+        why = qtgmc.unusable(info.width, info.height)
+        if why is None:
+            return FilterPlan(True, "qtgmc", parity, double, False, False, rate, tuple(notes), preset=qtgmc_preset)
+        if deinterlace == "qtgmc":
+            raise VhsupError(f"--deinterlace qtgmc: {why}", info.path)
+        if qtgmc.not_installed(why):
+            fallback = f"QTGMC: {qtgmc.INSTALL}"
+        else:
+            fallback = "not QTGMC: see the notice"
+            notes.append(f"--deinterlace {deinterlace}: bwdif, not QTGMC: {why}")
     method = available_deinterlacer()
     if method is None:
         raise VhsupError("this FFmpeg build has neither bwdif nor yadif; use --deinterlace off", info.path)
-    double = field_rate == "double"
-    only_flagged = deinterlace == "auto" and verdict.mixed and not double
-    return FilterPlan(True, method, parity, double, only_flagged, False, info.fps * (2 if double else 1), tuple(notes))
+    return FilterPlan(True, method, parity, double, only_flagged, False, rate, tuple(notes), fallback=fallback)
 
 
 def _option_notes(
@@ -247,6 +286,11 @@ def progressive_frames(
     frames: Iterable[av.VideoFrame], stream: av.video.stream.VideoStream, plan: FilterPlan, threads: int = 1
 ) -> Iterator[av.VideoFrame]:
     """Apply the field plan to a frame stream (an identity for progressive input)."""
+    if plan.method == "qtgmc" and plan.deinterlace:
+        from vhsup.restore import qtgmc
+
+        yield from qtgmc.deinterlace(iter(frames), stream, plan)
+        return
     filt = FieldFilter(stream, plan, threads)
     for frame in frames:
         yield from filt.feed(frame)

@@ -1,0 +1,43 @@
+"""Without the ``restore`` extra (the main venv, Python 3.11): QTGMC asked for fails in one line
+naming the install, ``auto`` takes bwdif, and ``probe`` says which and why.
+
+tests/test_restore.py runs QTGMC itself, in the extras venv.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from vhsup import upscale_video
+from vhsup.cli import main
+from vhsup.errors import VhsupError
+from vhsup.restore import vs as bridge
+
+_reason = bridge.check()
+if _reason is None or "is not installed" not in _reason:
+    pytest.skip("the restore extra is installed here: tests/test_restore.py runs it", allow_module_level=True)
+
+INSTALL = "pip install 'vhsup[restore]'"
+
+
+def test_deinterlace_qtgmc_fails_in_one_line_naming_the_install(dvd_clip, tmp_path):
+    dst = tmp_path / "out.mkv"
+    r = CliRunner().invoke(
+        main, ["upscale", str(dvd_clip.path), "-o", str(dst), "--model", "bicubic", "--deinterlace", "qtgmc"]
+    )
+    assert r.exit_code != 0
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and INSTALL in lines[0] and "--deinterlace qtgmc" in lines[0], r.output
+    assert "Traceback" not in r.output and not dst.exists()
+    with pytest.raises(VhsupError, match="VapourSynth is not installed.*restore"):
+        upscale_video(dvd_clip.path, dst, model="bicubic", deinterlace="qtgmc")
+
+
+def test_auto_takes_bwdif_and_probe_says_so(dvd_clip):
+    r = CliRunner().invoke(main, ["probe", str(dvd_clip.path), "--json"])
+    assert r.exit_code == 0, r.output
+    fields = json.loads(r.output)["plan"]["deinterlace"]
+    assert fields.startswith("bwdif tff") and f"QTGMC: {INSTALL}" in fields
