@@ -337,3 +337,136 @@ def test_anchor_row_or_a_one_line_reason(bench, monkeypatch):
     assert fixed["anchor"] == "vs-temporalfix" and fixed["frames"] == FRAMES
     per_frame = rows["talking_head-dvd", "compact-x4.temporal-off"]
     assert fixed["scores"]["mean"]["e_warp"] < per_frame["scores"]["mean"]["e_warp"]
+
+
+# --------------------------------------------------------------------------
+# --with: the pipeline's other options as rows of their own.
+
+
+def test_with_option_sets_parse_and_name_their_rows():
+    from dataclasses import fields
+
+    from vhsup.eval.run import OWNED, Config, configs, options_label, parse_option_set, with_options
+    from vhsup.options import Options
+
+    both = parse_option_set("chroma-shift=-3.5,0, detail=0.5")  # a comma inside a value stays in it
+    assert both == (("chroma_shift", "-3.5,0"), ("detail", 0.5))
+    assert options_label(both) == "chroma_shift--3.5,0+detail-0.5"
+    assert parse_option_set("tile=auto") == (("tile", "auto"),) and parse_option_set("tile=64") == (("tile", 64),)
+    # the keys are Options' own, less those the run sets itself: an option added there works here
+    assert with_options() == [f.name for f in fields(Options) if f.name not in OWNED]
+    assert {"deinterlace", "chroma_shift", "detail"} <= set(with_options())
+    # a row without options keeps its name; each option set follows its plain row, the baseline's too
+    rows = configs(["compact-x4"], ["auto"], option_sets=[(("detail", 0.0),), (("detail", 0.0),)])
+    assert [c.label for c in rows] == [
+        "bicubic.temporal-off",
+        "bicubic.temporal-off.detail-0",
+        "compact-x4.temporal-auto",
+        "compact-x4.temporal-auto.detail-0",
+    ]
+    assert Config("weights/my.pth", "off", "vs-temporalfix").label == "my.temporal-off.vs-temporalfix"
+
+
+def test_with_rows_run_the_pipeline_with_the_options_and_report_beside_their_plain_rows(bench, ran, tmp_path):
+    """detail=0 is a Lanczos upscale whatever the model: compact-x4's row then scores as bicubic's
+    detail=0 row, frame for frame, and not as compact-x4's plain row; the plain rows are as without --with."""
+    window = ",".join(map(str, WINDOW))
+    code, out, err = cli(
+        "eval", "run", bench, "--model", "compact-x4", "--temporal", "off", "--with", "detail=0",
+        "--clip", "talking_head-dvd", "--window", window, "--out", tmp_path / "results", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    rows = _rows(out)
+    clip = "talking_head-dvd"
+    labels = ["bicubic.temporal-off", "bicubic.temporal-off.detail-0"]
+    labels += ["compact-x4.temporal-off", "compact-x4.temporal-off.detail-0"]
+    assert [k for _, k in rows] == labels
+    earlier = {(r["clip"], r["config"]): r for r in ran}
+    for plain in CONFIGS:
+        assert rows[clip, plain]["scores"] == earlier[clip, plain]["scores"]
+        assert (rows[clip, plain]["options"], rows[clip, plain]["options_label"]) == ({}, "")
+    lanczos, model = rows[clip, "compact-x4.temporal-off.detail-0"], rows[clip, "compact-x4.temporal-off"]
+    assert (lanczos["options"], lanczos["options_label"]) == ({"detail": 0.0}, "detail-0")
+    assert lanczos["scores"] == rows[clip, "bicubic.temporal-off.detail-0"]["scores"]
+    assert abs(lanczos["scores"]["mean"]["psnr_y"] - model["scores"]["mean"]["psnr_y"]) > 0.5
+    folder = tmp_path / "results" / clip
+    stored = json.loads((folder / "compact-x4.temporal-off.detail-0.json").read_text())
+    assert stored == lanczos
+    assert all((folder / s["output"]).is_file() and "detail-0-f" in s["output"] for s in stored["samples"])
+
+    # A result of before --with (no options recorded) still loads, in its place.
+    old = folder / "compact-x4.temporal-off.json"
+    record = json.loads(old.read_text())
+    del record["options"], record["options_label"]
+    old.write_text(json.dumps(record))
+    report = tmp_path / "report"
+    code, out, err = cli("eval", "report", bench, "--results", tmp_path / "results", "--out", report, "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert [row["config"] for row in summary["overall"]] == labels
+    assert [row["config"] for row in summary["clips"][clip]["rows"]] == labels
+    assert summary["overall"][3]["psnr_y"] == pytest.approx(lanczos["scores"]["mean"]["psnr_y"])
+    assert summary["overall"][3]["options"] == {"detail": 0.0}
+    for sheet in summary["clips"][clip]["sheets"]:
+        assert sheet["configs"] == labels
+        x, y, w, h = sheet["box"]
+        img = read_png(report / sheet["file"])
+        assert img.shape == (22 + 16 + h, 5 * w + 4 * 4, 3)  # a second line in the labels: the options
+        truth = truth_window("talking_head").frame(sheet["frame"])[y : y + h, x : x + w]
+        assert np.array_equal(img[38:, :w], truth)
+    md = (report / "report.md").read_text()
+    assert md.count("| compact-x4.temporal-off.detail-0 |") == 2 and md.count("| compact-x4.temporal-off |") == 2
+
+
+def test_with_deinterlacers_give_rows_of_their_own(bench, tmp_path):
+    """The baseline alone, after two deinterlacers: bicubic after bwdif is not bicubic on the woven frames."""
+    window = ",".join(map(str, WINDOW))
+    code, out, err = cli(
+        "eval", "run", bench, "--model", "bicubic", "--with", "deinterlace=bwdif", "--with", "deinterlace=off",
+        "--clip", "talking_head-vhs", "--window", window, "--out", tmp_path, "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    rows = _rows(out)
+    assert [k for _, k in rows] == [
+        "bicubic.temporal-off",
+        "bicubic.temporal-off.deinterlace-bwdif",
+        "bicubic.temporal-off.deinterlace-off",
+    ]
+    bwdif, woven = (
+        rows["talking_head-vhs", "bicubic.temporal-off.deinterlace-bwdif"],
+        rows["talking_head-vhs", "bicubic.temporal-off.deinterlace-off"],
+    )
+    assert (bwdif["options"], woven["options"]) == ({"deinterlace": "bwdif"}, {"deinterlace": "off"})
+    assert bwdif["scores"]["per_frame"]["psnr_y"] != woven["scores"]["per_frame"]["psnr_y"]
+    assert abs(bwdif["scores"]["mean"]["psnr_y"] - woven["scores"]["mean"]["psnr_y"]) > 0.1
+
+
+def test_with_errors_are_one_line_and_come_before_any_clip_runs(bench, tmp_path):
+    from vhsup.eval.run import with_options
+
+    allowed = ", ".join(n.replace("_", "-") for n in with_options())
+    base = ["eval", "run", bench, "--model", "bicubic", "--clip", "talking_head-dvd", "--out", tmp_path / "r"]
+    one_line_error([*base, "--with", "sharpen=2"], f"--with: unknown option 'sharpen'; --with takes {allowed}")
+    one_line_error(
+        [*base, "--with", "detail=0.5,temporal=off"],
+        f"--with temporal: the eval run sets it (--temporal); --with takes {allowed}",
+    )
+    one_line_error(
+        [*base, "--with", "frames=2"], f"--with frames: the eval run sets it (--frames); --with takes {allowed}"
+    )
+    one_line_error([*base, "--with", "detail=much"], "--with detail=much: 'much' is not a valid float.")
+    one_line_error(
+        [*base, "--with", "deinterlace=yadif"],
+        "--with deinterlace=yadif: 'yadif' is not one of 'auto', 'on', 'off', 'qtgmc', 'bwdif'.",
+    )
+    one_line_error([*base, "--with", "detail"], "--with takes KEY=VALUE[,KEY=VALUE...], not 'detail'")
+    # a value only the pipeline refuses is found by planning it, before the first row runs
+    one_line_error(
+        [*base, "--with", "detail=0.5", "--with", "detail=2"],
+        "--with detail=2: --detail must be between 0 and 1 (0: Lanczos, 1: the model), not 2.0",
+    )
+    one_line_error(
+        [*base, "--with", "chroma-shift=left"],
+        "--with chroma-shift=left: --chroma-shift must be auto, off or X,Y pixels (e.g. -3.5,0), not 'left'",
+    )
+    assert not (tmp_path / "r").exists()

@@ -68,6 +68,23 @@ def _click_option(d: Declared, command: str) -> Callable[[F], F]:
     return click.option(flag, d.name, **kwargs)
 
 
+def parse_value(d: Declared, text: str) -> Any:
+    """``text`` read as the option's flag reads its value (a flag's: true/false, yes/no, on/off, 1/0).
+
+    Raises click.BadParameter as the flag would. ``vhsup eval run --with KEY=VALUE`` reads its values here.
+    """
+    kind = d.opt.kind
+    if kind == "flag":
+        return click.BOOL.convert(text, None, None)
+    if kind == "choice":
+        return click.Choice(d.opt.choices).convert(text, None, None)
+    if kind in _TYPES:
+        return click.types.convert_type(_TYPES[kind]).convert(text, None, None)
+    if kind in _PARSERS:
+        return _PARSERS[kind](text)
+    return text
+
+
 def upscale_options(command: str) -> Callable[[F], F]:
     """A decorator adding the flags of every upscale option ``command`` offers, in declaration order."""
     options = [_click_option(d, command) for d in declared(command)]

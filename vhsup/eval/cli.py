@@ -2,6 +2,7 @@
 
     vhsup eval build --out bench-data/
     vhsup eval run bench-data/ --model compact-x4 --temporal off --temporal auto
+    vhsup eval run bench-data/ --model compact-x4 --with deinterlace=bwdif --with 'denoise=medium,detail=0.5'
     vhsup eval report bench-data/ --out report/
 
 Register with ``main.add_command(eval_group)`` in ``vhsup.cli``; it also works
@@ -114,21 +115,37 @@ def build(out_dir: Path, seconds, scenes, variants, seed, overwrite, as_json, de
     is_flag=True,
     help="Also run each model per frame followed by vs_temporalfix (needs make anchor-venv).",
 )
+@click.option(
+    "--with",
+    "option_sets",
+    multiple=True,
+    metavar="KEY=VALUE[,KEY=VALUE...]",
+    help="Also run every row (bicubic's too) with these upscale options, e.g. deinterlace=bwdif, "
+    "denoise=medium, chroma-shift=auto, detail=0.5: KEY an option of vhsup upscale (dashes or underscores), "
+    "VALUE as its flag takes it. Repeatable: each --with is one more row per configuration.",
+)
 @click.option("--out", "results", type=_PATH, default=None, help="Results folder (default: FOLDER/results).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON list.")
 @debug_option
-def run(folder: Path, models, temporals, clips, frames, window, anchor, results, as_json, debug) -> None:
+def run(folder: Path, models, temporals, clips, frames, window, anchor, option_sets, results, as_json, debug) -> None:
     """Run each --model x --temporal configuration (and bicubic, the baseline) on the benchmark in FOLDER.
 
     Each output frame is scored against the clip's ground truth; results go
     to FOLDER/results/<clip>/<config>.json.
+
+    \b
+    Each --with adds one row per configuration, run with those options as
+    well, named after them: --with 'denoise=medium,chroma-shift=auto' gives
+    compact-x4.temporal-auto.denoise-medium+chroma_shift-auto. The options
+    are checked, and planned on the first clip, before any clip runs.
     """
-    from vhsup.eval.run import configs, parse_window, run_benchmark
+    from vhsup.eval.run import configs, parse_option_set, parse_window, run_benchmark
 
     choice = parse_window(window)
+    sets = [parse_option_set(text) for text in option_sets]
     done = run_benchmark(
         folder,
-        configs(models, temporals, anchor=anchor),
+        configs(models, temporals, anchor=anchor, option_sets=sets),
         clips=clips,
         window=choice,
         frames=frames,

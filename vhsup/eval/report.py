@@ -6,7 +6,9 @@ folder:
 * ``report.md``: a table per clip and one over all clips, one row per
   configuration (PSNR-Y, SSIM-Y, HaarPSI, E_warp, flicker, tOF, fps);
   the overall row of a configuration averages its clip means over the
-  clips it ran on (fps: all its frames over all its seconds);
+  clips it ran on (fps: all its frames over all its seconds). The
+  baseline comes first; a row run with ``--with`` options
+  (``compact-x4.temporal-auto.denoise-medium``) follows its plain row;
 * ``<clip>-f<frame>-<kind>.png``: crop sheets, the truth beside the same
   region of every configuration's output (the baseline first), each tile
   labelled with its name and the region's PSNR-Y;
@@ -33,7 +35,7 @@ import numpy as np
 from vhsup.atomic import replacing
 from vhsup.errors import VhsupError
 from vhsup.eval.metrics import psnr_y
-from vhsup.eval.run import BASELINE, RESULT_FORMAT, RESULTS, Benchmark, load_benchmark
+from vhsup.eval.run import BASELINE, RESULT_FORMAT, RESULTS, Benchmark, load_benchmark, value_text
 
 Echo = Callable[[str], None]
 
@@ -48,6 +50,7 @@ COLUMNS: tuple[tuple[str, str, int], ...] = (
     ("fps", "fps", 2),
 )
 _LABEL_H = 22  # the label band above each crop-sheet tile
+_LINE_H = 16  # each further line of a label band
 _GAP = 4
 
 
@@ -108,14 +111,30 @@ def load_results(bench: Benchmark, results: Path) -> tuple[dict[str, list[dict[s
             r["_folder"] = folder
             rows.append(r)
         if rows:
-            rows.sort(key=lambda r: (r["model"] != BASELINE, r["config"]))
+            rows.sort(key=order)
             by_clip[clip.name] = rows
     return by_clip, skipped
+
+
+def split_label(result: dict[str, Any]) -> tuple[str, str]:
+    """A result's row name as (the plain row's, its ``--with`` options' or '')."""
+    config = str(result["config"])
+    suffix = str(result.get("options_label") or "")  # results of before --with have none
+    if suffix and config.endswith("." + suffix):
+        return config[: -len(suffix) - 1], suffix
+    return config, ""
+
+
+def order(result: dict[str, Any]) -> tuple[bool, str, str]:
+    """Where a result's row goes: the baseline first, then by name, each ``--with`` row after its plain row."""
+    base, suffix = split_label(result)
+    return result.get("model") != BASELINE, base, suffix
 
 
 def _row(r: dict[str, Any]) -> dict[str, Any]:
     mean = r["scores"]["mean"]
     row: dict[str, Any] = {"config": r["config"], "temporal_ran": r.get("temporal_ran"), "frames": r["frames"]}
+    row["options"] = r.get("options") or {}
     for key, _, _ in COLUMNS:
         row[key] = _f(mean[key]) if key in mean else _f(r.get(key))
     return row
@@ -134,8 +153,9 @@ def overall(by_clip: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
         for r in rows:
             gathered.setdefault(r["config"], []).append(r)
     table = []
-    for config, rs in gathered.items():
+    for config, rs in sorted(gathered.items(), key=lambda item: order(item[1][0])):
         row: dict[str, Any] = {"config": config, "clips": len(rs), "frames": sum(int(r["frames"]) for r in rs)}
+        row["options"] = rs[0].get("options") or {}
         for key, _, _ in COLUMNS:
             if key == "fps":
                 seconds = sum(_f(r["seconds"]) for r in rs)
@@ -146,7 +166,6 @@ def overall(by_clip: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
         truth = _mean([_f(r["scores"]["mean"]["e_warp_truth"]) for r in rs])
         row["flicker"] = row["e_warp"] / truth if truth > 0 else math.nan
         table.append(row)
-    table.sort(key=lambda row: (not row["config"].startswith(BASELINE + "."), row["config"]))
     return table
 
 
@@ -159,31 +178,43 @@ def _read_png(path: Path) -> np.ndarray | None:
     return None if img is None else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def _labelled(tile: np.ndarray, text: str, width: int) -> np.ndarray:
-    """``tile`` under a white band holding ``text`` (cut to fit ``width``)."""
+def _labelled(tile: np.ndarray, lines: Sequence[str], width: int) -> np.ndarray:
+    """``tile`` under a white band holding ``lines`` of text (each cut to fit ``width``)."""
     h, w = tile.shape[:2]
-    out = np.full((_LABEL_H + h, width, 3), 255, np.uint8)
-    out[_LABEL_H:, :w] = tile
+    band = _LABEL_H + _LINE_H * (len(lines) - 1)
+    out = np.full((band + h, width, 3), 255, np.uint8)
+    out[band:, :w] = tile
     scale = 0.45
-    while len(text) > 3 and cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] > width - 4:
-        text = text[:-2] + "~"
-    cv2.putText(out, text, (2, _LABEL_H - 7), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    for i, text in enumerate(lines):
+        while len(text) > 3 and cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] > width - 4:
+            text = text[:-2] + "~"
+        y = _LABEL_H - 7 + i * _LINE_H
+        cv2.putText(out, text, (2, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
     return out
 
 
-def crop_sheet(truth: np.ndarray, tiles: Sequence[tuple[str, np.ndarray]]) -> np.ndarray:
+def crop_sheet(
+    truth: np.ndarray, tiles: Sequence[tuple[str, np.ndarray]], notes: Sequence[str] | None = None
+) -> np.ndarray:
     """The truth and each labelled output side by side, ``_GAP`` white pixels apart.
 
     Each tile is as big as the region (no resampling); the label band is
     ``_LABEL_H`` pixels tall above it. Output tiles are labelled with their
-    name and their PSNR-Y against the truth.
+    name and their PSNR-Y against the truth. With ``notes`` (one per tile:
+    its ``--with`` options, or ''), the band has a second line, ``_LINE_H``
+    taller: the name on the first, the PSNR-Y and the note on the second.
     """
     h, w = truth.shape[:2]
-    parts = [_labelled(truth, "truth", w)]
-    for name, rgb in tiles:
+    parts = [_labelled(truth, ["truth"] if notes is None else ["truth", ""], w)]
+    for i, (name, rgb) in enumerate(tiles):
         p = psnr_y(rgb, truth)
-        parts.append(_labelled(rgb, f"{name} {p:.2f} dB" if math.isfinite(p) else name, w))
-    gap = np.full((_LABEL_H + h, _GAP, 3), 255, np.uint8)
+        db = f"{p:.2f} dB" if math.isfinite(p) else ""
+        if notes is None:
+            lines = [f"{name} {db}" if db else name]
+        else:
+            lines = [name, " ".join(t for t in (db, notes[i]) if t)]
+        parts.append(_labelled(rgb, lines, w))
+    gap = np.full((parts[0].shape[0], _GAP, 3), 255, np.uint8)
     row: list[np.ndarray] = []
     for part in parts:
         row += [part, gap]
@@ -201,16 +232,24 @@ def _sheets(clip: str, rows: list[dict[str, Any]], out: Path) -> list[dict[str, 
         truth = _read_png(rows[0]["_folder"] / sample["truth"])
         if truth is None:
             continue
-        tiles = []
+        tiles, notes, configs = [], [], []
         for r in rows:
             match = [s for s in r.get("samples", []) if (s["frame"], s["kind"], tuple(s["box"])) == (frame, kind, box)]
             pic = _read_png(r["_folder"] / match[0]["output"]) if match else None
             if pic is not None and pic.shape == truth.shape:
-                tiles.append((r["config"], pic))
+                base, suffix = split_label(r)
+                tiles.append((base, pic))
+                given = r.get("options") or {}
+                note = ", ".join(f"{k}={value_text(v)}" for k, v in given.items()) if given else suffix
+                notes.append("with " + note if note else "")
+                configs.append(r["config"])
         if not tiles:
             continue
         name = f"{clip}-f{frame:04d}-{kind.replace(' ', '-')}.png"
-        sheet = crop_sheet(truth, tiles)
+        if any(notes):  # two lines: the plain row's name, then the PSNR-Y and the options
+            sheet = crop_sheet(truth, tiles, notes)
+        else:
+            sheet = crop_sheet(truth, [(c, pic) for c, (_, pic) in zip(configs, tiles)])
         with replacing(out / name, "crop sheet") as tmp:
             cv2.imwrite(str(tmp), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
         made.append(
@@ -220,7 +259,7 @@ def _sheets(clip: str, rows: list[dict[str, Any]], out: Path) -> list[dict[str, 
                 "kind": kind,
                 "box": list(box),
                 "motion": sample.get("motion"),
-                "configs": [t[0] for t in tiles],
+                "configs": configs,
             }
         )
     return made
@@ -313,7 +352,12 @@ def write_report(
         "## Overall",
         "",
         "Each configuration's clip means averaged over the clips it ran on; flicker is the ratio of the "
-        "averaged E_warps; fps over all its frames.",
+        "averaged E_warps; fps over all its frames."
+        + (
+            " A row named `<row>.KEY-VALUE[+KEY-VALUE...]` is `<row>` run with `--with KEY=VALUE[,...]`."
+            if any(row["options"] for row in total)
+            else ""
+        ),
         "",
         *_table(total, ("config", "clips", "frames")),
         "",

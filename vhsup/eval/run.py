@@ -7,8 +7,10 @@ made with. The build is deterministic (the same arguments give the same
 bytes), resumable (a clip already made with the same settings is kept)
 and refuses to replace a benchmark made with other settings unless asked.
 
-``run_benchmark(folder, configs)`` runs each configuration - a model and
-a ``--temporal`` mode - through vhsup's own pipeline in memory
+``run_benchmark(folder, configs)`` runs each configuration - a model, a
+``--temporal`` mode and, for ``--with`` rows, a set of other upscale
+options (``--with deinterlace=bwdif``, ``--with 'denoise=medium,detail=0.5'``)
+- through vhsup's own pipeline in memory
 (:class:`vhsup.pipeline.Run`), so that probing, deinterlacing, cropping and
 the engine run as they do for a user, and scores every output frame
 against the truth rebuilt from the sidecar (:mod:`vhsup.eval.scenes`) with
@@ -42,6 +44,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -312,37 +315,157 @@ def _ordered(clips: Iterable[BenchClip]) -> tuple[BenchClip, ...]:
 ANCHOR = "vs-temporalfix"
 
 
+#: One ``--with``: (option name, value as its flag reads it) pairs, in the order given.
+OptionSet = tuple[tuple[str, Any], ...]
+
+#: The options ``--with`` does not take, and why: the run sets them itself (the rows, the window, the
+#: frames scored against the truth at its size and rate), or they only concern a written file.
+_SETS = "the eval run sets it"
+_NO_FILE = "the eval run writes no video file"
+_RATE = "the output must keep the truth's frame rate"
+OWNED: dict[str, str] = {
+    "model": f"{_SETS} (--model)",
+    "temporal": f"{_SETS} (--temporal)",
+    "crop": f"{_SETS} (--window)",
+    "frames": f"{_SETS} (--frames)",
+    "start": "the eval run scores each clip from its first frame (--frames)",
+    "duration": "the eval run scores each clip from its first frame (--frames)",
+    "width": "the output must be the truth's size",
+    "height": "the output must be the truth's size",
+    "field_rate": _RATE,
+    "ivtc": _RATE,
+    "force_ivtc": _RATE,
+    "codec": _NO_FILE,
+    "crf": _NO_FILE,
+    "preset": _NO_FILE,
+    "pix_fmt": _NO_FILE,
+    "compare": _NO_FILE,
+    "overwrite": _NO_FILE,
+    "allow_download": "the eval run checks the models before it starts",
+}
+
+
+def with_options() -> list[str]:
+    """The options ``--with`` takes: every upscale option (vhsup.options) the run does not set itself."""
+    from vhsup.options import declared
+
+    return [d.name for d in declared() if d.name not in OWNED]
+
+
+def parse_option_set(text: str) -> OptionSet:
+    """One ``--with KEY=VALUE[,KEY=VALUE...]``: each KEY an upscale option's name (dashes or
+    underscores), each VALUE read as that option's flag reads it. A piece without ``=`` continues
+    the value before it, so that ``chroma-shift=-3.5,0`` is one value. One-line errors."""
+    import click
+
+    from vhsup.cli_params import parse_value
+    from vhsup.options import declared
+
+    pieces: list[list[str]] = []
+    for piece in text.split(","):
+        if "=" in piece:
+            pieces.append(list(piece.split("=", 1)))
+        elif pieces:
+            pieces[-1][1] += "," + piece
+        else:
+            raise VhsupError(f"--with takes KEY=VALUE[,KEY=VALUE...], not {text!r}")
+    known = {d.name: d for d in declared()}
+    allowed = ", ".join(n.replace("_", "-") for n in with_options())
+    out: dict[str, Any] = {}
+    for raw_key, raw_value in pieces:
+        key = raw_key.strip().lstrip("-").replace("-", "_")
+        value = raw_value.strip()
+        if key in OWNED:
+            raise VhsupError(f"--with {raw_key.strip()}: {OWNED[key]}; --with takes {allowed}")
+        if key not in known:
+            raise VhsupError(f"--with: unknown option {raw_key.strip()!r}; --with takes {allowed}")
+        if key in out:
+            raise VhsupError(f"--with {text}: {key.replace('_', '-')} is given twice")
+        if not value:
+            raise VhsupError(f"--with {raw_key.strip()}=: give a value")
+        try:
+            out[key] = parse_value(known[key], value)
+        except click.BadParameter as exc:
+            raise VhsupError(f"--with {key.replace('_', '-')}={value}: {exc.message}") from None
+    return tuple(out.items())
+
+
+def value_text(value: Any) -> str:
+    """An option's value as --with writes it (a flag on or off, a float as short as it goes)."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return format(value, "g")
+    return str(value)
+
+
+def options_label(options: OptionSet) -> str:
+    """An option set as part of a file name: ``denoise-medium+chroma_shift-auto`` ('' for none).
+
+    Keys are the options' field names (no dashes), so the first dash ends the key; values keep
+    letters, digits and ``.,_-``, anything else becomes ``_``.
+    """
+    return "+".join(f"{k}-{re.sub(r'[^A-Za-z0-9.,_-]', '_', value_text(v))}" for k, v in options)
+
+
+def options_json(options: OptionSet) -> dict[str, Any]:
+    """An option set as the results store it: {name: value}."""
+    return {k: v if isinstance(v, (bool, int, float, str)) or v is None else str(v) for k, v in options}
+
+
 @dataclass(frozen=True)
 class Config:
     """One row of the benchmark: a model (name or weights file) and a ``--temporal`` mode;
-    ``anchor`` rows run the model per frame and then vs_temporalfix (:mod:`vhsup.eval.anchor`)."""
+    ``anchor`` rows run the model per frame and then vs_temporalfix (:mod:`vhsup.eval.anchor`);
+    ``options``: other upscale options the row runs with (one ``--with``)."""
 
     model: str
     temporal: str
     anchor: str = ""
+    options: OptionSet = ()
 
     @property
-    def label(self) -> str:
-        """A name fit for a file: ``compact-x4.temporal-off`` (``...temporal-off.vs-temporalfix``)."""
+    def base_label(self) -> str:
+        """The label without the options: ``compact-x4.temporal-off`` (``...temporal-off.vs-temporalfix``)."""
         m = self.model
         stem = Path(m).stem if ("/" in m or os.sep in m or Path(m).suffix) else m
         return f"{stem}.temporal-{self.temporal}" + (f".{self.anchor}" if self.anchor else "")
 
+    @property
+    def label(self) -> str:
+        """A name fit for a file: :attr:`base_label`, then ``.`` and :func:`options_label` when
+        the row has options (``compact-x4.temporal-auto.denoise-medium+chroma_shift-auto``)."""
+        suffix = options_label(self.options)
+        return self.base_label + (f".{suffix}" if suffix else "")
 
-def configs(models: Sequence[str], temporals: Sequence[str], *, anchor: bool = False) -> list[Config]:
+
+def configs(
+    models: Sequence[str],
+    temporals: Sequence[str],
+    *,
+    anchor: bool = False,
+    option_sets: Sequence[OptionSet] = (),
+) -> list[Config]:
     """Every (model, temporal) pair, after the bicubic baseline (per frame), each once; with
-    ``anchor``, each model per frame followed by vs_temporalfix as well.
+    ``anchor``, each model per frame followed by vs_temporalfix as well. Each of these rows
+    runs plain and then once with each of ``option_sets`` (``--with``), the baseline too.
 
     Bicubic with ``auto`` is the baseline itself (auto leaves a classical
     resampler unstabilised), so it is not run twice.
     """
-    out = [Config(BASELINE, "off")]
+    sets: list[OptionSet] = [(), *dict.fromkeys(s for s in option_sets if s)]
+    rows = [Config(BASELINE, "off")]
     for m in models:
         for t in temporals:
-            if Config(m, t) not in out and (m, t) != (BASELINE, "auto"):
-                out.append(Config(m, t))
+            if Config(m, t) not in rows and (m, t) != (BASELINE, "auto"):
+                rows.append(Config(m, t))
         if anchor and m != BASELINE:
-            out.append(Config(m, "off", ANCHOR))
+            rows.append(Config(m, "off", ANCHOR))
+    out = [Config(c.model, c.temporal, c.anchor, s) for c in rows for s in sets]
+    labels: dict[str, OptionSet] = {}
+    for c in out:
+        if labels.setdefault(c.label, c.options) != c.options:
+            raise VhsupError(f"--with: two option sets give the same row name {c.label}; write their values apart")
     return out
 
 
@@ -505,6 +628,31 @@ def result_path(results: Path, clip_name: str, config: Config) -> Path:
     return results / clip_name / f"{config.label}.json"
 
 
+def _window_of(clip: BenchClip, window: Window | str) -> Window:
+    side = _read_json(clip.sidecar, "clip's sidecar")
+    return clip_window(clip.scene, window, side.get("mapping", {}).get("damaged_rows") or [])
+
+
+def check_option_sets(clip: BenchClip, configurations: Sequence[Config], *, window: Window | str = "default") -> None:
+    """Each ``--with`` option set planned on ``clip`` as a run would plan it, so that a value the
+    pipeline refuses (``detail=2``, ``deinterlace=qtgmc`` without the restore extra) is a one-line
+    error before any clip runs."""
+    from vhsup.options import Options
+    from vhsup.pipeline import make_plan
+
+    sets = dict.fromkeys(c.options for c in configurations if c.options)
+    if not sets:
+        return
+    crop = _window_of(clip, window).crop()
+    for options in sets:
+        opts = Options.from_kwargs(model=BASELINE, temporal="off", crop=crop, frames=1, **dict(options))
+        try:
+            make_plan(clip.path, opts, scale=4, model=BASELINE, classical=True)
+        except VhsupError as exc:
+            given = ",".join(f"{k.replace('_', '-')}={value_text(v)}" for k, v in options)
+            raise VhsupError(f"--with {given}: {exc.reason}", exc.path) from None
+
+
 def run_clip(
     clip: BenchClip,
     config: Config,
@@ -527,7 +675,9 @@ def run_clip(
     damaged = side.get("mapping", {}).get("damaged_rows") or []
     win = clip_window(clip.scene, window, damaged)
     limit = clip.frames if frames is None else min(int(frames), clip.frames)
-    opts = Options.from_kwargs(model=config.model, temporal=config.temporal, crop=win.crop(), frames=limit)
+    opts = Options.from_kwargs(
+        model=config.model, temporal=config.temporal, crop=win.crop(), frames=limit, **dict(config.options)
+    )
     run = Run(clip.path, opts)
     scale = int(run.engine.scale)
     s_win = (win.left * scale, win.top * scale, win.width * scale, win.height * scale)
@@ -604,6 +754,8 @@ def run_clip(
         "scale": scale,
         "temporal": config.temporal,
         "anchor": config.anchor,
+        "options": options_json(config.options),
+        "options_label": options_label(config.options),
         "temporal_ran": temporal_mode(run, opts),
         "device": str(run.engine.describe().get("device")),
         "window": win.to_json(),
@@ -659,6 +811,7 @@ def run_benchmark(
                 raise VhsupError(f"the {what} is missing; rebuild it with vhsup eval build", path)
     check_models([c.model for c in configurations])
     check_anchor(configurations)
+    check_option_sets(chosen[0], configurations, window=window)
     out = Path(results) if results is not None else bench.folder / RESULTS
     out.mkdir(parents=True, exist_ok=True)
     done = []
