@@ -1255,3 +1255,39 @@ def make_chroma_delay_clip(
         for pkt in stream.encode():
             out.mux(pkt)
     return path
+
+
+def grainy_render(width: int, height: int, sigma: float) -> Callable[[int], np.ndarray]:
+    """``picture=`` for make_clip: :func:`render`'s moving picture with fresh Gaussian grain
+    (``sigma`` codes, seeded by the frame) in every frame, as a tape gives; sigma 0 is its truth."""
+
+    def picture(index: int) -> np.ndarray:
+        clean = render(width, height, index, index * float(1 / NTSC_RATE))
+        if not sigma:
+            return clean
+        grain = np.random.default_rng(1000 + index).normal(0.0, sigma, clean.shape)
+        return np.clip(np.round(clean + grain), 0, 255).astype(np.uint8)
+
+    return picture
+
+
+def grainy_pan(width: int, height: int, sigma: float, step: int = 2) -> Callable[[int], np.ndarray]:
+    """``picture=`` for make_clip: a detailed texture panning ``step`` pixels a frame, with fresh
+    grain (``sigma`` codes, seeded by the frame) in every frame; sigma 0 is its truth. Only a
+    filter that follows the motion can average the grain away without smearing the texture."""
+    rng = np.random.default_rng(7)
+    wide = width + 64 * step
+    field = rng.normal(0.0, 1.0, (height // 4 + 2, wide // 4 + 2, 3))
+    # smooth blobs of a few pixels: detail a deck keeps, coarser than the grain
+    texture = np.kron(field, np.ones((4, 4, 1)))[:height, :wide]
+    for axis in (0, 1):
+        texture = (np.roll(texture, 1, axis) + 2 * texture + np.roll(texture, -1, axis)) / 4
+    texture = 128 + 40 * texture / texture.std()
+
+    def picture(index: int) -> np.ndarray:
+        x = (index * step) % (wide - width)
+        clean = texture[:, x : x + width]
+        grain = np.random.default_rng(2000 + index).normal(0.0, sigma, clean.shape) if sigma else 0.0
+        return np.clip(np.round(clean + grain), 0, 255).astype(np.uint8)
+
+    return picture

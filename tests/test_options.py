@@ -114,6 +114,8 @@ OTHER = {
     "force_ivtc": True,
     "crop": "8,0,8,0",
     "temporal": "strong",
+    "restore": "vhs",
+    "denoise": "medium",
     "chroma_shift": "auto",
     "detail": 0.5,
     "width": 640,

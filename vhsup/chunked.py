@@ -60,6 +60,7 @@ from vhsup.media.geometry import Crop, parse_crop
 from vhsup.media.probe import VideoInfo, probe
 from vhsup.options import Options, model_name, output_settings
 from vhsup.pipeline import Result, check_outputs, default_output, field_plan, source_range
+from vhsup.restore import preset as restore_preset
 from vhsup.restore.chroma import plan_shift
 from vhsup.workers import Pool, throttled
 
@@ -628,8 +629,8 @@ def upscale_chunked(
     if crop == "auto":
         # Decided once for the whole video, not once per chunk.
         crop = auto_crop(src_path, info)
-    opts = replace(opts, crop=crop or None)
-    if opts.chroma_shift.strip().lower() == "auto":  # measured once for the whole video too
+    opts = replace(restore_preset.resolve(opts, info), crop=crop or None)
+    if (opts.chroma_shift or "").strip().lower() == "auto":  # measured once for the whole video too
         shift = plan_shift("auto", src_path, info)
         opts = replace(opts, chroma_shift=f"{shift.x},{shift.y}")
     key = _settings_key(src_path, replace(opts, crop=str(crop) if crop else None), fmt)

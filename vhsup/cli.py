@@ -96,9 +96,11 @@ def probe(file: Path, as_json, debug, **options) -> None:
         rows.append((f"subtitle #{s.index}", s.codec + (f" [{s.language}]" if s.language else "")))
     p = plan.to_json()
     rows += [
+        ("plan: restore", _restore_row(plan.restore)),
         ("plan: fields", p["deinterlace"]),
         ("plan: crop", f"{p['crop']} ({p['crop_source']})"),
         ("plan: chroma shift", plan.chroma.describe()),
+        ("plan: denoise", plan.denoise.describe()),
         ("plan: model", f"{name} x{plan.scale}" + _detail_note(plan.detail)),
         ("plan: temporal", _temporal_row(plan.temporal, opts.temporal)),
         (
@@ -112,6 +114,13 @@ def probe(file: Path, as_json, debug, **options) -> None:
     for k, val in rows:
         t.add_row(escape(k), escape(val))
     out.print(t)
+
+
+def _restore_row(preset: str) -> str:
+    """The --restore preset, and that the rows after it are its stages in the order they run."""
+    if preset == "off":
+        return "off (stages below as their own flags say, in the order they run)"
+    return f"{preset} (the stages below, in the order they run, with the flags given winning)"
 
 
 def _device_name() -> str:

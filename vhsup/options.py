@@ -40,6 +40,8 @@ from vhsup.errors import VhsupError
 from vhsup.media import VIDEO_CODECS
 from vhsup.media.filters import DEINTERLACE_CHOICES
 from vhsup.media.geometry import Crop
+from vhsup.restore.denoise import LEVELS as DENOISE_LEVELS
+from vhsup.restore.preset import PRESETS as RESTORE_PRESETS
 from vhsup.restore.qtgmc import DEFAULT_PRESET as QTGMC_DEFAULT
 from vhsup.restore.qtgmc import PRESETS as QTGMC_PRESETS
 
@@ -181,10 +183,29 @@ class Options:
         commands=_MEDIA,
         output=True,
     )
-    chroma_shift: str = _opt(
+    restore: str = _opt(
         "off",
+        "The restorers' chain before SR in one flag: vhs = QTGMC deinterlace, --chroma-shift auto, --denoise "
+        "medium; dvd = inverse telecine where the picture is telecined (else deinterlace), --denoise light. "
+        "Flags given as well win.",
+        choices=RESTORE_PRESETS,
+        commands=_PLAN,
+        output=True,
+        added_later=True,
+    )
+    denoise: str = _opt(
+        "auto",
+        "Temporal denoise before SR: light, medium or strong (MVTools motion-compensated with the restore extra, "
+        "FFmpeg atadenoise without), off; auto: as --restore says, else off.",
+        choices=("auto", *DENOISE_LEVELS),
+        commands=_PLAN,
+        output=True,
+        added_later=True,
+    )
+    chroma_shift: str | None = _opt(
+        None,
         "Move the chroma back onto the luma before SR (tape chroma lags 2-6 px): auto (measured once per file), "
-        "off, or X,Y source pixels (right/down positive, e.g. -3.5,0).",
+        "off, or X,Y source pixels (right/down positive, e.g. -3.5,0). Default: off (auto with --restore vhs).",
         commands=_PLAN,
         output=True,
         added_later=True,

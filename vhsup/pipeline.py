@@ -2,7 +2,9 @@
 
 Three threads share the work. A decode thread demuxes, decodes,
 deinterlaces, moves the chroma back onto the luma (``--chroma-shift``,
-:mod:`vhsup.restore.chroma`) and converts to RGB; the calling thread runs
+:mod:`vhsup.restore.chroma`), removes noise over time (``--denoise``,
+:mod:`vhsup.restore.denoise`) and converts to RGB; ``--restore`` fills
+those in the restorers' order (:mod:`vhsup.restore.preset`). The calling thread runs
 the SR engine in batches (blended with a Lanczos upscale below
 ``--detail 1``) and the temporal stabiliser (:mod:`vhsup.stabilise`) frame by
 frame; an encode thread resizes to the target, converts to YUV, encodes
@@ -31,7 +33,9 @@ from vhsup.media.picture import Picture
 from vhsup.media.probe import VideoInfo, probe
 from vhsup.options import Options, model_name
 from vhsup.preview import check_still_name
+from vhsup.restore import preset
 from vhsup.restore.chroma import ChromaShift, plan_shift, shift_frames
+from vhsup.restore.denoise import Denoise, denoise_frames, plan_denoise
 from vhsup.stabilise import PERIOD, Stabiliser, resolve_mode
 from vhsup.stages import Background, Worker
 from vhsup.wording import aspect_label, plural
@@ -61,6 +65,8 @@ class Plan:
     notices: list[str] = field(default_factory=list)  # options that will not do what they say
     temporal: str = "off"  # the stabiliser mode that runs (--temporal, with auto resolved)
     chroma: ChromaShift = field(default_factory=ChromaShift)  # before SR (--chroma-shift)
+    denoise: Denoise = field(default_factory=Denoise)  # before SR, after the chroma move (--denoise)
+    restore: str = "off"  # the --restore preset that filled in the restore options
     detail: float = 1.0  # the model's share against a Lanczos upscale (--detail)
 
     def to_json(self) -> dict:
@@ -74,6 +80,8 @@ class Plan:
             "scale": self.scale,
             "temporal": self.temporal,
             "chroma_shift": self.chroma.to_json(),
+            "denoise": {"level": self.denoise.level, "method": self.denoise.method, "radius": self.denoise.radius},
+            "restore": self.restore,
             "detail": self.detail,
             "model_size": [g.in_w, g.in_h],
             "sr_size": [g.sr_w, g.sr_h],
@@ -114,6 +122,7 @@ class Result:
     backend: str = "torch"
     temporal: str = "off"
     chroma_shift: str = "off"
+    denoise: str = "off"
     detail: float = 1.0
 
     #: The fields that say how a run was set up, the same for every chunk of a chunked run.
@@ -131,6 +140,7 @@ class Result:
         "backend",
         "temporal",
         "chroma_shift",
+        "denoise",
         "detail",
     )
 
@@ -231,6 +241,7 @@ def make_plan(
     (``classical``: a resampler such as bicubic, which ``--temporal auto`` leaves alone)."""
     path = Path(src)
     info = info or probe(path)
+    opts = preset.resolve(opts, info)
     filters = field_plan(info, opts)
     crop = opts.crop if isinstance(opts.crop, Crop) else parse_crop(opts.crop)
     crop_source = "none" if not crop else "user"
@@ -243,6 +254,7 @@ def make_plan(
     start, end, limit = source_range(info, opts)
     detail = check_detail(opts.detail)
     shift = plan_shift(opts.chroma_shift, path, info)
+    denoise, denoise_notes = plan_denoise(opts.denoise, info.width, info.height)
     ratio = filters.rate / info.fps if info.fps else Fraction(1)
     estimate = int(round(info.frames * ratio))
     if start is not None or end is not None:
@@ -262,9 +274,11 @@ def make_plan(
         limit,
         max(estimate, 0),
         crop_source,
-        notices=list(filters.notes),
+        notices=list(filters.notes) + denoise_notes,
         temporal=resolve_mode(opts.temporal, classical),
         chroma=shift,
+        denoise=denoise,
+        restore=opts.restore,
         detail=detail,
     )
 
@@ -362,18 +376,20 @@ class Run:
             self._user_notice(message)
 
     def warm_up_start(self) -> Fraction | None:
-        """Where a span's pictures start when the stabiliser must warm up on the ones before it.
+        """Where a span's pictures start when a temporal stage must warm up on the ones before it.
 
-        A chunk's first frame depends on the :data:`~vhsup.stabilise.PERIOD`
-        pictures before it; upscaling those too (and not writing them) makes
-        a chunked run give the frames one whole run gives. Only spans warm
-        up: a --start preview does not pay for it.
+        With the stabiliser on, a chunk's first frame depends on the
+        :data:`~vhsup.stabilise.PERIOD` pictures before it; with ``--denoise``,
+        on the denoiser's radius. Upscaling those too (and not writing them)
+        makes a chunked run give the frames one whole run gives. Only spans
+        warm up: a --start preview does not pay for it.
         """
         p = self.plan
-        if not self.span or p.temporal == "off" or p.start is None:
+        back = max(PERIOD if p.temporal != "off" else 0, p.denoise.radius)
+        if not self.span or not back or p.start is None:
             return None
         first = Fraction(self.info.start_time).limit_denominator(1_000_000)
-        return max(first, p.start - (PERIOD + Fraction(1, 2)) / p.filters.rate)
+        return max(first, p.start - (back + Fraction(1, 2)) / p.filters.rate)
 
     # probe -> decode -> filter, in the decode thread
     def source_pictures(self, *, warm_up: bool = False) -> Iterator[Picture]:
@@ -381,6 +397,7 @@ class Run:
 
         With ``warm_up``, the stabiliser's warm-up pictures come first (see
         :meth:`warm_up_start`), numbered -1: they are upscaled, not written.
+        (The denoiser's warm-up frames only pass through the denoiser.)
         """
         plan, info = self.plan, self.info
         warm = self.warm_up_start() if warm_up else None
@@ -390,6 +407,7 @@ class Run:
             first = warm if warm is not None else plan.start
             frames = decode_from(container, first, threads=self.opts.decode_threads, stats=self.stats)
             progressive = shift_frames(progressive_frames(frames, stream, plan.filters), plan.chroma)
+            progressive = denoise_frames(progressive, plan.denoise, sar=info.sar, rate=plan.filters.rate)
             colour = source_colour(info.height, info.colorspace, info.color_range)
             if warm is None:
                 yield from pictures(
@@ -400,7 +418,8 @@ class Run:
             index = 0
             for pic in pictures(progressive, colour, plan.geometry.crop, start=warm, end=plan.end):
                 if pic.time < plan.start:
-                    yield Picture(pic.rgb, pic.time, -1)
+                    if plan.temporal != "off":  # the stabiliser's warm-up; the denoiser's needs no model
+                        yield Picture(pic.rgb, pic.time, -1)
                     continue
                 if plan.limit is not None and index >= plan.limit:
                     break
@@ -558,6 +577,7 @@ class Run:
             "backend": self.backend,
             "temporal": plan.temporal,
             "chroma_shift": plan.chroma.label(),
+            "denoise": plan.denoise.label(),
             "detail": plan.detail,
         }
         return Result.written(

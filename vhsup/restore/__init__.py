@@ -1,6 +1,8 @@
 """The restorers' stages that run on the source pictures before SR, one module per stage.
 
 ``chroma``: the chroma-to-luma delay of tape sources, measured and undone.
+``denoise``: temporal denoise (MVTools through the bridge, FFmpeg atadenoise without the extra).
+``preset``: ``--restore vhs|dvd``, the restorers' order in one flag.
 ``vs``: the VapourSynth bridge (the ``restore`` extra): decoded PyAV frames
 into a VapourSynth clip and back, in memory and streaming; PyAV keeps the
 audio, the subtitles and the frame accounting. It also tells whether the

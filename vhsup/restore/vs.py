@@ -228,6 +228,7 @@ def stream(
     sar: Fraction,
     rate: Fraction,
     per_frame: int = 1,
+    reach: int = 0,
     threads: int | None = None,
 ) -> Iterator[av.VideoFrame]:
     """Run decoded ``frames`` through ``chain`` (a VapourSynth clip -> clip); yield the output as PyAV frames.
@@ -239,6 +240,9 @@ def stream(
         sar: the source's sample aspect ratio, set on every frame.
         rate: the source's frame rate: a field after the last frame comes half a frame after it.
         per_frame: output frames per source frame (2 for a field-rate deinterlacer).
+        reach: how many source frames past frame n the chain asks for to make output n. They are
+            decoded in the calling thread before n is requested, so VapourSynth's threads never
+            pull on ``frames`` (which may itself be another bridge's output) while the input lasts.
         threads: VapourSynth's worker threads (default: the cores this process may use).
     """
     import vapoursynth as vs
@@ -294,7 +298,12 @@ def stream(
     j = 0
     try:
         while True:
-            while len(pending) < ahead and asked < out_clip.num_frames and source.exists(asked // per_frame):
+            while (
+                len(pending) < ahead
+                and asked < out_clip.num_frames
+                and source.exists(asked // per_frame)
+                and (source.exists(asked // per_frame + reach) or source.ended)
+            ):
                 pending.append(out_clip.get_frame_async(asked))
                 asked += 1
             if not pending:
