@@ -60,7 +60,7 @@ $(EXTRAS_STAMP): pyproject.toml
 	$(XPY) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' 2>/dev/null || { rm -rf $(EXTRAS_VENV) && $(PYTHON312) -m venv $(EXTRAS_VENV); }
 	$(XPY) -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(XPY) -c "import torchvision" 2>/dev/null || $(XPY) -m pip install --quiet $(COMMUNITY_TORCH_SPEC)
-	$(XPY) -m pip install --quiet -e '.[community,onnx,restore]' 'pytest>=8'
+	$(XPY) -m pip install --quiet -e '.[community,onnx,restore,eval]' 'pytest>=8'
 	touch $(EXTRAS_STAMP)
 
 # The tests of the community and restore extras run in the extras venv, where

@@ -197,3 +197,13 @@ def test_restore_vhs_on_a_dv_capture_runs_the_whole_chain_in_sync(dv_clip, tmp_p
     off = tmp_path / "off.mkv"
     upscale_video(dv_clip.path, off, **(FAST | {"deinterlace": "off"}))
     assert comb_energy(off) > 1.5 * comb_energy(dst)  # progressive
+
+
+def test_installing_the_extra_redoes_finished_work_that_it_changes():
+    """Chunked runs and batch libraries hash output_settings: with the extra, --deinterlace auto and
+    --denoise run QTGMC and MVTools, not bwdif and atadenoise, so their hash differs; bwdif alone does not."""
+    from vhsup.options import Options, output_settings
+
+    assert output_settings(Options(model="bicubic-x2")).get("restore_extra") is True
+    assert output_settings(Options(model="bicubic-x2", deinterlace="off", restore="vhs")).get("restore_extra") is True
+    assert "restore_extra" not in output_settings(Options(model="bicubic-x2", deinterlace="bwdif"))

@@ -41,3 +41,9 @@ def test_auto_takes_bwdif_and_probe_says_so(dvd_clip):
     assert r.exit_code == 0, r.output
     fields = json.loads(r.output)["plan"]["deinterlace"]
     assert fields.startswith("bwdif tff") and f"QTGMC: {INSTALL}" in fields
+
+
+def test_without_the_extra_the_settings_hash_is_the_one_before_it():
+    from vhsup.options import Options, output_settings
+
+    assert "restore_extra" not in output_settings(Options(model="bicubic-x2", restore="vhs"))

@@ -25,7 +25,9 @@ redone). The rule:
   device's best), so a library moved from a CPU to a GPU machine is not
   redone; give a precision to pin it;
 * ``compare``, ``overwrite``, ``allow_download``, ``decode_threads`` and
-  ``queue`` change how a run goes, not what it writes.
+  ``queue`` change how a run goes, not what it writes;
+* the ``restore`` extra does where it works: the same flags then run
+  QTGMC and MVTools instead of bwdif and atadenoise (``restore_extra``).
 """
 
 from __future__ import annotations
@@ -343,4 +345,16 @@ def output_settings(opts: Options) -> dict[str, Any]:
         if d.opt.added_later and value == d.default:
             continue
         settings[d.name] = value
+    if _may_use_vapoursynth(opts):
+        from vhsup.restore import vs as bridge
+
+        if bridge.check() is None:  # QTGMC and MVTools run instead of bwdif and atadenoise
+            settings["restore_extra"] = True
     return settings
+
+
+def _may_use_vapoursynth(opts: Options) -> bool:
+    """Whether the restore extra, where it works, changes what ``opts`` make (the same flags
+    run bwdif/atadenoise without it), so that installing it redoes the work."""
+    denoise = opts.denoise not in ("off", "auto") or (opts.denoise == "auto" and opts.restore != "off")
+    return opts.deinterlace in ("auto", "on", "qtgmc") or denoise or opts.ivtc
