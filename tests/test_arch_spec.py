@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from vhsup import registry
 from vhsup.arch import SPECS, build, spec_named, spec_of
@@ -121,3 +123,38 @@ def test_tiles_with_the_spec_context_equal_the_whole_frame(spec, tmp_path):
 def test_tiles_without_the_spec_context_or_multiple_show_seams(name, wrong, tmp_path):
     model = loaded(name, tmp_path)
     assert tile_error(LoadedModel(model.module, dataclasses.replace(model.descriptor, **wrong))) > 3
+
+
+class _Widest(TorchDispatchMode):
+    """The most elements any operation's result held, every aten op seen."""
+
+    def __init__(self):
+        super().__init__()
+        self.most = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.most = max(self.most, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=NAMES)
+def test_widest_tensor_of_the_spec_is_the_largest_a_real_forward_makes(spec):
+    """The engine keeps ``batch * crop * widest`` under 2**31 elements: the
+    spec's count (module inputs and outputs, on the meta device) must be the
+    largest tensor a real forward makes, every operation's result seen."""
+    hyper = TINY[spec.name]
+    size = 16 * spec.size_multiple(hyper)
+    seen = _Widest()
+    with torch.no_grad(), seen:
+        randomised(spec.name, seed=4)(torch.rand(1, 3, size, size))
+    assert spec.widest(hyper) == seen.most / size**2 > 0
+
+
+def test_widest_tensor_of_a_loaded_model_is_in_its_descriptor(tmp_path):
+    model = loaded("rrdbnet", tmp_path)
+    # RRDBNet's last upsampling: num_feat channels at the output size.
+    assert model.descriptor.widest_per_px == TINY["rrdbnet"]["num_feat"] * 4**2
+    assert registry.load_model("bicubic-x3").descriptor.widest_per_px == 3 * 3**2

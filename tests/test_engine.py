@@ -14,14 +14,24 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_arch_spec import _Widest
 from torch import nn
 
 import mediagen
 from vhsup.arch import RRDBNet, SRVGGNetCompact
-from vhsup.engine import MIN_TILE, NAN_STRIKES, SREngine, activation_bytes_per_px, plan_tile
+from vhsup.engine import (
+    MAX_ELEMENTS,
+    MIN_TILE,
+    NAN_STRIKES,
+    SREngine,
+    activation_bytes_per_px,
+    plan,
+    plan_tile,
+    widest_per_px,
+)
 from vhsup.errors import OutOfMemory, VhsupError
-from vhsup.registry import LoadedModel, ModelDescriptor, load_model
-from vhsup.tiling import plan_tiles
+from vhsup.registry import LoadedModel, ModelDescriptor, build_model, load_model
+from vhsup.tiling import crop_size, plan_tiles
 
 torch.set_num_threads(2)
 
@@ -381,3 +391,61 @@ def test_activation_estimate_scales_with_model_and_precision():
     heavy = ModelDescriptor("r", "rrdbnet", 4)
     assert activation_bytes_per_px(heavy) > 4 * activation_bytes_per_px(light)
     assert activation_bytes_per_px(heavy, "bf16") < activation_bytes_per_px(heavy)
+
+
+# -- no tensor over 2**31 elements -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def esrgan_desc():
+    """esrgan-x4's descriptor as the registry gives it (random weights will do)."""
+    return build_model("esrgan-x4", seed=0).descriptor
+
+
+def test_esrgan_x4_widest_tensor_is_64_features_at_the_output_size(esrgan_desc):
+    """What the planner relies on, checked against a real forward: the full
+    network (23 blocks), every aten op's result seen."""
+    net = build_model("esrgan-x4", seed=0).module
+    seen = _Widest()
+    with torch.no_grad(), seen:
+        net(torch.rand(1, 3, 12, 16))
+    assert seen.most == 64 * 48 * 64  # its upsampler: 64 channels at 4x
+    assert esrgan_desc.widest_per_px == widest_per_px(esrgan_desc) == seen.most / (12 * 16)
+
+
+def test_auto_plan_on_a_huge_gpu_keeps_every_tensor_under_2_31_elements(esrgan_desc):
+    """720x480 on a GPU with memory to spare: whole frames, and the batch is
+    the largest whose upsampler tensor (batch x 64 x 1920 x 2880) stays within
+    int32 indexing (batch 8, the memory plan's cap, makes 2.8e9 elements)."""
+    per_frame = 480 * 720 * widest_per_px(esrgan_desc)
+    for precision in ("bf16", "fp16", "fp32"):
+        tile, batch = plan(esrgan_desc, (480, 720), "cuda", free_bytes=1 << 44, precision=precision)
+        assert tile == 0
+        assert batch * per_frame <= MAX_ELEMENTS < (batch + 1) * per_frame
+        assert batch == 6
+    # Memory, not the element limit, still decides on a smaller card.
+    assert plan(esrgan_desc, (480, 720), "cuda", free_bytes=8 << 30, precision="bf16")[1] < 6
+
+
+def test_a_frame_too_large_for_one_tensor_is_tiled_even_with_memory_to_spare(esrgan_desc):
+    hw = (1088, 2048)  # 2.2 Mpx x 1024 > 2**31 even at batch 1
+    tile, batch = plan(esrgan_desc, hw, "cuda", free_bytes=1 << 44, precision="bf16")
+    assert tile > 0 and batch >= 1
+    context = esrgan_desc.context
+
+    def elements(t: int, b: int = 1) -> float:
+        ch, cw = crop_size(*hw, t, context)
+        return b * ch * cw * widest_per_px(esrgan_desc)
+
+    assert elements(0) > MAX_ELEMENTS  # the whole frame would not do
+    assert elements(tile, batch) <= MAX_ELEMENTS < elements(tile, batch + 1)
+    assert len(plan_tiles(*hw, tile, context)) == 2  # the fewest tiles that fit
+
+
+def test_a_given_batch_too_large_for_int32_is_lowered_with_a_notice(esrgan_desc):
+    notices: list[str] = []
+    model = LoadedModel(nn.Identity(), esrgan_desc)  # planning only: nothing runs
+    eng = SREngine(model, device="cpu", tile=0, batch=8, notice=notices.append)
+    assert eng.describe((480, 720))["batch"] == 6
+    assert len(notices) == 1 and "batch 8" in notices[0] and "using batch 6" in notices[0]
+    assert SREngine(model, device="cpu", tile=0, batch=4).describe((480, 720))["batch"] == 4

@@ -45,7 +45,18 @@ from vhsup.errors import OutOfMemory, VhsupError
 if TYPE_CHECKING:  # only for annotations: the engine needs no registry code
     from vhsup.registry import LoadedModel, ModelDescriptor
 
-__all__ = ["SREngine", "plan_tile", "activation_bytes_per_px", "typed_out_of_memory", "MIN_TILE", "MIN_CONTEXT"]
+__all__ = [
+    "MAX_ELEMENTS",
+    "MIN_CONTEXT",
+    "MIN_TILE",
+    "SREngine",
+    "activation_bytes_per_px",
+    "largest_batch",
+    "plan",
+    "plan_tile",
+    "typed_out_of_memory",
+    "widest_per_px",
+]
 
 #: Smallest tile edge (input px) the OOM backoff goes down to before giving up.
 MIN_TILE = 16
@@ -61,6 +72,10 @@ MAX_AUTO_BATCH = {"cuda": 8, "cpu": 2}
 #: Share of free memory an automatic plan may use; the rest is headroom for
 #: the allocator's fragmentation, the decoder and the encoder.
 MEMORY_SHARE = {"cuda": 0.6, "cpu": 0.4}
+#: Most elements one tensor of a forward pass may hold: onnxruntime's CUDA
+#: kernels index with int32 and TensorRT refuses larger tensors. Every plan,
+#: on every backend, keeps the model's widest tensor within it.
+MAX_ELEMENTS = 2**31 - 1
 
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 _PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -192,6 +207,87 @@ def plan_tile(
     return max(MIN_TILE, tile)
 
 
+def widest_per_px(desc: ModelDescriptor) -> float:
+    """Elements per input pixel of the model's largest tensor (batch 1).
+
+    The descriptor's, from the architecture's spec; where it does not say
+    (a foreign ONNX file, a hand-made descriptor), an RRDB-like network is
+    assumed: 64 features at the output size, and a 192-channel
+    concatenation at the input size.
+    """
+    if desc.widest_per_px > 0:
+        return float(desc.widest_per_px)
+    return float(max(192, 64 * desc.scale * desc.scale))
+
+
+def _crop(desc: ModelDescriptor, hp: int, wp: int, tile: int) -> tuple[int, int]:
+    return tiling.crop_size(hp, wp, tile, max(desc.context, MIN_CONTEXT), multiple=max(desc.size_multiple, 1))
+
+
+def largest_batch(desc: ModelDescriptor, crop_hw: tuple[int, int]) -> int:
+    """Most crops of ``crop_hw`` one batch may hold with the model's widest
+    tensor within :data:`MAX_ELEMENTS` (at least 1)."""
+    per_item = crop_hw[0] * crop_hw[1] * widest_per_px(desc)
+    return max(1, int(MAX_ELEMENTS // per_item))
+
+
+def _element_tile(desc: ModelDescriptor, hp: int, wp: int, tile: int) -> int:
+    """``tile``, or the largest smaller one whose crop keeps the widest tensor
+    within :data:`MAX_ELEMENTS` at batch 1 (never below :data:`MIN_TILE`)."""
+    widest = widest_per_px(desc)
+
+    def fits(t: int) -> bool:
+        ch, cw = _crop(desc, hp, wp, t)
+        return ch * cw * widest <= MAX_ELEMENTS
+
+    if not desc.tiling or fits(tile):
+        return tile
+    t = min(tile or max(hp, wp), math.isqrt(int(MAX_ELEMENTS / widest))) // TILE_STEP * TILE_STEP
+    while t > MIN_TILE and not fits(t):
+        t -= TILE_STEP
+    return max(MIN_TILE, t)
+
+
+def plan(
+    model_desc: ModelDescriptor,
+    frame_hw: tuple[int, int],
+    device: torch.device | str,
+    free_bytes: int | None = None,
+    *,
+    precision: str = "fp32",
+    tile: int | str = "auto",
+    batch: int | str = "auto",
+) -> tuple[int, int]:
+    """``(tile, batch)`` for frames of ``frame_hw``: what :class:`SREngine` runs.
+
+    Automatic values are sized from ``free_bytes`` (default: free memory
+    of ``device``, see :func:`plan_tile`), the batch at most
+    :data:`MAX_AUTO_BATCH`. Whatever memory allows, the model's widest
+    tensor (:func:`widest_per_px`) stays within :data:`MAX_ELEMENTS`: an
+    automatic tile shrinks until one crop fits, and any batch, automatic or
+    given, is at most :func:`largest_batch` (a given tile is kept).
+    """
+    device = torch.device(device)
+    if (tile == "auto" or batch == "auto") and free_bytes is None:
+        free_bytes = _free_bytes(device)
+    hp, wp = (_pad_size(n, max(model_desc.size_multiple, 1)) for n in frame_hw)
+    if tile == "auto":
+        t = plan_tile(model_desc, frame_hw, device, free_bytes, precision=precision)
+        t = _element_tile(model_desc, hp, wp, t)
+    else:
+        t = int(tile)
+    ch, cw = _crop(model_desc, hp, wp, t)
+    if batch == "auto":
+        assert free_bytes is not None
+        per_item = ch * cw * activation_bytes_per_px(model_desc, precision)
+        frame_bytes = hp * wp * 12 * (1 + model_desc.scale**2)
+        budget = free_bytes * MEMORY_SHARE.get(device.type, 0.4) - frame_bytes
+        b = int(min(MAX_AUTO_BATCH.get(device.type, 2), max(1, budget // per_item)))
+    else:
+        b = int(batch)
+    return t, min(b, largest_batch(model_desc, (ch, cw)))
+
+
 class SREngine:
     """Upscale batches of frames with one model on one device.
 
@@ -260,6 +356,7 @@ class SREngine:
         self._batch_auto = batch == "auto"
         self.tile = 0 if self._tile_auto else _check_int("tile", tile, 0)
         self.batch = 1 if self._batch_auto else _check_int("batch", batch, 1)
+        self._asked_batch = self.batch
         if self.tile and not desc.tiling:
             raise VhsupError(f"model {desc.name} cannot be tiled; use --tile 0")
         if 0 < self.tile < MIN_TILE:
@@ -337,20 +434,20 @@ class SREngine:
             # Settings that already backed off stay backed off.
             self._planned_for = (h, w)
             return
-        hp, wp = self._padded(h, w)
-        free = None
-        if self._tile_auto or self._batch_auto:
-            free = _free_bytes(self.device)
-        if self._tile_auto:
-            self.tile = plan_tile(self.descriptor, (h, w), self.device, free, precision=self.precision)
-        if self._batch_auto:
-            assert free is not None  # measured above whenever the batch is automatic
-            ch, cw = self._crop(hp, wp)
-            per_item = ch * cw * activation_bytes_per_px(self.descriptor, self.precision)
-            frame_bytes = hp * wp * 12 * (1 + self.scale**2)
-            budget = free * MEMORY_SHARE.get(self.device.type, 0.4) - frame_bytes
-            cap = MAX_AUTO_BATCH.get(self.device.type, 2)
-            self.batch = int(min(cap, max(1, budget // per_item)))
+        asked = self._asked_batch
+        self.tile, self.batch = plan(
+            self.descriptor,
+            (h, w),
+            self.device,
+            precision=self.precision,
+            tile="auto" if self._tile_auto else self.tile,
+            batch="auto" if self._batch_auto else asked,
+        )
+        if not self._batch_auto and self.batch < asked:
+            self._notice(
+                f"batch {asked} would make a tensor of over 2^31 elements with {self.descriptor.name} "
+                f"at {w}x{h}; using batch {self.batch}"
+            )
         self._planned_for = (h, w)
 
     def _back_off(self, h: int, w: int, failure: str) -> None:

@@ -70,6 +70,10 @@ class ModelDescriptor:
     context: int = 16
     params: int = 0
     macs_per_px: float = 0.0
+    # Elements per input pixel of the largest tensor a forward pass makes
+    # (its spec's ``widest``); 0 where unknown (the engine then assumes an
+    # RRDB-like upsampler).
+    widest_per_px: float = 0.0
     licence: str = ""
     source: str = ""
     # Who built the network: "vhsup", or "spandrel X.Y.Z" for a community
@@ -174,6 +178,7 @@ def _descriptor_from_card(c: ModelCard, scale: int, name: str, params: int, sour
         context=int(c.context or 0),  # a named model's card always has one
         params=params,
         macs_per_px=float(c.macs_per_px),
+        widest_per_px=spec_named(c.arch).widest(c.hyper),
         licence=c.licence,
         source=source,
     )
@@ -185,7 +190,10 @@ def _load_builtin(c: ModelCard, scale: int, name: str) -> LoadedModel:
     module = _finish(build(c.arch, hyper))
     desc = _descriptor_from_card(c, scale, name, 0, "built in (no weights)")
     # The card describes the default x4; cost depends on the scale asked for.
-    return LoadedModel(module, dataclasses.replace(desc, macs_per_px=spec_named(c.arch).macs(hyper)))
+    spec = spec_named(c.arch)
+    return LoadedModel(
+        module, dataclasses.replace(desc, macs_per_px=spec.macs(hyper), widest_per_px=spec.widest(hyper))
+    )
 
 
 def has_pretrained_weights(name: str) -> bool:
@@ -249,8 +257,9 @@ def describe_network(net: torch.nn.Module, scale: int) -> ModelDescriptor:
             arch, hyper = detect(net.state_dict())
             spec = spec_named(arch)
         context, multiple = spec.context(hyper), spec.size_multiple(hyper)
+        widest = spec.widest(hyper)
     except (VhsupError, KeyError, TypeError, ValueError):
-        arch, context, multiple = "unknown", TRUNK_CONTEXT, 1
+        arch, context, multiple, widest = "unknown", TRUNK_CONTEXT, 1, 0.0
     return ModelDescriptor(
         name=f"{arch} (in training)",
         arch=arch,
@@ -258,6 +267,7 @@ def describe_network(net: torch.nn.Module, scale: int) -> ModelDescriptor:
         context=int(context),
         size_multiple=int(multiple),
         params=_count(net),
+        widest_per_px=widest,
     )
 
 
@@ -321,6 +331,7 @@ def _load_file(path: Path) -> LoadedModel:
         supports_bfloat16=spec.supports_bfloat16,
         params=_count(net),
         macs_per_px=spec.macs(hyper),
+        widest_per_px=spec.widest(hyper),
         licence="unknown (user file)",
         source=str(path),
     )

@@ -4,7 +4,7 @@ Each architecture module (``rrdbnet.py``, ``compact.py``, ...) ends with a
 ``SPEC = ArchSpec(...)``: how to build the network from its hyperparameters,
 how to recognise its state dict and read the hyperparameters back, how far a
 tile must look around itself, which precisions it survives, roughly how much
-memory a forward pass takes, which blocks training may recompute and which
+memory a forward pass takes and how large its widest tensor is, which blocks training may recompute and which
 convs a switched conversion leaves alone. Detection, the registry, the
 engine, the trainer and the card writer ask the spec; none of them knows an
 architecture by name.
@@ -12,6 +12,8 @@ architecture by name.
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -118,6 +120,9 @@ class ArchSpec:
         size_multiple: input-pixel multiple that tiles and frames need.
         macs_per_px: hand-written cost; None counts convs on the meta device
             (:func:`conv_macs_per_px`).
+        widest_per_px: hand-written elements per input pixel of the largest
+            tensor a forward pass makes; None counts on the meta device
+            (:func:`widest_per_px`).
         supports_half, supports_bfloat16: whether the engine may run it in
             fp16 / bf16 (False where an overflow would go unseen).
         activation: rough activation footprint for memory planning.
@@ -144,6 +149,7 @@ class ArchSpec:
     hyper_of: Callable[[nn.Module], dict] | None = None
     size_multiple: Callable[[Hyper], int] = _one
     macs_per_px: Callable[[Hyper], float] | None = None
+    widest_per_px: Callable[[Hyper], float] | None = None
     supports_half: bool = True
     supports_bfloat16: bool = True
     activation: Activation = DEEP
@@ -164,6 +170,15 @@ class ArchSpec:
         if self.macs_per_px is not None:
             return float(self.macs_per_px(hyper))
         return conv_macs_per_px(self.name, hyper, size=16 * self.size_multiple(hyper))
+
+    def widest(self, hyper: Hyper) -> float:
+        """Elements per input pixel of the largest tensor a forward pass makes
+        (batch 1): a batch of ``n`` crops of ``h x w`` makes one of
+        ``n * h * w * widest`` elements. The engine keeps that below 2**31
+        (int32 indexing in onnxruntime's CUDA kernels, TensorRT's limit)."""
+        if self.widest_per_px is not None:
+            return float(self.widest_per_px(hyper))
+        return widest_per_px(self.name, hyper, size=16 * self.size_multiple(hyper))
 
 
 def conv_macs_per_px(arch: str, hyper: Hyper, size: int = 16) -> float:
@@ -199,6 +214,53 @@ def conv_macs_per_px(arch: str, hyper: Hyper, size: int = 16) -> float:
     return total / (size * size)
 
 
+@functools.lru_cache(maxsize=64)
+def _widest(arch: str, hyper_json: str, size: int) -> float:
+    from . import build
+    from .switched import SwitchedConv2d
+
+    hyper = json.loads(hyper_json)
+    most = 0
+
+    def hook(module, inputs, output):
+        nonlocal most
+        outputs = output if isinstance(output, (tuple, list)) else (output,)
+        for t in (*inputs, *outputs):
+            if isinstance(t, torch.Tensor):
+                most = max(most, t.numel())
+        if isinstance(module, SwitchedConv2d) and isinstance(output, torch.Tensor):
+            # Exported to ONNX, a switched conv is one conv over every
+            # expert's kernels, then a gather: breadth outputs in one tensor.
+            most = max(most, output.numel() * module.breadth)
+
+    with torch.device("meta"):
+        net = build(arch, hyper)
+    handles = [m.register_forward_hook(hook) for m in net.modules()]
+    with torch.no_grad():
+        net(torch.zeros(1, int(hyper.get("num_in_ch", 3)), size, size, device="meta"))
+    for h in handles:
+        h.remove()
+    return most / (size * size)
+
+
+def widest_per_px(arch: str, hyper: Hyper, size: int = 16) -> float:
+    """Elements per input pixel of the largest tensor a forward pass makes,
+    counted on the meta device (shapes only, nothing computed).
+
+    Every module's inputs and outputs are seen, so tensors made between
+    modules (an interpolation, a concatenation) count as the input of the
+    module that takes them; weights, which do not grow with the picture, do
+    not count. A switched conv counts as its ONNX form computes it: all
+    ``breadth`` experts' outputs in one tensor (what onnxruntime and
+    TensorRT run). Working buffers inside one operation (the CPU switched
+    path's im2col chunks, cuDNN's workspace) are not tensors of the
+    network and do not count. Exact for networks whose tensors scale with
+    the pixel count; ``size`` must be a multiple of what the network needs.
+    Cached per architecture and hyperparameters.
+    """
+    return _widest(arch, json.dumps(dict(hyper), sort_keys=True, default=str), int(size))
+
+
 __all__ = [
     "DEEP",
     "Activation",
@@ -212,4 +274,5 @@ __all__ = [
     "one_by_one",
     "read_int",
     "unknown",
+    "widest_per_px",
 ]
