@@ -1,7 +1,7 @@
 """Without the ``restore`` extra (the main venv, Python 3.11): QTGMC asked for fails in one line
-naming the install, ``auto`` takes bwdif, and ``probe`` says which and why.
+naming the install, ``auto`` takes bwdif, ``--ivtc`` takes fieldmatch, and ``probe`` says which and why.
 
-tests/test_restore.py runs QTGMC itself, in the extras venv.
+tests/test_restore.py runs QTGMC and VIVTC themselves, in the extras venv.
 """
 
 from __future__ import annotations
@@ -47,3 +47,20 @@ def test_without_the_extra_the_settings_hash_is_the_one_before_it():
     from vhsup.options import Options, output_settings
 
     assert "restore_extra" not in output_settings(Options(model="bicubic-x2", restore="vhs"))
+
+
+def test_ivtc_takes_fieldmatch_and_says_so(tmp_path):
+    """Without the extra --ivtc runs FFmpeg's fieldmatch + decimate, and the plan names the VIVTC install."""
+    import mediagen
+    from vhsup.options import Options, output_settings
+
+    film = mediagen.make_telecined_clip(tmp_path / "film.mkv", size=(160, 120))
+    r = CliRunner().invoke(main, ["probe", str(film), "--json", "--ivtc"])
+    assert r.exit_code == 0, r.output
+    expected = f"inverse telecine (fieldmatch tff + decimate) -> 23.976p (VIVTC: {INSTALL})"
+    assert json.loads(r.output)["plan"]["deinterlace"] == expected
+    notes: list[str] = []
+    run = upscale_video(film, tmp_path / "out.mkv", model="bicubic", ivtc=True, temporal="off", notice=notes.append)
+    assert run.deinterlace == expected and run.frames_out == 24
+    assert not [n for n in notes if "VIVTC" in n]  # a missing extra is said in the plan, not as a notice
+    assert "ivtc_method" not in output_settings(Options(model="bicubic-x2", ivtc=True))

@@ -27,7 +27,8 @@ redone). The rule:
 * ``compare``, ``overwrite``, ``allow_download``, ``decode_threads`` and
   ``queue`` change how a run goes, not what it writes;
 * the ``restore`` extra does where it works: the same flags then run
-  QTGMC and MVTools instead of bwdif and atadenoise (``restore_extra``).
+  QTGMC and MVTools instead of bwdif and atadenoise (``restore_extra``),
+  and VIVTC instead of fieldmatch + decimate (``ivtc_method``).
 """
 
 from __future__ import annotations
@@ -168,7 +169,12 @@ class Options:
         added_later=True,
     )
     ivtc: bool = _opt(
-        False, "Undo 3:2 telecine (film on NTSC video) to 23.976p.", kind="flag", commands=_MEDIA, output=True
+        False,
+        "Undo 3:2 telecine (film on NTSC video) to 23.976p: VIVTC with the restore extra, FFmpeg's fieldmatch + "
+        "decimate without it.",
+        kind="flag",
+        commands=_MEDIA,
+        output=True,
     )
     # Changes no picture, but turns a refusal (no telecine seen) into an output: a failed file is retried.
     force_ivtc: bool = _opt(
@@ -350,6 +356,11 @@ def output_settings(opts: Options) -> dict[str, Any]:
 
         if bridge.check() is None:  # QTGMC and MVTools run instead of bwdif and atadenoise
             settings["restore_extra"] = True
+    if opts.ivtc or opts.restore == "dvd":
+        from vhsup.restore import ivtc
+
+        if ivtc.works():  # VIVTC runs instead of fieldmatch + decimate (its plugin is checked on its own)
+            settings["ivtc_method"] = "vivtc"
     return settings
 
 

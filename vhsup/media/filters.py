@@ -4,7 +4,9 @@ libavfilter does the field work: ``bwdif`` (or ``yadif`` where a build lacks
 it) deinterlaces, ``fieldmatch`` + ``decimate`` undo 3:2 telecine. QTGMC,
 the restorers' deinterlacer, runs through VapourSynth where the ``restore``
 extra is installed (:mod:`vhsup.restore.qtgmc`): ``--deinterlace auto``
-takes it there, bwdif elsewhere. Then each
+takes it there, bwdif elsewhere. ``--ivtc`` likewise takes VIVTC's VFM +
+VDecimate there (:mod:`vhsup.restore.ivtc`), fieldmatch + decimate
+elsewhere. Then each
 frame is converted to full-range RGB with the source's own matrix and
 cropped. Models treat combing as texture, so getting this step right matters
 more than any model choice.
@@ -36,16 +38,19 @@ class FilterPlan:
 
     Attributes:
         deinterlace: run a deinterlacer.
-        method: 'qtgmc' (VapourSynth), or 'bwdif' or 'yadif' (whichever this FFmpeg build has).
+        method: 'qtgmc' (VapourSynth), or 'bwdif' or 'yadif' (whichever this FFmpeg build has);
+            with ``ivtc``: 'vivtc' (VapourSynth), else the FFmpeg deinterlacer that cleans the
+            frames fieldmatch leaves combed (None where the build has none).
         parity: 'tff' or 'bff'.
         double_rate: one output frame per field (59.94p from 29.97i).
         only_flagged: deinterlace only frames flagged interlaced (mixed content).
-        ivtc: inverse telecine (fieldmatch + decimate) to 4/5 of the rate.
+        ivtc: inverse telecine (VIVTC, or fieldmatch + decimate) to 4/5 of the rate.
         rate: output frame rate.
         notes: what the user should be told about these decisions (flags
             overruled by the pictures, an inverse telecine that may not fit).
         preset: QTGMC's preset (method 'qtgmc' only).
-        fallback: why auto did not take QTGMC, for ``describe`` ('' when it did or was not asked).
+        fallback: why auto did not take QTGMC, or ``ivtc`` VIVTC, for ``describe`` ('' when it did or
+            was not asked).
     """
 
     deinterlace: bool
@@ -60,14 +65,19 @@ class FilterPlan:
     fallback: str = ""
 
     def describe(self) -> str:
+        why = f" ({self.fallback})" if self.fallback else ""
         if self.ivtc:
-            return f"inverse telecine (fieldmatch {self.parity} + decimate) -> {float(self.rate):.3f}p"
+            how = (
+                f"VIVTC VFM {self.parity} + VDecimate"
+                if self.method == "vivtc"
+                else f"fieldmatch {self.parity} + decimate"
+            )
+            return f"inverse telecine ({how}) -> {float(self.rate):.3f}p{why}"
         if not self.deinterlace:
             return "none (progressive)"
         what = "field rate" if self.double_rate else "frame rate"
         scope = ", flagged frames only" if self.only_flagged else ""
         name = f"{self.method} {self.preset}" if self.preset else self.method
-        why = f" ({self.fallback})" if self.fallback else ""
         return f"{name} {self.parity}, {what} -> {float(self.rate):.3f}p{scope}{why}"
 
 
@@ -98,6 +108,9 @@ def plan_filters(
     ``deinterlace`` 'auto' and 'on' take QTGMC where the restore extra works
     (and the picture is wholly interlaced: mixed content keeps bwdif on the
     flagged frames), bwdif elsewhere; 'qtgmc' and 'bwdif' name one.
+    ``ivtc`` takes VIVTC where the extra works (with its VIVTC plugin),
+    FFmpeg's fieldmatch + decimate elsewhere, with a notice where the extra
+    is installed but VIVTC cannot run.
     """
     plan = _decide(info, deinterlace, field_rate, ivtc, field_order, force_ivtc, qtgmc_preset)
     notes = _option_notes(info, plan, deinterlace=deinterlace, field_rate=field_rate, field_order=field_order)
@@ -136,9 +149,6 @@ def _decide(
                 "follows the flags; vhsup probe shows the evidence)"
             )
     if ivtc:
-        missing = [f for f in ("fieldmatch", "decimate") if f not in av.filter.filters_available]
-        if missing:
-            raise VhsupError(f"--ivtc needs the {' and '.join(missing)} filter, which this FFmpeg build lacks")
         tc = info.telecine
         if tc.telecined is False and not force_ivtc:
             raise VhsupError(
@@ -152,8 +162,24 @@ def _decide(
                 f"{info.path}: --ivtc drops one frame in five, and the picture "
                 f"{'does not look' if tc.telecined is False else 'may not be'} telecined ({tc.evidence})"
             )
+        from vhsup.restore import ivtc as vivtc
+
+        film_rate = info.fps * Fraction(vivtc.CYCLE - 1, vivtc.CYCLE)
+        why = vivtc.unusable(info.width, info.height)
+        if why is None:
+            return FilterPlan(False, "vivtc", parity, False, False, True, film_rate, tuple(notes))
+        missing = [f for f in ("fieldmatch", "decimate") if f not in av.filter.filters_available]
+        if missing:
+            raise VhsupError(
+                f"--ivtc needs the {' and '.join(missing)} filter, which this FFmpeg build lacks, or VIVTC ({why})"
+            )
+        if vivtc.not_installed(why):
+            fallback = f"VIVTC: {vivtc.INSTALL}"
+        else:
+            fallback = "not VIVTC: see the notice"
+            notes.append(f"--ivtc: FFmpeg's fieldmatch + decimate, not VIVTC: {why}")
         return FilterPlan(
-            False, available_deinterlacer(), parity, False, False, True, info.fps * Fraction(4, 5), tuple(notes)
+            False, available_deinterlacer(), parity, False, False, True, film_rate, tuple(notes), fallback=fallback
         )
     wanted = deinterlace in ("on", "bwdif", "qtgmc") or (deinterlace == "auto" and verdict.interlaced)
     if not wanted:
@@ -290,6 +316,11 @@ def progressive_frames(
         from vhsup.restore import qtgmc
 
         yield from qtgmc.deinterlace(iter(frames), stream, plan)
+        return
+    if plan.method == "vivtc" and plan.ivtc:
+        from vhsup.restore import ivtc
+
+        yield from ivtc.inverse_telecine(iter(frames), stream, plan)
         return
     filt = FieldFilter(stream, plan, threads)
     for frame in frames:

@@ -8,4 +8,5 @@ into a VapourSynth clip and back, in memory and streaming; PyAV keeps the
 audio, the subtitles and the frame accounting. It also tells whether the
 extra is installed and works.
 ``qtgmc``: QTGMC, the motion-compensated deinterlacer, through the bridge.
+``ivtc``: inverse telecine through VIVTC (VFM + VDecimate), through the bridge.
 """

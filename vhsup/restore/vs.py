@@ -12,7 +12,12 @@ frame again, which is what VapourSynth does itself at a clip's end.
 PyAV keeps the frame accounting: every output frame gets its time from the
 decoded frames' own timestamps (one output per input frame, or two for a
 field-rate chain, the second half-way to the next frame), never from a
-frame rate. Field order goes in as ``_FieldBased`` and the sample aspect
+frame rate. A chain that drops frames (inverse telecine's decimation)
+says the rate it gives instead: its output is timed on that rate's grid
+from the time of the first output's source frame, as FFmpeg's ``decimate``
+times it; every source frame carries its number (``VhsupFrame``), so the
+bridge knows which source frame each output came from, and where the
+input ended. Field order goes in as ``_FieldBased`` and the sample aspect
 as ``_SARNum``/``_SARDen`` on every frame; the pixel format is the
 source's (4:1:1 comes back as 4:2:2: VapourSynth's motion search does not
 take 4:1:1).
@@ -25,6 +30,7 @@ or a plugin that loads but breaks the chain (vapoursynth-mvutensils 10).
 from __future__ import annotations
 
 import functools
+import math
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -53,6 +59,9 @@ PLUGINS = {
     "vszip": "vapoursynth-vszip",
     "zsmooth": "vapoursynth-zsmooth",
 }
+
+#: The frame property that carries each source frame's number through the chain.
+FRAME_PROP = "VhsupFrame"
 
 #: The source clip's declared length: 10 million frames (over 90 hours at 29.97); field-rate chains double it.
 _LENGTH = 10_000_000
@@ -100,7 +109,17 @@ def _check_default() -> str | None:
     return _check(tuple(PLUGINS.items()))
 
 
-def _check(plugins: tuple[tuple[str, str], ...]) -> str | None:
+def check_plugins(plugins: dict[str, str]) -> str | None:
+    """None when VapourSynth loads with every plugin of ``plugins`` (namespace -> package), else why not.
+
+    Only that: :func:`check` also runs QTGMC's chain. For a stage whose
+    plugin is optional within the extra (VIVTC), so that its absence
+    disables that stage alone.
+    """
+    return _plugins(tuple(plugins.items()))
+
+
+def _plugins(plugins: tuple[tuple[str, str], ...]) -> str | None:
     try:
         import vapoursynth as vs
     except ModuleNotFoundError:
@@ -114,6 +133,15 @@ def _check(plugins: tuple[tuple[str, str], ...]) -> str | None:
             f"VapourSynth is installed but its plugin(s) {', '.join(missing)} are missing or failed to load; "
             f"reinstall them with {INSTALL}"
         )
+    return None
+
+
+def _check(plugins: tuple[tuple[str, str], ...]) -> str | None:
+    why = _plugins(plugins)
+    if why is not None:
+        return why
+    import vapoursynth as vs
+
     try:
         from vsdeinterlace import QTempGaussMC
     except ModuleNotFoundError:
@@ -220,6 +248,19 @@ class _Source:
             return self.window[n]
 
 
+def _source_frame(frame: vs.VideoFrame) -> int:
+    """The number of the source frame an output frame was made from (its :data:`FRAME_PROP`)."""
+    n = frame.props.get(FRAME_PROP)
+    if n is None:
+        raise RuntimeError(f"the VapourSynth chain dropped the {FRAME_PROP} frame property the bridge times by")
+    return int(n)
+
+
+def _nearest(x: Fraction) -> int:
+    """``x`` rounded to the nearest integer, halves away from zero (as FFmpeg's av_rescale_q rounds)."""
+    return math.floor(x + Fraction(1, 2)) if x >= 0 else -math.floor(-x + Fraction(1, 2))
+
+
 def stream(
     frames: Iterator[av.VideoFrame],
     chain: Callable[[vs.VideoNode], vs.VideoNode],
@@ -230,6 +271,7 @@ def stream(
     per_frame: int = 1,
     reach: int = 0,
     threads: int | None = None,
+    output_rate: Fraction | None = None,
 ) -> Iterator[av.VideoFrame]:
     """Run decoded ``frames`` through ``chain`` (a VapourSynth clip -> clip); yield the output as PyAV frames.
 
@@ -240,10 +282,17 @@ def stream(
         sar: the source's sample aspect ratio, set on every frame.
         rate: the source's frame rate: a field after the last frame comes half a frame after it.
         per_frame: output frames per source frame (2 for a field-rate deinterlacer).
-        reach: how many source frames past frame n the chain asks for to make output n. They are
-            decoded in the calling thread before n is requested, so VapourSynth's threads never
-            pull on ``frames`` (which may itself be another bridge's output) while the input lasts.
+        reach: how many source frames past frame n the chain asks for to make output n (with
+            ``output_rate``: past the source frame at output n's time). They are decoded in the
+            calling thread before n is requested, so VapourSynth's threads never pull on
+            ``frames`` (which may itself be another bridge's output) while the input lasts.
         threads: VapourSynth's worker threads (default: the cores this process may use).
+        output_rate: for a chain that drops frames (a decimator): the rate it gives. Output k
+            is then timed at the time of output 0's source frame rounded to this rate's grid,
+            plus k frames (FFmpeg's ``decimate`` times its output so), in a time base of one
+            frame; ``per_frame`` is not used. Each output's source frame is read from its
+            :data:`FRAME_PROP`, which the chain must keep; the output ends at the first frame
+            made from past the input's end (a request past the end gets the last frame again).
     """
     import vapoursynth as vs
 
@@ -281,6 +330,7 @@ def stream(
         for p in range(fmt.num_planes):
             np.copyto(np.asarray(out[p]), _plane(frame.planes[p], dtype))
         props = out.props
+        props[FRAME_PROP] = n
         props["_FieldBased"] = field_based
         props["_SARNum"], props["_SARDen"] = sar.numerator, sar.denominator
         return out
@@ -295,14 +345,20 @@ def stream(
     assert first.time_base is not None  # decode stamps every frame
     tb = Fraction(first.time_base)
     step = max(1, round(1 / (rate * tb)))  # one frame in pts units, until two frames give the real step
+    origin: int | None = None  # with output_rate: output 0's pts, in frames of the output rate
+
+    def source_of(j: int) -> int:
+        """The source frame at output ``j``'s time."""
+        return j // per_frame if output_rate is None else int(j * rate // output_rate)
+
     j = 0
     try:
         while True:
             while (
                 len(pending) < ahead
                 and asked < out_clip.num_frames
-                and source.exists(asked // per_frame)
-                and (source.exists(asked // per_frame + reach) or source.ended)
+                and source.exists(source_of(asked))
+                and (source.exists(source_of(asked) + reach) or source.ended)
             ):
                 pending.append(out_clip.get_frame_async(asked))
                 asked += 1
@@ -314,14 +370,21 @@ def stream(
                 if source.error is not None:
                     raise source.error from None
                 raise
-            n, k = divmod(j, per_frame)
+            if output_rate is not None:
+                n, k = _source_frame(vsf), 0
+            else:
+                n, k = divmod(j, per_frame)
             pts = source.pts(n)
             if pts is None:
                 break
             out = av.VideoFrame(vsf.width, vsf.height, av_out)
             for p in range(vsf.format.num_planes):
                 np.copyto(_plane(out.planes[p], dtype), np.asarray(vsf[p]))
-            if per_frame == 1:
+            if output_rate is not None:
+                if origin is None:
+                    origin = _nearest(pts * tb * output_rate)
+                out.pts, out.time_base = origin + j, 1 / output_rate
+            elif per_frame == 1:
                 out.pts, out.time_base = pts, tb
             else:
                 nxt = source.pts(n + 1)
