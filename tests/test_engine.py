@@ -321,7 +321,7 @@ def test_settings_resolve_and_refuse_nonsense():
     assert eng.device.type == "cpu" and eng.precision == "fp32" and eng.scale == 4
     assert eng.describe()["tile"] == "auto"
     d = eng.describe((480, 720))
-    assert set(d) == {"device", "precision", "tile", "batch"}
+    assert set(d) == {"device", "precision", "tile", "batch", "fp32_convs"} and d["fp32_convs"] == "ieee"
     assert d["tile"] == eng.tile and d["batch"] == eng.batch >= 1
     no_half = LoadedModel(model.module, ModelDescriptor("nohalf", "compact", 4, supports_half=False))
     with pytest.raises(VhsupError, match="fp16"):

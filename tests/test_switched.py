@@ -299,6 +299,111 @@ def test_triton_op_through_dispatch_and_autograd_under_the_interpreter():
     assert run.returncode == 0 and "OK" in run.stdout, run.stderr[-3000:]
 
 
+# -- what runs: TF32 and the fallback ----------------------------------------------------------------
+
+
+@pytest.fixture
+def conv_tf32():
+    """Puts torch's TF32 settings for cuDNN back as they were (both ops, so the
+    legacy ``allow_tf32`` getter does not see a mix of the two APIs)."""
+    cudnn = torch.backends.cudnn
+    if hasattr(cudnn, "conv"):
+        before = (cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision)
+        yield
+        cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision = before
+    else:
+        before_flag = cudnn.allow_tf32
+        yield
+        cudnn.allow_tf32 = before_flag
+
+
+def test_kernel_fp32_precision_follows_torch_tf32_setting_for_convs(conv_tf32):
+    """cuDNN's dense convs run fp32 as TF32 unless torch is told otherwise; the
+    Triton kernel's tl.dot input precision follows the same setting, so fp32
+    switched and dense convs compute alike (and describe() says which)."""
+    pytest.importorskip("triton")
+    from vhsup.kernels import fp32_conv_precision
+    from vhsup.kernels import triton_switched as ts
+
+    matmul = torch.get_float32_matmul_precision()
+    try:
+        torch.backends.cudnn.allow_tf32 = False  # the legacy switch
+        assert fp32_conv_precision() == ts._prec(torch.float32) == "ieee"
+        torch.set_float32_matmul_precision("medium")  # matmuls are not convs
+        assert ts._prec(torch.float32) == "ieee"
+        torch.backends.cudnn.allow_tf32 = True
+        torch.set_float32_matmul_precision("highest")
+        assert fp32_conv_precision() == ts._prec(torch.float32) == "tf32"
+        if hasattr(torch.backends.cudnn, "conv"):  # torch >= 2.9's per-op setting
+            torch.backends.cudnn.conv.fp32_precision = "ieee"
+            assert ts._prec(torch.float32) == "ieee"
+            torch.backends.cudnn.conv.fp32_precision = "tf32"
+            assert ts._prec(torch.float32) == "tf32"
+    finally:
+        torch.set_float32_matmul_precision(matmul)
+    assert ts._prec(torch.float64) == "ieee"  # fp64 is always exact
+
+
+_NO_TRITON = """
+import json, os, sys
+sys.modules["triton"] = None  # importing triton now fails, as where it is not installed
+import torch
+from vhsup.errors import VhsupError
+from vhsup.engine import _switched_impls
+from vhsup.kernels import available_impls, check_impl, pick_impl, switched_fallback
+from vhsup.registry import build_model
+
+out = {"cpu_impls": available_impls("cpu"), "cuda_pick": pick_impl("cuda"), "notice": switched_fallback("cuda")}
+out["cpu_notice"] = switched_fallback("cpu")
+out["describe_on_cuda"] = sorted(_switched_impls(build_model("switched-x4").module, torch.device("cuda")))
+try:
+    check_impl("cuda", "cpu")
+except VhsupError as exc:
+    out["error"] = str(exc)
+os.environ["VHSUP_SWITCHED_IMPL"] = "reference"
+out["asked_notice"] = switched_fallback("cuda")
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_a_triton_that_does_not_import_is_a_one_line_notice_naming_the_reference():
+    """A real import failure (triton's entry in sys.modules set to None), in a
+    subprocess under TRITON_INTERPRET=1, where an importable triton would
+    make the kernels available on the CPU: the CUDA path falls back to the
+    reference, and says so in one line with the reason."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    env.pop("VHSUP_SWITCHED_IMPL", None)
+    run = subprocess.run(
+        [sys.executable, "-c", _NO_TRITON], env=env, cwd=root, capture_output=True, text=True, timeout=300
+    )
+    lines = [ln for ln in run.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert run.returncode == 0 and lines, run.stderr[-3000:]
+    res = json.loads(lines[-1][len("RESULT ") :])
+    assert "cuda" not in res["cpu_impls"] and res["cuda_pick"] == "reference"
+    assert res["describe_on_cuda"] == ["reference"]  # describe()'s switched_conv on a GPU
+    note = res["notice"]
+    assert note is not None and "\n" not in note
+    assert "run the reference implementation" in note and "triton did not import (ModuleNotFoundError" in note
+    assert res["cpu_notice"] is None and res["asked_notice"] is None  # nothing fell back / chosen on purpose
+    assert "triton did not import" in res["error"]
+
+
+def test_describe_names_the_switched_conv_path_and_fp32_math():
+    notices: list[str] = []
+    from vhsup.engine import SREngine
+    from vhsup.registry import build_model
+
+    d = SREngine(build_model("switched-x4", seed=0), device="cpu", notice=notices.append).describe()
+    assert d["switched_conv"] == "cpu" and d["fp32_convs"] == "ieee" and notices == []
+    assert "switched_conv" not in SREngine(build_model("compact-x4", seed=0), device="cpu").describe()
+
+
 # -- the layer: hard routing, selector gradient, gradcheck ----------------------------------
 
 
@@ -655,8 +760,13 @@ def test_loading_without_the_history_warns_instead_of_failing():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)])
-def test_cuda_dispatch_matches_reference(dtype, tol):
+@pytest.mark.parametrize(
+    "dtype,tf32,tol", [(torch.float32, False, 1e-4), (torch.float32, True, 5e-3), (torch.bfloat16, True, 2e-2)]
+)
+def test_cuda_dispatch_matches_reference(dtype, tf32, tol, conv_tf32):
+    # fp32 either exact on both sides (TF32 off) or TF32 on both: the Triton
+    # kernel follows torch's setting for convs, as the reference's cuDNN does.
+    torch.backends.cudnn.allow_tf32 = tf32
     torch.manual_seed(0)
     layer = SwitchedConv2d(16, 16, 3, breadth=8).cuda()
     with torch.no_grad():

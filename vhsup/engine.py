@@ -375,6 +375,18 @@ class SREngine:
             # Frame sizes are fixed for a whole video, so the autotuner's
             # one-off cost is repaid on every later batch.
             torch.backends.cudnn.benchmark = True
+        self._switched = _switched_impls(module, self.device)
+        if self._switched:
+            from vhsup.kernels import switched_fallback
+
+            fallback = switched_fallback(self.device)
+            if fallback is not None:
+                self._notice(fallback)
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The network the engine runs (on its device)."""
+        return self._module
 
     # -- public -----------------------------------------------------------
 
@@ -392,7 +404,33 @@ class SREngine:
             "precision": self.precision,
             "tile": self.tile if settled or not self._tile_auto else "auto",
             "batch": self.batch if settled or not self._batch_auto else "auto",
+            **self.runs_on(),
         }
+
+    def runs_on(self) -> dict:
+        """What computes the model, as far as it is not plain torch on the device.
+
+        ``fp32_convs``: how fp32 convolutions run ("tf32" on CUDA where torch
+        allows TF32 for convolutions, cuDNN's and the switched-conv kernel's
+        alike; else "ieee", exact). ``switched_conv``: the switched-conv
+        implementation(s) ("cuda" is the Triton kernel, "reference" the
+        slow fallback), for models that have switched convs. ``providers``:
+        the onnxruntime execution providers the last batch ran on, best
+        first (onnx backend, after a batch has run).
+        """
+        out: dict[str, object] = {}
+        if self.device.type == "cuda":
+            from vhsup.kernels import fp32_conv_precision
+
+            out["fp32_convs"] = fp32_conv_precision()
+        else:
+            out["fp32_convs"] = "ieee"
+        if self._switched:
+            out["switched_conv"] = "+".join(sorted(self._switched))
+        last = getattr(self._module, "last", None)
+        if isinstance(last, dict) and last.get("providers"):
+            out["providers"] = list(last["providers"])  # type: ignore[arg-type]
+        return out
 
     def upscale(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Upscale frames of one size; same count and order out as in.
@@ -607,6 +645,19 @@ class SREngine:
                 f"for input {tuple(x.shape)}; expected {expect} (wrong scale?)"
             )
         return y.float()
+
+
+def _switched_impls(module: torch.nn.Module, device: torch.device) -> set[str]:
+    """The switched-conv implementations ``module`` runs on ``device`` (empty: none)."""
+    from vhsup.arch.switched import SwitchedConv2d
+
+    layers = [m for m in module.modules() if isinstance(m, SwitchedConv2d)]
+    if not layers:
+        return set()
+    from vhsup.kernels import pick_impl
+
+    auto = pick_impl(device)
+    return {m.impl or auto for m in layers}
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:

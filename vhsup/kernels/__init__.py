@@ -8,6 +8,24 @@ uses them (selector, switch norm, routing) is vhsup.arch.switched.
 
 from __future__ import annotations
 
-from .op import ENV, IMPLS, available_impls, check_impl, pick_impl, switched_conv2d
+from .op import (
+    ENV,
+    IMPLS,
+    available_impls,
+    check_impl,
+    fp32_conv_precision,
+    pick_impl,
+    switched_conv2d,
+    switched_fallback,
+)
 
-__all__ = ["ENV", "IMPLS", "available_impls", "check_impl", "pick_impl", "switched_conv2d"]
+__all__ = [
+    "ENV",
+    "IMPLS",
+    "available_impls",
+    "check_impl",
+    "fp32_conv_precision",
+    "pick_impl",
+    "switched_conv2d",
+    "switched_fallback",
+]

@@ -9,8 +9,13 @@ output shapes) and under autograd. The reference path needs none of this: it
 is ordinary differentiable torch.
 
 Which path runs: ``VHSUP_SWITCHED_IMPL`` when set, else the best one for the
-device (CUDA tensor: the Triton kernel when it imports, else the reference;
-anything else: the CPU path).
+device (CUDA tensor: the Triton kernel when it imports, else the reference,
+which :func:`switched_fallback` words for a notice; anything else: the CPU
+path).
+
+fp32 products follow torch's TF32 setting for convolutions
+(:func:`fp32_conv_precision`), as cuDNN's dense convolutions do, so a
+switched conv and a dense one compute alike.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from . import cpu, reference
 IMPLS = ("reference", "cpu", "cuda")
 ENV = "VHSUP_SWITCHED_IMPL"
 
-_triton_state: list = []  # [module or None], filled on first use
+_triton_state: list = []  # [module or None, why not], filled on first use
 
 
 def _triton():
@@ -35,12 +40,47 @@ def _triton():
     Imported lazily: triton is optional, slow to import, and reads
     TRITON_INTERPRET when its kernels are defined."""
     if not _triton_state:
+        why = None
         try:
             from . import triton_switched
-        except Exception:  # noqa: BLE001 - any failure means "no cuda path", not a crash
+
+            if triton_switched.triton is None:
+                why = f"triton did not import ({triton_switched.IMPORT_ERROR})"
+                triton_switched = None
+        except Exception as exc:  # noqa: BLE001 - any failure means "no cuda path", not a crash
             triton_switched = None
-        _triton_state.append(triton_switched)
+            why = f"the Triton kernels did not import ({_one_line(exc)})"
+        _triton_state.extend([triton_switched, why])
     return _triton_state[0]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())[:200]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def fp32_conv_precision() -> str:
+    """How torch runs fp32 convolutions on CUDA: "tf32" or "ieee" (exact fp32).
+
+    torch's own setting for cuDNN convolutions: ``torch.backends.cudnn.conv.fp32_precision``
+    (torch >= 2.9; "none" defers to ``torch.backends.cudnn.fp32_precision``,
+    then ``torch.backends.fp32_precision``, and means exact when all say
+    "none"), else ``torch.backends.cudnn.allow_tf32``. Both default to TF32,
+    which Ampere and later GPUs run on tensor cores. The Triton switched-conv
+    kernel takes the same setting, so its fp32 products are the dense convs' kind.
+    """
+    try:
+        chain = (
+            torch.backends.cudnn.conv.fp32_precision,  # type: ignore[attr-defined]
+            torch.backends.cudnn.fp32_precision,  # type: ignore[attr-defined]
+            torch.backends.fp32_precision,  # type: ignore[attr-defined]
+        )
+    except (AttributeError, RuntimeError):  # torch before the fp32_precision API
+        return "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
+    for p in chain:
+        if p != "none":
+            return "tf32" if p == "tf32" else "ieee"
+    return "ieee"
 
 
 def _cuda_ok(device: torch.device) -> bool:
@@ -79,17 +119,39 @@ def pick_impl(device) -> str:
     return "cpu"
 
 
+def switched_fallback(device) -> str | None:
+    """A one-line notice when switched convs on ``device`` fall back to the
+    (slow, memory-hungry) reference implementation; None when they do not.
+
+    Only a CUDA device falls back (the CPU path runs anywhere); a user who
+    chose the reference with ``VHSUP_SWITCHED_IMPL`` gets no notice.
+    """
+    device = torch.device(device)
+    if device.type != "cuda" or os.environ.get(ENV, "").strip() or pick_impl(device) != "reference":
+        return None
+    mod = _triton()
+    if mod is None:
+        why = _triton_state[1] or "the Triton kernels did not import"
+    elif not torch.cuda.is_available():
+        why = "this torch has no CUDA"
+    else:
+        why = "the Triton kernels do not run on this device"
+    return (
+        f"switched convs on {device} run the reference implementation (slow, more memory): {why}; "
+        "pip install triton, or set VHSUP_SWITCHED_IMPL=reference to silence this"
+    )
+
+
 def check_impl(impl: str, device, *, source: str | None = None) -> str:
     """``impl`` if it is known and runs on ``device``; else a one-line VhsupError."""
     what = source or f"impl={impl!r}"
     if impl not in IMPLS:
         raise VhsupError(f"{what}: unknown switched-conv implementation; choose one of {', '.join(IMPLS)}")
     if impl not in available_impls(device):
-        why = (
-            "the Triton kernel did not import or does not run on this device"
-            if impl == "cuda"
-            else "not available here"
-        )
+        why = "not available here"
+        if impl == "cuda":
+            _triton()
+            why = _triton_state[1] or "the Triton kernel does not run on this device"
         raise VhsupError(
             f"{what}: the {impl!r} switched-conv implementation cannot run on {torch.device(device)} ({why})"
         )

@@ -46,9 +46,10 @@ take any strides, which is how the CPU interpreter tests run them on
 contiguous NCHW tensors.
 
 Precision: products accumulate in fp32 (fp64 for fp64 inputs) and results
-are cast to the input dtypes. For fp32 inputs the products are exact fp32
-("ieee") unless ``torch.set_float32_matmul_precision`` allows less, in which
-case the tensor cores run them as tf32.
+are cast to the input dtypes. For fp32 inputs the products follow torch's
+TF32 setting for convolutions, as cuDNN's dense convs do: tf32 on the tensor
+cores by default, exact fp32 ("ieee") when ``torch.backends.cudnn.allow_tf32``
+(or ``torch.backends.cudnn.conv.fp32_precision``) turns TF32 off.
 
 Under ``TRITON_INTERPRET=1`` (set before this module is imported) the same
 kernels run on CPU tensors through Triton's interpreter, which is how they are
@@ -73,12 +74,15 @@ import contextlib
 
 import torch
 
+#: Why triton did not import (None when it did), for the fallback notice.
+IMPORT_ERROR: str | None = None
 try:
     import triton
     import triton.language as tl
-except ImportError:  # the kernels need triton; available() then says no
+except ImportError as _exc:  # the kernels need triton; available() then says no
     triton = None
     tl = None
+    IMPORT_ERROR = f"{type(_exc).__name__}: {' '.join(str(_exc).split())[:200]}"
 
 __all__ = ["available", "backward", "forward", "output_memory_format"]
 
@@ -565,12 +569,16 @@ def _acc(dtype: torch.dtype):
 
 
 def _prec(dtype: torch.dtype) -> str:
-    """tl.dot's input precision: exact products for fp32 (unless the user
-    allowed tf32 matmuls) and fp64; for fp16/bf16 the setting has no effect."""
+    """tl.dot's input precision: for fp32, what torch's dense convolutions run
+    (:func:`vhsup.kernels.op.fp32_conv_precision`: tf32 by default, exact
+    "ieee" when TF32 is turned off); exact for fp64; for fp16/bf16 the
+    setting has no effect."""
     if dtype == torch.float64:
         return "ieee"
     if dtype == torch.float32:
-        return "tf32" if torch.get_float32_matmul_precision() != "highest" else "ieee"
+        from .op import fp32_conv_precision
+
+        return fp32_conv_precision()
     return "tf32"
 
 
