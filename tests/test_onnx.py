@@ -28,6 +28,8 @@ from vhsup.backends.onnx import (
     OnnxModule,
     Profile,
     load_onnx_model,
+    needs_sync,
+    open_session,
     provider_chain,
     trt_dirs,
 )
@@ -176,6 +178,7 @@ def test_engine_gives_the_same_frames_with_onnx(compact, compact_onnx, tile):
     assert got[0].shape == (180, 244, 3)
     assert worst(ref, got) <= 1
     assert compact_onnx.module.last == {"precision": "fp32", "providers": [CPU]}
+    assert engine.describe()["providers"] == [CPU]
 
 
 def test_half_precision_in_the_engine_runs_the_fp16_export(compact, tmp_path):
@@ -375,6 +378,69 @@ def test_provider_chain_prefers_tensorrt_then_cuda_and_keeps_cpu_tensors_on_cpu(
     assert provider_chain(everything, "cuda", fp16=False)[0][1]["trt_fp16_enable"] == "False"
 
 
+def test_provider_options_give_a_stream_only_when_there_is_one():
+    """TensorRT's option parser refuses ``has_user_compute_stream`` (onnxruntime
+    then prints an "EP Error" banner and drops TensorRT for CUDA), and the CUDA
+    provider derives it from ``user_compute_stream``: only that is passed, and
+    only for a real stream (torch's default stream is handle 0, "none")."""
+    for stream in (1234, 0, None):
+        chain = provider_chain([TRT, CUDA, CPU], "cuda:0", stream=stream, profile=Profile.for_shape((2, 3, 8, 8)))
+        for name, opts in chain[:2]:
+            assert "has_user_compute_stream" not in opts, name
+            assert opts.get("user_compute_stream") == (str(stream) if stream else None), (name, stream)
+
+
+def test_torch_default_stream_is_waited_for_before_onnxruntime_reads():
+    # torch's default stream is handle 0: a session given no stream runs on
+    # its own one, which does not wait for torch's upload, cast and cat.
+    assert needs_sync(0, 0) and needs_sync(0, None)
+    assert needs_sync(77, None) and needs_sync(77, 0) and needs_sync(77, 78) and needs_sync(0, 77)
+    assert not needs_sync(77, 77)  # the session runs on torch's very stream
+
+
+def test_a_provider_that_does_not_load_is_one_notice_and_stdout_stays_clean(compact_onnx, capfd):
+    """onnxruntime's own fallback (the path TensorRT's refusal of an option
+    took) prints a banner to stdout, which would break ``--json``, and gives
+    no sign in the result: open_session catches the banner, compares the
+    providers obtained with those asked for and says what runs instead."""
+    path = compact_onnx.module.file("fp32")
+    so = ort.SessionOptions()
+    so.log_severity_level = 4
+    notes: list[str] = []
+    capfd.readouterr()
+    sess, used = open_session(path, so, [("NoSuchExecutionProvider", {}), (CPU, {})], name="m", notice=notes.append)
+    assert used == sess.get_providers() == [CPU]
+    assert capfd.readouterr().out == ""
+    assert len(notes) == 1 and "\n" not in notes[0]
+    assert notes[0].startswith("onnxruntime could not use NoSuchExecutionProvider for m (Unknown Provider Type")
+    assert notes[0].endswith("; running on CPUExecutionProvider")
+    # What was asked for and got: no notice.
+    open_session(path, so, [(CPU, {})], notice=notes.append)
+    assert len(notes) == 1
+
+
+@pytest.mark.skipif(CUDA in ort.get_available_providers(), reason="needs an onnxruntime without CUDA")
+def test_gpu_providers_that_do_not_load_fall_back_with_a_notice_naming_the_cpu(compact_onnx, capfd):
+    """A CUDA tensor's session asked of an onnxruntime whose GPU providers do
+    not load (here: a CPU-only build, as where CUDA's libraries are missing)
+    runs on the CPU, with one notice, and records what ran for describe();
+    TensorRT is not asked again."""
+    notes: list[str] = []
+    module = OnnxModule({"fp32": compact_onnx.module.file("fp32")}, 4, name="m", notice=notes.append)
+    profile = Profile.for_shape((2, 3, 16, 16))
+    capfd.readouterr()
+    runner = module._open("fp32", False, torch.device("cuda"), [TRT, CUDA, CPU], profile, 0)
+    assert capfd.readouterr().out == ""
+    assert runner.providers == [CPU] and not runner.bound and runner.profile is None
+    assert module._trt_failed
+    fallback = [n for n in notes if n.startswith("onnxruntime could not use")]
+    assert fallback == [
+        "onnxruntime could not use TensorrtExecutionProvider, CUDAExecutionProvider for m; running on CPUExecutionProvider"
+    ]
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    assert float((module._run_host(runner, x) - torch_out(load_model("compact-x4"), x)).abs().max()) < 1e-3
+
+
 def test_tensorrt_profile_covers_short_batches_and_widens_after_backoff(tmp_path, monkeypatch):
     p = Profile.for_shape((8, 3, 64, 64))
     assert p.contains((1, 3, 64, 64)) and p.contains((5, 3, 64, 64))  # last batch of a clip
@@ -400,13 +466,35 @@ gpu_ort = pytest.mark.skipif(
 )
 
 
+def _tensorrt_loads() -> bool:
+    import ctypes
+
+    for name in ("libnvinfer.so.10", "libnvinfer.so.8", "libnvinfer.so"):
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            pass
+    return False
+
+
 @gpu_ort
 def test_cuda_io_binding_matches_cpu_without_leaving_the_gpu(compact, compact_onnx):
     # TensorRT's fp32 may use TF32 matmuls, hence the looser bounds.
     x = torch.rand(2, 3, 40, 56, generator=torch.Generator().manual_seed(9))
     ref = compact_onnx.module(x)
+    notes: list[str] = []
+    compact_onnx.module.notice = notes.append
     y = compact_onnx.module(x.cuda().contiguous(memory_format=torch.channels_last))
-    assert y.device.type == "cuda" and compact_onnx.module.last["providers"][0] in (TRT, CUDA)
+    # Every provider this onnxruntime lists for the GPU is the one that runs:
+    # TensorRT where its libraries load (no silent fallback to CUDA), then CUDA.
+    asked = [p for p in (TRT, CUDA) if p in ort.get_available_providers()] + [CPU]
+    got = compact_onnx.module.last["providers"]
+    assert y.device.type == "cuda"
+    if TRT in asked and not _tensorrt_loads():  # onnxruntime-gpu lists it regardless
+        assert got == asked[1:] and any("could not use TensorrtExecutionProvider" in n for n in notes), notes
+    else:
+        assert got == asked and not [n for n in notes if "could not use" in n], notes
     assert float((y.cpu() - ref).abs().max()) < 1e-2
     clip = frames(2, 45, 61)
     assert (
@@ -416,3 +504,23 @@ def test_cuda_io_binding_matches_cpu_without_leaving_the_gpu(compact, compact_on
         )
         <= 2
     )
+
+
+@gpu_ort
+def test_onnxruntime_waits_for_work_queued_on_torch_default_stream(compact_onnx):
+    """torch's default stream (handle 0) is not given to onnxruntime, whose own
+    stream would read the input before torch has written it: a copy queued
+    behind a long sleep on torch's stream must still be what the model sees."""
+    module = compact_onnx.module
+    x = torch.rand(2, 3, 48, 64, generator=torch.Generator().manual_seed(3))
+    ref = module(x)
+    src = x.cuda()
+    module(src)  # the session exists (and TensorRT has built) before the race
+    assert torch.cuda.current_stream().cuda_stream == 0
+    torch.cuda.synchronize()
+    for _ in range(3):
+        dst = torch.zeros_like(src)
+        torch.cuda._sleep(200_000_000)  # keeps torch's stream busy for a while
+        dst.copy_(src)  # queued behind the sleep
+        y = module(dst)
+        assert float((y.cpu() - ref).abs().max()) < 1e-2

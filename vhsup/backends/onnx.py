@@ -8,9 +8,18 @@ has no parameters) and instead looks at the device of each input tensor.
 * **Providers.** A CPU tensor runs on the CPU provider with numpy arrays. A
   CUDA tensor runs on TensorRT, then CUDA, then CPU, whichever this
   onnxruntime build has; on a GPU provider the tensor's device memory is
-  bound directly (IO binding), on torch's current stream, so the frame never
-  visits the host. A CUDA tensor with a CPU-only onnxruntime is copied over
-  and back, with one notice.
+  bound directly (IO binding), so the frame never visits the host. A CUDA
+  tensor with a CPU-only onnxruntime is copied over and back, with one
+  notice. The providers a session actually got are compared with those
+  asked for: a provider that did not load (TensorRT or CUDA libraries
+  missing, an option it refuses) is one notice naming what runs instead,
+  and onnxruntime's own fallback banner is kept off stdout.
+* **Streams.** A session runs on torch's current CUDA stream when that is
+  not the default one (``user_compute_stream``); torch's default stream has
+  handle 0, which onnxruntime reads as "none given" and replaces with a
+  stream of its own, so then torch's queued work (the upload, casts, the
+  batch's concatenation) is waited for before the session reads its input
+  (:func:`needs_sync`).
 * **Precision follows the engine.** The engine runs the module inside
   ``torch.autocast`` for fp16/bf16 and plainly for fp32 (including its NaN
   retry). The module reads that: under autocast it runs the fp16 model
@@ -31,11 +40,14 @@ has no parameters) and instead looks at the device of each input tensor.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
+import io
 import os
 import re
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +66,9 @@ __all__ = [
     "Profile",
     "cache_root",
     "load_onnx_model",
+    "needs_sync",
     "onnxruntime_available",
+    "open_session",
     "provider_chain",
     "trt_dirs",
 ]
@@ -187,17 +201,23 @@ def provider_chain(
 
     TensorRT, then CUDA, then CPU, keeping only what ``available`` (from
     ``onnxruntime.get_available_providers()``) lists; CPU tensors get CPU
-    only. ``stream`` is torch's current CUDA stream handle, so onnxruntime
-    works in order with torch; ``fp16`` asks TensorRT to build in fp16 (the
-    CUDA provider runs whatever precision the file has).
+    only. ``stream`` is torch's current CUDA stream handle: a non-zero one is
+    passed as ``user_compute_stream`` (which both GPU providers take, and
+    which alone tells them a stream is given), so onnxruntime works in order
+    with torch; 0 (torch's default stream) or None passes nothing, and the
+    session makes its own stream (see :func:`needs_sync`). No
+    ``has_user_compute_stream``: the CUDA provider derives it, and the
+    TensorRT provider's option parser refuses it, which made onnxruntime
+    drop TensorRT for every session. ``fp16`` asks TensorRT to build in
+    fp16 (the CUDA provider runs whatever precision the file has).
     """
     dev = torch.device(device)
     if dev.type != "cuda":
         return [(CPU, {})]
     index = str(dev.index or 0)
     shared: dict[str, str] = {"device_id": index}
-    if stream is not None:
-        shared |= {"has_user_compute_stream": "1", "user_compute_stream": str(int(stream))}
+    if stream:
+        shared["user_compute_stream"] = str(int(stream))
     chain: list[tuple[str, dict[str, str]]] = []
     if TRT in available:
         opts = dict(shared) | {
@@ -228,6 +248,77 @@ def provider_chain(
         )
     chain.append((CPU, {}))
     return chain
+
+
+def needs_sync(torch_stream: int, session_stream: int | None) -> bool:
+    """Whether torch's current stream must be synchronised before a session
+    reads device memory torch wrote.
+
+    ``torch_stream`` is the handle of torch's current stream,
+    ``session_stream`` the one the session was given (None or 0: none, so
+    onnxruntime runs on a stream of its own). Only a session on torch's very
+    stream (a non-zero handle, passed as ``user_compute_stream``) sees
+    torch's work in order; any other, including both handles being 0
+    (torch's default stream, which onnxruntime does not take as a user
+    stream), needs torch's queued work finished first.
+    """
+    return not session_stream or int(torch_stream) != int(session_stream)
+
+
+def open_session(
+    path: Path,
+    options: Any,
+    chain: Sequence[tuple[str, Mapping[str, str]]],
+    *,
+    name: str = "onnx",
+    notice: Callable[[str], None] | None = None,
+) -> tuple[Any, list[str]]:
+    """An onnxruntime session for ``path`` on the providers of ``chain``, and
+    the providers it actually got (best first).
+
+    When a provider fails to load (TensorRT refusing an option, a GPU
+    provider whose libraries are missing, an unknown name), onnxruntime
+    prints a banner to stdout and retries on a fixed fallback list without
+    any provider options (so on GPU 0, and on no given stream). stdout must
+    stay clean for ``--json``: the banner is caught, and the session is made
+    again on the providers that did load, with their options. A provider
+    that is not available at all is dropped by onnxruntime without a word.
+    Either way, when the providers obtained are not those asked for,
+    ``notice`` gets one line naming what runs instead (and why, where
+    onnxruntime said); the caller records the list for ``describe()``.
+    """
+    ort = _ort()
+    asked = [n for n, _ in chain]
+
+    def make(links: Sequence[tuple[str, Mapping[str, str]]]) -> tuple[Any, str]:
+        banner = io.StringIO()
+        with contextlib.redirect_stdout(banner), warnings.catch_warnings():
+            # "Specified provider ... is not in available provider names":
+            # said once below, in vhsup's words.
+            warnings.simplefilter("ignore", UserWarning)
+            sess = ort.InferenceSession(
+                str(path), options, providers=[n for n, _ in links], provider_options=[dict(o) for _, o in links]
+            )
+        return sess, banner.getvalue()
+
+    sess, banner = make(chain)
+    used = list(sess.get_providers())
+    why = ""
+    if "EP Error" in banner:
+        line = next((ln for ln in banner.splitlines() if ln.startswith("EP Error")), "")
+        why = " ".join(line.removeprefix("EP Error").strip(" :").split(" when using ")[0].split())[:200]
+        kept = [(n, o) for n, o in chain if n in used]
+        if kept and [n for n, _ in kept] != [n for n, _ in chain]:
+            sess, _ = make(kept)
+            used = list(sess.get_providers())
+    if used != asked and notice is not None:
+        missing = [p for p in asked if p not in used]
+        reason = f" ({why})" if why else ""
+        notice(
+            f"onnxruntime could not use {', '.join(missing) or 'the providers asked for'} for {name}{reason}; "
+            f"running on {', '.join(used)}"
+        )
+    return sess, used
 
 
 # --- the module ------------------------------------------------------------------
@@ -292,7 +383,8 @@ class OnnxModule(nn.Module):
         # onnxruntime-gpu lists TensorRT even where its libraries are
         # missing; after one session falls back, TensorRT is not asked again.
         self._trt_failed = False
-        #: What ran last: precision and providers (for --json / describe).
+        #: What ran last: precision and the providers the session got (for
+        #: --json / describe; fewer than asked for after a fallback).
         self.last: dict[str, object] = {}
 
     def extra_repr(self) -> str:
@@ -348,6 +440,8 @@ class OnnxModule(nn.Module):
                 "this onnxruntime has no CUDA or TensorRT provider; running the model "
                 "on the CPU (pip install onnxruntime-gpu)",
             )
+        # torch's current stream: its handle (0 for the default stream) keys
+        # the session, which runs on it when non-zero (see needs_sync).
         stream = torch.cuda.current_stream(device).cuda_stream if gpu else None
         trt = gpu and TRT in available
         key = (device.type if gpu else "cpu", device.index if gpu else None, precision, trt_fp16, stream)
@@ -408,9 +502,7 @@ class OnnxModule(nn.Module):
             stream=stream,
         )
         try:
-            sess = ort.InferenceSession(
-                str(path), so, providers=[n for n, _ in chain], provider_options=[o for _, o in chain]
-            )
+            sess, used = open_session(path, so, chain, name=self.name, notice=self.notice)
         except Exception as exc:  # onnxruntime raises its own kinds
             if is_ort_oom(exc):
                 raise RuntimeError(
@@ -421,12 +513,12 @@ class OnnxModule(nn.Module):
         in_dtype, out_dtype = _NP_DTYPES.get(inp.type), _NP_DTYPES.get(out.type)
         if in_dtype is None or out_dtype is None:
             raise VhsupError(f"model input {inp.type} / output {out.type}: vhsup needs float or float16 tensors", path)
-        used = list(sess.get_providers())
         bound = device.type == "cuda" and used[0] in (TRT, CUDA)
         if used[0] != TRT:
             if profile is not None:
+                # Not asked again (each try would cost a failed build);
+                # open_session has said why and what runs instead.
                 self._trt_failed = True
-                self._say_once("trt", f"TensorRT could not be used for {self.name}; using {used[0]}")
             # No profile to outgrow, so no rebuilds on new shapes.
             profile = None
         return _Runner(
@@ -481,9 +573,10 @@ class OnnxModule(nn.Module):
         binding.bind_input(r.in_name, "cuda", idx, r.in_dtype, tuple(xs.shape), xs.data_ptr())
         binding.bind_output(r.out_name, "cuda", idx, r.out_dtype, out_shape, y.data_ptr())
         current = torch.cuda.current_stream(dev)
-        if current.cuda_stream != r.stream:
-            # The session was made for another stream: finish torch's work on
-            # this one before onnxruntime reads the input.
+        if needs_sync(current.cuda_stream, r.stream):
+            # onnxruntime runs on a stream of its own (or another one): finish
+            # torch's work (the input's upload, cast and concatenation, and
+            # whatever last used the output's memory) before it starts.
             current.synchronize()
         r.session.run_with_iobinding(binding)  # type: ignore[attr-defined]
         return y.float()
