@@ -407,6 +407,12 @@ class SREngine:
             **self.runs_on(),
         }
 
+    def items_per_frame(self, frame_hw: tuple[int, int]) -> int:
+        """Forward-pass items (tiles, or 1 for a whole frame) one frame of
+        ``frame_hw`` makes with the current settings (planned first if automatic)."""
+        self._plan(*frame_hw)
+        return len(self._tiles(*self._padded(*frame_hw))[0])
+
     def runs_on(self) -> dict:
         """What computes the model, as far as it is not plain torch on the device.
 
