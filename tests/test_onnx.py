@@ -439,6 +439,8 @@ def test_gpu_providers_that_do_not_load_fall_back_with_a_notice_naming_the_cpu(c
     ]
     x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     assert float((module._run_host(runner, x) - torch_out(load_model("compact-x4"), x)).abs().max()) < 1e-3
+    module._open("fp32", False, torch.device("cuda"), [TRT, CUDA, CPU], profile, 0)  # another session
+    assert [n for n in notes if n.startswith("onnxruntime could not use")] == fallback  # not said twice
 
 
 def test_tensorrt_profile_covers_short_batches_and_widens_after_backoff(tmp_path, monkeypatch):

@@ -502,7 +502,8 @@ class OnnxModule(nn.Module):
             stream=stream,
         )
         try:
-            sess, used = open_session(path, so, chain, name=self.name, notice=self.notice)
+            # Said once: the fp16 and fp32 sessions would repeat it word for word.
+            sess, used = open_session(path, so, chain, name=self.name, notice=lambda m: self._say_once(m, m))
         except Exception as exc:  # onnxruntime raises its own kinds
             if is_ort_oom(exc):
                 raise RuntimeError(
