@@ -34,7 +34,7 @@ ANCHOR_VENV ?= .venv-anchor
 ANCHOR_SPEC ?= vs-temporalfix==2.4.1 vapoursynth==81 vapoursynth-mvutensils==9 numpy
 ANCHOR_STAMP := $(ANCHOR_VENV)/.vhsup-anchor-installed
 
-.PHONY: demo test test-fast lint format bench install clean anchor-venv
+.PHONY: demo test test-fast lint format bench install clean anchor-venv gpu-check
 
 anchor-venv: $(ANCHOR_STAMP)
 
@@ -72,6 +72,13 @@ test: $(STAMP) $(EXTRAS_STAMP)
 # The tests marked slow (over ~20 s each on 2 cores) are left out: for the edit-test loop.
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(addprefix --ignore=,$(EXTRAS_TESTS))
+
+# Every CUDA path in one go, each step in its own process under its own
+# timeout, results under $$OUT (else gpu-out/): bench/gpu_check.py.
+# SMOKE=1 runs the same steps on the CPU at tiny sizes (CI runs that).
+# On a bare GPU machine with its own torch: PYTHONPATH=. python3 bench/gpu_check.py
+gpu-check: $(STAMP)
+	$(PY) bench/gpu_check.py $(if $(SMOKE),--smoke) --out $${OUT:-gpu-out}
 
 # Lint, format and types; CI runs this before the tests.
 lint: $(STAMP)

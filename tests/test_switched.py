@@ -275,7 +275,7 @@ print("OK")
 """
 
 
-def test_triton_op_through_dispatch_and_autograd_under_the_interpreter():
+def test_triton_op_through_dispatch_and_autograd_under_the_interpreter(triton_interpreter):
     """The "cuda" implementation wired through the custom op (forward, the
     backward op, the grads autograd hands back) on CPU tensors, with Triton's
     interpreter; in a subprocess because TRITON_INTERPRET must be set before

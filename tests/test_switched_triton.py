@@ -137,7 +137,7 @@ def _run(mode: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def interp():
+def interp(triton_interpreter):
     return _run("interp")
 
 

@@ -117,7 +117,11 @@ def typed_out_of_memory() -> Iterator[None]:
 
 
 def _elem_bytes(precision: str) -> int:
-    return 2 if precision in _DTYPES else 4
+    # Autocast computes convs in 16 bits, but a residual sum of a 16-bit
+    # branch and an fp32 input comes out fp32: measured on an H200 at
+    # 720x480 (whole frames, batch 1), esrgan-x4 peaked at 12.7 KB/px in bf16
+    # against 17.6 in fp32, so half precision counts 3 bytes, not 2.
+    return 3 if precision in _DTYPES else 4
 
 
 def activation_bytes_per_px(desc: ModelDescriptor, precision: str = "fp32") -> float:
@@ -135,8 +139,10 @@ def activation_bytes_per_px(desc: ModelDescriptor, precision: str = "fp32") -> f
 
     Measured peaks on CPU in fp32 (VmHWM, whole frames of 120x180):
     compact-x4 1.4 KB/px against 2.2 estimated, esrgan-x4 10.0 KB/px
-    against 15.2. Half precision halves the activations, which holds for
-    CUDA autocast; CPU autocast keeps fp32 copies as well (25 KB/px for
+    against 15.2; on an H200 (CUDA, cuDNN's workspace included) esrgan-x4
+    17.6 KB/px in fp32 and 12.7 in bf16, compact-x4 1.0 and 0.55. Half
+    precision takes about 3/4 of the room under CUDA autocast; CPU autocast
+    keeps fp32 copies as well (25 KB/px for
     esrgan-x4 in bf16), but reduced precision on CPU is for tests only.
     """
     e = _elem_bytes(precision)
