@@ -300,6 +300,24 @@ def step_env(s: Step) -> None:
         s.sync()
         tflops = 2 * 8192**3 * 10 / (time.perf_counter() - t0) / 1e12
         s.emit("ceilings", copy_tb_per_s=round(copy_tbs, 2), bf16_matmul_tflops=round(tflops, 1))
+        # Frame-sized copies between host and device, pageable and pinned: what
+        # feeding a fast model costs (a 720x480 frame up, a 2880x1920 one down).
+        row = {}
+        for what, shape in (("up_720x480", (480, 720, 3)), ("down_2880x1920", (1920, 2880, 3))):
+            dev = torch.randint(0, 255, shape, dtype=torch.uint8, device="cuda")
+            for pinned in (False, True):
+                host = torch.empty(shape, dtype=torch.uint8, pin_memory=pinned)
+                copy = (lambda: dev.copy_(host)) if what.startswith("up") else (lambda: host.copy_(dev))
+                for _ in range(3):
+                    copy()
+                s.sync()
+                t0 = time.perf_counter()
+                for _ in range(20):
+                    copy()
+                s.sync()
+                ms = (time.perf_counter() - t0) / 20 * 1000
+                row[f"{what}_{'pinned' if pinned else 'pageable'}_ms"] = round(ms, 3)
+        s.emit("transfers", **row)
 
 
 def _frames(count: int, h: int, w: int, seed: int = 0) -> list:
@@ -426,8 +444,32 @@ def _sample(seconds: float) -> Path:
     return make_vhs_sample(folder / "tape.avi", seconds=seconds).path
 
 
+def _time_stabiliser(s: Step) -> None:
+    """The stabiliser alone: ms per 720x480 -> 2880x1920 frame (its CPU part and the device's)."""
+    import cv2
+
+    from vhsup.stabilise import Stabiliser
+
+    h, w = (48, 64) if s.smoke else (480, 720)
+    src = _frames(1, h + 24, w + 24)[0]
+    pics = [src[i : i + h, i : i + w].copy() for i in range(16)]
+    srs = [cv2.resize(p, (w * 4, h * 4), interpolation=cv2.INTER_CUBIC) for p in pics]
+    st = Stabiliser("auto", device=s.device)
+    for i in range(4):  # warm-up: allocations, the flow's buffers
+        st.push(i, pics[i], srs[i])
+    s.sync()
+    t0 = time.perf_counter()
+    for i in range(4, len(pics)):
+        st.push(i, pics[i], srs[i])
+    s.sync()
+    ms = (time.perf_counter() - t0) / (len(pics) - 4) * 1000
+    s.emit("stabiliser", size=f"{w}x{h} -> {w * 4}x{h * 4}", device=s.device, ms_per_frame=round(ms, 1))
+
+
 def step_e2e(s: Step) -> None:
     from vhsup.bench import run_bench
+
+    _time_stabiliser(s)
 
     sample = _sample(1.0 if s.smoke else 3.0)
     model = "bicubic" if s.smoke else "compact-x4"

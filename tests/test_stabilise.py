@@ -9,6 +9,7 @@ equals untiled, and the run says which mode ran.
 from __future__ import annotations
 
 import json
+import threading
 
 import cv2
 import numpy as np
@@ -205,6 +206,33 @@ def test_tiled_and_whole_frames_steady_alike(clips, tmp_path):
     assert len(runs[0]) == len(runs[32]) == 6
     for a, b in zip(runs[0], runs[32]):
         assert np.abs(a - b).max() <= 1
+
+
+def test_inference_in_its_own_thread_gives_the_same_frames(clips, tmp_path, monkeypatch):
+    """On CUDA the model runs in a thread of its own while the stabiliser works
+    on the frames before; forced here on the CPU, the output is the serial run's."""
+    from vhsup.pipeline import Run
+
+    clip = clips.make("steady-thread.mkv", vcodec="ffv1", size=(64, 48), frames=12)
+    opts = {"model": "bicubic", "codec": "ffv1", "overwrite": True, "temporal": "strong", "batch": 3}
+    serial = tmp_path / "serial.mkv"
+    upscale_video(clip.path, serial, **opts)
+    threads: list[str] = []
+    real = Run._inferred
+
+    def inferred(self):
+        threads.append(threading.current_thread().name)
+        yield from real(self)
+
+    monkeypatch.setattr(Run, "infer_thread", lambda self: True)
+    monkeypatch.setattr(Run, "_inferred", inferred)
+    threaded = tmp_path / "threaded.mkv"
+    r = upscale_video(clip.path, threaded, **opts)
+    assert threads == ["vhsup-infer"] and r.frames_out == 12
+    ours, theirs = list(mediagen.decode_video(threaded)), list(mediagen.decode_video(serial))
+    assert len(ours) == len(theirs) == 12
+    for (t1, a), (t2, b) in zip(ours, theirs):
+        assert t1 == t2 and np.array_equal(a, b)
 
 
 def cli(*args: str) -> str:

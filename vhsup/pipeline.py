@@ -14,9 +14,10 @@ between them keep memory flat however long the tape is.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -434,32 +435,16 @@ class Run:
             return None
         return Stabiliser(self.plan.temporal, device=self.engine.device)
 
-    # infer and stabilise, in the calling thread (stitch, the resize to the output size, runs in the
-    # encode thread: see write)
-    def _upscaled(self, want_compare: bool) -> Iterator[tuple[Picture, Picture]]:
-        self.stats, self.frames_out, self.origin, self.compare_pair = DecodeStats(), 0, None, None
-        target = max(0, self.plan.frames_estimate // 2)
+    def _inferred(self) -> Generator[tuple[Picture, np.ndarray], None, None]:
+        """Each decoded picture (decode runs in its own thread) with the model's output, in order."""
         batch: list[Picture] = []
-        steady = self.stabiliser()
-        rate = self.plan.filters.rate
         with Background(self.source_pictures(warm_up=True), maxsize=self.opts.queue, name="decode") as source:
 
-            def flush() -> Iterator[tuple[Picture, Picture]]:
+            def flush() -> Iterator[tuple[Picture, np.ndarray]]:
                 outputs = self.engine.upscale([p.rgb for p in batch])
                 if len(outputs) != len(batch):  # the engine's contract; never lose a frame quietly
                     raise RuntimeError(f"engine returned {len(outputs)} frames for {len(batch)}")
-                for pic, sr in zip(batch, outputs):
-                    if steady is not None:
-                        # numbered by presentation time, so that every chunk numbers a picture alike
-                        sr = steady.push(round(pic.time * rate), pic.rgb, sr)
-                    if pic.index < 0:  # a warm-up picture: it steadies the next ones, and is not written
-                        continue
-                    if want_compare and (pic.index <= target or self.compare_pair is None):
-                        self.compare_pair = (pic.rgb, sr)
-                    self.frames_out += 1
-                    if self.progress:
-                        self.progress(self.frames_out, self.plan.frames_estimate)
-                    yield pic, Picture(sr, pic.time, pic.index)
+                yield from zip(batch, outputs)
                 batch.clear()
 
             for pic in source:
@@ -470,6 +455,41 @@ class Run:
                     yield from flush()
             if batch:
                 yield from flush()
+
+    def infer_thread(self) -> bool:
+        """Whether inference runs in a thread of its own, apart from the stabiliser:
+        on CUDA, so that the stabiliser's CPU work (optical flow, trust maps)
+        overlaps the GPU's instead of following it. On the CPU both draw on
+        the same cores, and a batch there takes seconds, which an interrupt
+        would wait for."""
+        return self.plan.temporal != "off" and self.engine.device.type == "cuda"
+
+    # infer, then stabilise in the calling thread (stitch, the resize to the output size, runs in the
+    # encode thread: see write)
+    def _upscaled(self, want_compare: bool) -> Iterator[tuple[Picture, Picture]]:
+        self.stats, self.frames_out, self.origin, self.compare_pair = DecodeStats(), 0, None, None
+        target = max(0, self.plan.frames_estimate // 2)
+        steady = self.stabiliser()
+        rate = self.plan.filters.rate
+        gen = self._inferred()
+        inferred: Iterator[tuple[Picture, np.ndarray]] = gen
+        with contextlib.ExitStack() as stack:
+            if self.infer_thread():
+                inferred = stack.enter_context(Background(gen, maxsize=2, name="infer"))
+            else:
+                stack.callback(gen.close)
+            for pic, sr in inferred:
+                if steady is not None:
+                    # numbered by presentation time, so that every chunk numbers a picture alike
+                    sr = steady.push(round(pic.time * rate), pic.rgb, sr)
+                if pic.index < 0:  # a warm-up picture: it steadies the next ones, and is not written
+                    continue
+                if want_compare and (pic.index <= target or self.compare_pair is None):
+                    self.compare_pair = (pic.rgb, sr)
+                self.frames_out += 1
+                if self.progress:
+                    self.progress(self.frames_out, self.plan.frames_estimate)
+                yield pic, Picture(sr, pic.time, pic.index)
         if self.frames_out == 0:
             raise VhsupError(f"no frames decoded in the chosen range ({self.stats.errors} decode errors)", self.src)
 
