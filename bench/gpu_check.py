@@ -307,13 +307,13 @@ def step_env(s: Step) -> None:
             dev = torch.randint(0, 255, shape, dtype=torch.uint8, device="cuda")
             for pinned in (False, True):
                 host = torch.empty(shape, dtype=torch.uint8, pin_memory=pinned)
-                copy = (lambda: dev.copy_(host)) if what.startswith("up") else (lambda: host.copy_(dev))
+                dst, src = (dev, host) if what.startswith("up") else (host, dev)
                 for _ in range(3):
-                    copy()
+                    dst.copy_(src)
                 s.sync()
                 t0 = time.perf_counter()
                 for _ in range(20):
-                    copy()
+                    dst.copy_(src)
                 s.sync()
                 ms = (time.perf_counter() - t0) / 20 * 1000
                 row[f"{what}_{'pinned' if pinned else 'pageable'}_ms"] = round(ms, 3)
