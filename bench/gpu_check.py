@@ -466,10 +466,28 @@ def _time_stabiliser(s: Step) -> None:
     s.emit("stabiliser", size=f"{w}x{h} -> {w * 4}x{h * 4}", device=s.device, ms_per_frame=round(ms, 1))
 
 
+def _time_conversion(s: Step) -> None:
+    """swscale's RGB->YUV 4:2:0 at the output size with 1, 4 and 8 threads: the CPU
+    stage that feeds the encoder (the encoder runs it with one thread)."""
+    import av
+
+    h, w = (192, 256) if s.smoke else (1920, 2880)
+    frame = _frames(1, h, w)[0]
+    row: dict[str, object] = {"size": f"{w}x{h}"}
+    for threads in (1, 4, 8):
+        av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p", threads=threads)
+        t0 = time.perf_counter()
+        for _ in range(10):
+            av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p", threads=threads)
+        row[f"fps_{threads}_threads"] = round(10 / (time.perf_counter() - t0), 1)
+    s.emit("rgb_to_yuv", **row)
+
+
 def step_e2e(s: Step) -> None:
     from vhsup.bench import run_bench
 
     _time_stabiliser(s)
+    _time_conversion(s)
 
     sample = _sample(1.0 if s.smoke else 3.0)
     model = "bicubic" if s.smoke else "compact-x4"

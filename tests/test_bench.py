@@ -43,3 +43,26 @@ def test_tiles_count_as_batches_and_onnxruntime_names_its_providers(mp4_clip):
     assert res["tile"] == 32 and res["warmup_batch"] == 4
     assert res["timed_batches"] >= TIMED_BATCHES
     assert res["providers"] == ["CPUExecutionProvider"] and res["backend"] == "onnx"
+
+
+def test_each_stage_is_timed_alone_and_the_slowest_is_named_with_advice(mp4_clip):
+    res = bench(
+        str(mp4_clip.path), "--model", "bicubic", "--frames", "4", "--temporal", "light", "--preset", "ultrafast"
+    )
+    stages = res["stage_fps"]
+    assert set(stages) == {"decode", "model", "stabilise", "encode"} and all(v > 0 for v in stages.values())
+    assert stages["model"] == res["model_only_fps"]
+    slowest = res["slowest_stage"]
+    assert stages[slowest] == min(stages.values())
+    assert res["advice"].startswith(f"{slowest.replace('stabilise', 'stabiliser')}-bound: ")
+    # The stages run side by side in a real run: it cannot beat the slowest by much.
+    assert 0 < res["end_to_end_over_slowest_stage"] < 1.5
+    off = bench(str(mp4_clip.path), "--model", "bicubic", "--frames", "4", "--preset", "ultrafast")
+    assert "stabilise" not in off["stage_fps"] and off["temporal"] == "off"
+
+
+def test_a_slow_encoder_preset_is_what_the_encode_stage_measures(mp4_clip):
+    args = (str(mp4_clip.path), "--model", "bicubic", "--frames", "6", "--temporal", "off", "--codec", "libx264")
+    fast = bench(*args, "--preset", "ultrafast")["stage_fps"]["encode"]
+    slow = bench(*args, "--preset", "veryslow")["stage_fps"]["encode"]
+    assert slow < fast

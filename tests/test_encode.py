@@ -540,3 +540,13 @@ def test_a_garbage_decode_time_from_the_encoder_is_dropped_and_the_file_muxes(tm
         frames = [(f.pts, int(f.to_ndarray(format="gray").mean())) for f in c.decode(video=0)]
     assert len(frames) == 3
     assert [round(v / 40) for _, v in frames] == [0, 1, 2]  # every picture, in order
+
+
+def test_nvenc_on_a_gpu_without_it_says_so():
+    from vhsup.media.encode import no_nvenc_on
+
+    why = no_nvenc_on("NVIDIA H200")
+    assert why is not None and "NVIDIA H200 here has no NVENC" in why
+    assert no_nvenc_on("NVIDIA A100-SXM4-80GB") is not None
+    assert no_nvenc_on("NVIDIA GeForce RTX 4090") is None and no_nvenc_on("NVIDIA L4") is None
+    assert no_nvenc_on(None) is None

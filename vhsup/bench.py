@@ -25,6 +25,34 @@ from vhsup.pipeline import Options, Run
 TIMED_BATCHES = 3
 
 
+#: What a user can do when a stage holds the run back (``slowest_stage``).
+ADVICE = {
+    "decode": "decode-bound: decoding, deinterlacing and restoring run on the CPU; "
+    "--deinterlace bwdif or fewer restore stages are faster",
+    "model": "model-bound: a lighter model (compact-x4), a GPU, or --precision fp16/bf16 on one",
+    "stabilise": "stabiliser-bound: --temporal off skips the stabiliser",
+    "encode": "encode-bound: try a faster --preset (e.g. faster, veryfast) or a smaller --height (e.g. 1080)",
+}
+
+
+def _encode_seconds(run: Run, source: list, outputs: list, dst: Path) -> float:
+    """Seconds the run's encoder takes for ``outputs`` alone (resize to the output size included)."""
+    from vhsup.media.geometry import fit
+    from vhsup.media.picture import Picture
+
+    g = run.plan.geometry
+    t0 = time.perf_counter()
+    encoder = run.open_encoder(dst, source[0].time, stage_for="matroska")
+    try:
+        for pic, sr in zip(source, outputs):
+            encoder.write(Picture(fit(sr, g.out_w, g.out_h), pic.time, pic.index))
+        encoder.close()
+    except BaseException:
+        encoder.abort()
+        raise
+    return time.perf_counter() - t0
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
@@ -63,7 +91,9 @@ def run_bench(
     )
     run = Run(Path(file), opts)
     engine = run.engine
+    t0 = time.perf_counter()
     source = list(run.source_pictures())
+    decode_s = time.perf_counter() - t0
     if not source:
         raise RuntimeError(f"{file}: no frames decoded")
     rgb = [p.rgb for p in source]
@@ -82,17 +112,28 @@ def run_bench(
         # Every decoded frame, and at least TIMED_BATCHES full batches.
         timed = -(-max(len(rgb), -(-TIMED_BATCHES * engine.batch // per_frame)) // step) * step
         t0 = time.perf_counter()
+        outputs: list = []  # the model's output of each source frame, once (for the later stages)
         for i in range(0, timed, step):
-            engine.upscale([rgb[k % len(rgb)] for k in range(i, i + step)])
+            got = engine.upscale([rgb[k % len(rgb)] for k in range(i, i + step)])
+            outputs += got[: max(0, len(rgb) - len(outputs))]
         model_s = time.perf_counter() - t0
         timed_batches = engine.stats["forward_passes"] - passes
     finally:
         hook.remove()
+    n = len(source)
+    stage_fps = {"decode": n / decode_s, "model": timed / model_s}
+    steady = run.stabiliser()
+    if steady is not None:
+        t0 = time.perf_counter()
+        for k, (pic, sr) in enumerate(zip(source, outputs)):
+            outputs[k] = steady.push(k, pic.rgb, sr)
+        stage_fps["stabilise"] = n / (time.perf_counter() - t0)
     with tempfile.TemporaryDirectory() as tmp:
+        stage_fps["encode"] = n / _encode_seconds(run, source, outputs, Path(tmp) / "encode.mkv")
         t0 = time.perf_counter()
         result = run.write(Path(tmp) / "bench.mkv")
         e2e_s = time.perf_counter() - t0
-    n = len(source)
+    slowest = min(stage_fps, key=lambda k: stage_fps[k])
     desc = engine.describe()
     extra = {k: desc[k] for k in ("fp32_convs", "switched_conv", "providers") if k in desc}
     g = run.plan.geometry
@@ -117,6 +158,13 @@ def run_bench(
         "end_to_end_fps": round(result.frames_out / e2e_s, 4),
         # Both for the same input frames: the pipeline's overhead.
         "end_to_end_over_model_time": round(e2e_s / (model_s * n / timed), 4),
+        # Each stage alone on the same frames (decode: decode, deinterlace,
+        # restore and the conversion to RGB; encode: the resize to the output
+        # size, RGB->YUV and the encoder): the run goes no faster than the slowest.
+        "stage_fps": {k: round(v, 4) for k, v in stage_fps.items()},
+        "slowest_stage": slowest,
+        "end_to_end_over_slowest_stage": round(result.frames_out / e2e_s / stage_fps[slowest], 4),
+        "advice": ADVICE[slowest],
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "notices": list(run.notices),
     }

@@ -44,7 +44,7 @@ from vhsup.wording import aspect_label, plural
 if TYPE_CHECKING:
     import numpy as np
 
-    from vhsup.media.encode import EncodeReport
+    from vhsup.media.encode import EncodeReport, VideoEncoder
 
 Notice = Callable[[str], None]
 
@@ -499,17 +499,42 @@ class Run:
         for _, sr in self._upscaled(want_compare=False):
             yield Picture(fit(sr.rgb, g.out_w, g.out_h), sr.time, sr.index)
 
+    def open_encoder(
+        self, dst: Path, first: Fraction, *, origin: Fraction | None = None, stage_for: str | None = None
+    ) -> VideoEncoder:
+        """The run's encoder for ``dst``, opened at the first picture's source time ``first``
+        (audio and subtitles are cut from there; ``origin``: see :meth:`write`)."""
+        from vhsup.media.encode import EncodeSettings, VideoEncoder
+
+        opts, plan, g = self.opts, self.plan, self.plan.geometry
+        end = plan.end
+        if plan.limit is not None:
+            end = first + Fraction(plan.limit) / plan.filters.rate
+        return VideoEncoder(
+            dst,
+            src=self.src,
+            width=g.out_w,
+            height=g.out_h,
+            rate=plan.filters.rate,
+            sar=g.out_sar,
+            colour=output_colour(source_colour(self.info.height, self.info.colorspace, self.info.color_range), g.out_h),
+            settings=EncodeSettings(codec=opts.codec, crf=opts.crf, preset=opts.preset, pix_fmt=opts.pix_fmt),
+            time_range=(first, end),
+            origin=first if origin is None else origin,
+            overwrite=opts.overwrite,
+            notice=self.notice,
+            stage_for=stage_for,
+        )
+
     def write(self, dst: Path, *, stage_for: str | None = None, origin: Fraction | None = None) -> Result:
         """Encode to ``dst``. ``stage_for`` (a container format name) writes a
         video-only chunk for that container instead (see VideoEncoder);
         ``origin`` fixes the source time of output time 0 (default: the
         first picture's), so that chunks share the whole video's clock."""
-        from vhsup.media.encode import EncodeSettings, VideoEncoder, remove_own_temp_files
+        from vhsup.media.encode import remove_own_temp_files
 
         opts, plan, g = self.opts, self.plan, self.plan.geometry
         t0 = time.perf_counter()
-        settings = EncodeSettings(codec=opts.codec, crf=opts.crf, preset=opts.preset, pix_fmt=opts.pix_fmt)
-        colour = output_colour(source_colour(self.info.height, self.info.colorspace, self.info.color_range), g.out_h)
         encoder: VideoEncoder | None = None
         worker: Worker | None = None
 
@@ -523,24 +548,7 @@ class Run:
                     # Opened at the first picture: its time is the output's zero,
                     # and audio and subtitles are cut from the same instant.
                     assert self.origin is not None  # _upscaled sets it before its first picture
-                    end = plan.end
-                    if plan.limit is not None:
-                        end = self.origin + Fraction(plan.limit) / plan.filters.rate
-                    encoder = VideoEncoder(
-                        dst,
-                        src=self.src,
-                        width=g.out_w,
-                        height=g.out_h,
-                        rate=plan.filters.rate,
-                        sar=g.out_sar,
-                        colour=colour,
-                        settings=settings,
-                        time_range=(self.origin, end),
-                        origin=self.origin if origin is None else origin,
-                        overwrite=opts.overwrite,
-                        notice=self.notice,
-                        stage_for=stage_for,
-                    )
+                    encoder = self.open_encoder(dst, self.origin, origin=origin, stage_for=stage_for)
                     worker = Worker(encode, maxsize=4, name="encode")
                 assert worker is not None  # made with the encoder, at the first picture
                 worker.submit(sr)

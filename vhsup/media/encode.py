@@ -325,6 +325,31 @@ def _set_stream_sar(stream: av.video.stream.VideoStream, sar: Fraction) -> bool:
     return True
 
 
+#: NVIDIA's compute GPUs without a video encoder (NVENC): A100/A800/A30 and H100/H800/H200/H20.
+_NO_NVENC = ("A100", "A800", "A30", "H100", "H800", "H200", "H20")
+
+
+def no_nvenc_on(gpu: str | None) -> str | None:
+    """Why NVENC cannot run on the GPU named ``gpu`` (torch's device name), or None."""
+    if not gpu:
+        return None
+    words = gpu.upper().replace("-", " ").split()
+    chip = next((w for w in words if w in _NO_NVENC), None)
+    if chip is None:
+        return None
+    return f"the {gpu} here has no NVENC (NVIDIA's {chip}, like the other compute GPUs {', '.join(c for c in _NO_NVENC if c != chip)}, has no video encoder)"
+
+
+def _cuda_name() -> str | None:
+    """The first CUDA device's name, if torch sees one."""
+    try:
+        import torch
+
+        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except Exception:  # noqa: BLE001 - a broken CUDA set-up: no name to go by
+        return None
+
+
 class VideoEncoder:
     """Writes pictures to ``dst`` with the source's audio and subtitles.
 
@@ -596,6 +621,9 @@ class VideoEncoder:
             self._out.start_encoding()
         except (OSError, av.FFmpegError, ValueError) as e:
             if s.codec in NVENC:
+                why = no_nvenc_on(_cuda_name())
+                if why:
+                    raise VhsupError(f"{s.codec}: {why}; use libx264 or libx265") from e
                 raise VhsupError(f"{s.codec} needs an NVIDIA GPU with NVENC and its driver: {e}") from e
             mapped = self._mapped(e)
             if mapped is not e:
