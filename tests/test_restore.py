@@ -394,3 +394,23 @@ def test_without_vivtc_ivtc_takes_fieldmatch_with_a_notice_and_qtgmc_still_runs(
     assert [n for n in plan.notes if n.startswith(f"--ivtc: FFmpeg's fieldmatch + decimate, not VIVTC: {missing}")]
     assert plan_filters(probe(dvd_clip.path)).method == "qtgmc" and denoise.plan_denoise("light", 64, 48)[1] == []
     assert "ivtc_method" not in output_settings(Options(model="bicubic-x2", ivtc=True))
+
+
+def test_a_run_cut_short_closes_nested_vapoursynth_stages_before_the_file(dvd_clip, tmp_path):
+    """QTGMC feeding MVTools, stopped by --frames while both have requests in flight: every
+    stage is closed and its workers finish before the file is closed (it crashed with a
+    segmentation fault in the decoder before). In a subprocess, so a crash fails the test."""
+    import subprocess
+    import sys
+
+    dst = tmp_path / "short.mkv"
+    args = ["upscale", str(dvd_clip.path), "--model", "bicubic", "--deinterlace", "qtgmc", "--denoise", "medium"]
+    for _ in range(2):
+        run = subprocess.run(
+            [sys.executable, "-m", "vhsup", *args, "--frames", "5", "-o", str(dst), "--overwrite"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert [i for _, i in mediagen.read_indices(dst)] == [0, 1, 2, 3, 4]

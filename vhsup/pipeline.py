@@ -42,6 +42,7 @@ from vhsup.stages import Background, Worker
 from vhsup.wording import aspect_label, plural
 
 if TYPE_CHECKING:
+    import av
     import numpy as np
 
     from vhsup.media.encode import EncodeReport, VideoEncoder
@@ -403,6 +404,7 @@ class Run:
         plan, info = self.plan, self.info
         warm = self.warm_up_start() if warm_up else None
         container = open_input(self.src)
+        progressive: Iterator[av.VideoFrame] | None = None
         try:
             stream = container.streams.video[0]
             first = warm if warm is not None else plan.start
@@ -427,6 +429,10 @@ class Run:
                 yield Picture(pic.rgb, pic.time, index)
                 index += 1
         finally:
+            # The filter stages first: a VapourSynth stage's workers may still be reading the file.
+            close = getattr(progressive, "close", None)
+            if callable(close):
+                close()
             container.close()
 
     def stabiliser(self) -> Stabiliser | None:

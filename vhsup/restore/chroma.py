@@ -348,5 +348,11 @@ def shift_frames(frames: Iterable[av.VideoFrame], shift: ChromaShift) -> Iterato
     if not shift.moves:
         yield from frames
         return
-    for frame in frames:
-        yield shift_frame(frame, shift.x, shift.y)
+    it = iter(frames)
+    try:
+        for frame in it:
+            yield shift_frame(frame, shift.x, shift.y)
+    finally:  # closed early: close what feeds it too (a VapourSynth stage waits for its workers)
+        close = getattr(it, "close", None)
+        if callable(close):
+            close()

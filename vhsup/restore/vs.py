@@ -172,7 +172,12 @@ class _Source:
     """Decoded frames for VapourSynth's requests: a window, filled on demand, emptied behind the output.
 
     Requests come from VapourSynth's worker threads; decoding happens in
-    whichever thread asks first, under a lock.
+    whichever thread asks first. Two locks: ``decoding`` lets one thread at
+    a time pull on ``frames``, and ``lock`` guards the window for the
+    moment it is read or changed. A frame already in the window is handed
+    out without waiting for a decode in progress: when ``frames`` is another
+    bridge's output, pulling on it waits for VapourSynth's workers, and a
+    worker blocked behind that pull would never let it finish.
     """
 
     def __init__(self, frames: Iterator[av.VideoFrame], first: av.VideoFrame, av_format: str, sar: Fraction):
@@ -190,6 +195,7 @@ class _Source:
         self.error: BaseException | None = None
         self.closed = False
         self.lock = threading.Lock()
+        self.decoding = threading.Lock()
         self._take(first)
 
     def _take(self, frame: av.VideoFrame) -> None:
@@ -198,30 +204,39 @@ class _Source:
             frame = frame.reformat(width=self.width, height=self.height, format=self.av_format, threads=1)
             frame.pts, frame.time_base = frame_pts, frame_tb
         assert frame.pts is not None  # decode stamps every frame
-        self.window[self.count] = frame
-        self.times[self.count] = frame.pts
-        self.last = frame
-        self.count += 1
+        with self.lock:
+            self.window[self.count] = frame
+            self.times[self.count] = frame.pts
+            self.last = frame
+            self.count += 1
+
+    def _has(self, n: int) -> bool:
+        with self.lock:
+            return n < self.count or self.ended or self.closed
 
     def fill(self, n: int) -> None:
-        """Decode until frame ``n`` is in (or the input ends). Call with the lock held."""
-        while not self.ended and self.count <= n and not self.closed:
-            try:
-                frame = next(self.frames)
-            except StopIteration:
-                self.ended = True
-                break
-            self._take(frame)
+        """Decode until frame ``n`` is in (or the input ends)."""
+        if self._has(n):
+            return
+        with self.decoding:
+            while not self.ended and self.count <= n and not self.closed:
+                try:
+                    frame = next(self.frames)
+                except StopIteration:
+                    with self.lock:
+                        self.ended = True
+                    break
+                self._take(frame)
 
     def exists(self, n: int) -> bool:
+        self.fill(n)
         with self.lock:
-            self.fill(n)
             return n < self.count
 
     def pts(self, n: int) -> int | None:
         """Frame ``n``'s pts, None past the end."""
+        self.fill(n)
         with self.lock:
-            self.fill(n)
             return self.times.get(n) if n < self.count else None
 
     def release(self, below: int) -> None:
@@ -232,12 +247,12 @@ class _Source:
             self.floor = max(self.floor, below)
 
     def get(self, n: int) -> av.VideoFrame:
+        try:
+            self.fill(n)
+        except BaseException as exc:  # a decode failure: handed to the output side, which raises it
+            self.error = self.error or exc
+            raise
         with self.lock:
-            try:
-                self.fill(n)
-            except BaseException as exc:  # a decode failure: handed to the output side, which raises it
-                self.error = self.error or exc
-                raise
             if n >= self.count or self.closed:
                 assert self.last is not None
                 return self.last
@@ -313,6 +328,10 @@ def stream(
         )
     dtype = np.uint8 if fmt.bytes_per_sample == 1 else np.uint16
     source = _Source(frames, first, av_in, sar)
+    # The first frames a chain reaches for, decoded here: filters may ask for
+    # frames while the chain is built, and VapourSynth's workers must not pull
+    # on ``frames`` (another bridge's output) themselves.
+    source.exists(reach)
     sar = sar if sar > 0 else Fraction(1)
     blank = core.std.BlankClip(
         width=first.width,
@@ -404,3 +423,10 @@ def stream(
                 fut.result()
             except Exception:
                 pass
+        # A worker may still be decoding for a filter's own request: let it finish, then close
+        # what feeds this bridge (another bridge waits for its own requests as it closes), all
+        # before the caller closes the file under them.
+        with source.decoding:
+            close = getattr(frames, "close", None)
+            if callable(close):
+                close()
