@@ -16,7 +16,7 @@ EXTRAS_VENV ?= .venv-extras
 COMMUNITY_TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 XPY := $(EXTRAS_VENV)/bin/python
 EXTRAS_STAMP := $(EXTRAS_VENV)/.vhsup-installed
-EXTRAS_TESTS := tests/test_community.py tests/test_restore.py
+EXTRAS_TESTS := tests/test_community.py tests/test_restore.py tests/test_composite.py
 
 # Python 3.12 (the extras venv and the anchor's): a python3.12 on PATH that
 # runs (a pyenv shim without 3.12 does not), else pyenv's own

@@ -1291,3 +1291,81 @@ def grainy_pan(width: int, height: int, sigma: float, step: int = 2) -> Callable
         return np.clip(np.round(clean + grain), 0, 255).astype(np.uint8)
 
     return picture
+
+
+def _yuv_to_rgb(y: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Full-range BT.601 Y (0-255) and U, V (centred on 0) -> RGB uint8 (make_clip's ``picture``)."""
+    rgb = np.stack([y + 1.402 * v, y - 0.344136 * u - 0.714136 * v, y + 1.772 * u], axis=-1)
+    return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
+
+
+def composite_scene(width: int, height: int, *, step: int = 0) -> Callable[[int], tuple[np.ndarray, ...]]:
+    """frame index -> the clean (Y, U, V, edge mask, detail mask) of a scene a composite capture shows badly.
+
+    Coloured patches with sharp edges (where a comb filter leaves dot crawl)
+    above a band of fine diagonal luma stripes on flat grey (where it
+    leaves rainbows). ``step``: the scene pans that many pixels a frame.
+    The masks are 1 where each artefact belongs (a few pixels each side of
+    a colour edge; over the stripes).
+    """
+    rng = np.random.default_rng(11)
+    wide = width + 32 * step
+    xs = np.arange(wide)[None, :].astype(np.float64)
+    ys = np.arange(height)[:, None].astype(np.float64)
+    cols, rows = max(1, wide // 40), 3
+    band = int(height * 0.6)
+    y = np.zeros((height, wide))
+    u = np.zeros((height, wide))
+    v = np.zeros((height, wide))
+    for r in range(rows):
+        for c in range(cols):
+            sl = (slice(r * band // rows, (r + 1) * band // rows), slice(c * wide // cols, (c + 1) * wide // cols))
+            y[sl], u[sl], v[sl] = rng.uniform(80, 170), rng.uniform(-45, 45), rng.uniform(-45, 45)
+    y[band:] = 128 + 45 * np.cos(2 * np.pi * (xs + ys) / 3.0)[band:]
+    grad = np.zeros((height, wide))
+    for plane in (u, v):
+        grad[:, 1:] += np.abs(np.diff(plane, axis=1))
+        grad[1:, :] += np.abs(np.diff(plane, axis=0))
+    edges = (grad > 10).astype(np.float64)
+    for _ in range(3):  # widen to a few pixels each side
+        edges = np.maximum.reduce(
+            [edges, np.roll(edges, 1, 0), np.roll(edges, -1, 0), np.roll(edges, 1, 1), np.roll(edges, -1, 1)]
+        )
+    detail = np.zeros((height, wide))
+    detail[band:] = 1.0
+
+    def scene(index: int) -> tuple[np.ndarray, ...]:
+        x = (index * step) % (wide - width + 1)
+        cut = slice(x, x + width)
+        return y[:, cut], u[:, cut], v[:, cut], edges[:, cut], detail[:, cut]
+
+    return scene
+
+
+def composite_picture(
+    width: int, height: int, *, dots: float = 0.0, rainbows: float = 0.0, step: int = 0
+) -> Callable[[int], np.ndarray]:
+    """``picture=`` for make_clip: :func:`composite_scene` (still, or panning ``step`` px a frame) with
+    composite artefacts whose phase flips every frame, as NTSC's subcarrier does:
+
+    * dot crawl: a luma chequer of ``dots`` codes (period ~3.8 px across, opposite sign on the next line)
+      along the colour edges;
+    * rainbows: a U and V wave of ``rainbows`` codes (diagonal bands 16 px apart) over the fine stripes.
+
+    With both 0 it is the clean truth.
+    """
+    scene = composite_scene(width, height, step=step)
+    xs = np.arange(width)[None, :].astype(np.float64)
+    ys = np.arange(height)[:, None].astype(np.float64)
+    chequer = np.cos(2 * np.pi * xs / 3.77 + np.pi * ys)
+    wave = 2 * np.pi * (xs / 16 + ys / 24)
+
+    def picture(index: int) -> np.ndarray:
+        y, u, v, edges, detail = scene(index)
+        sign = -1.0 if index % 2 else 1.0
+        y = y + sign * dots * edges * chequer
+        u = u + sign * rainbows * detail * np.cos(wave)
+        v = v + sign * rainbows * detail * np.sin(wave)
+        return _yuv_to_rgb(y, u, v)
+
+    return picture

@@ -116,6 +116,8 @@ OTHER = {
     "temporal": "strong",
     "restore": "vhs",
     "denoise": "medium",
+    "dedot": True,
+    "derainbow": True,
     "chroma_shift": "auto",
     "detail": 0.5,
     "width": 640,

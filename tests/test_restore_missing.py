@@ -64,3 +64,28 @@ def test_ivtc_takes_fieldmatch_and_says_so(tmp_path):
     assert run.deinterlace == expected and run.frames_out == 24
     assert not [n for n in notes if "VIVTC" in n]  # a missing extra is said in the plan, not as a notice
     assert "ivtc_method" not in output_settings(Options(model="bicubic-x2", ivtc=True))
+
+
+@pytest.mark.parametrize("flag", ["dedot", "derainbow"])
+def test_dedot_and_derainbow_fail_in_one_line_naming_the_install(dv_clip, tmp_path, flag):
+    """No FFmpeg filter removes dot crawl or rainbows: without the extra the flag stops the run, before any work."""
+    dst = tmp_path / "out.mkv"
+    for command in (["upscale", "-o", str(dst)], ["probe"]):
+        r = CliRunner().invoke(main, [command[0], str(dv_clip.path), *command[1:], "--model", "bicubic", f"--{flag}"])
+        assert r.exit_code != 0
+        lines = [line for line in r.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and INSTALL in lines[0] and f"--{flag}" in lines[0], r.output
+        assert "Traceback" not in r.output and not dst.exists()
+    with pytest.raises(VhsupError, match=f"--{flag} needs VapourSynth's .*VapourSynth is not installed.*restore"):
+        upscale_video(dv_clip.path, dst, model="bicubic", **{flag: True})
+
+
+def test_probe_has_the_composite_row_off_before_the_fields(dv_clip):
+    r = CliRunner().invoke(main, ["probe", str(dv_clip.path), "--model", "bicubic-x2"])
+    assert r.exit_code == 0, r.output
+    rows = [line.split("  ")[0] for line in r.output.splitlines() if line.startswith("plan: ")]
+    assert rows.index("plan: composite") == rows.index("plan: fields") - 1
+    assert r.output.split("plan: composite", 1)[1].split()[0] == "off"
+    r = CliRunner().invoke(main, ["probe", str(dv_clip.path), "--model", "bicubic-x2", "--json"])
+    plan = json.loads(r.output)["plan"]
+    assert plan["composite"] == {"dedot": False, "derainbow": False, "fields": "progressive", "reach": [0, 0]}

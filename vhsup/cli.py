@@ -97,6 +97,7 @@ def probe(file: Path, as_json, debug, **options) -> None:
     p = plan.to_json()
     rows += [
         ("plan: restore", _restore_row(plan.restore)),
+        ("plan: composite", plan.composite.describe()),
         ("plan: fields", p["deinterlace"]),
         ("plan: crop", f"{p['crop']} ({p['crop_source']})"),
         ("plan: chroma shift", plan.chroma.describe()),

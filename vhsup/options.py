@@ -210,6 +210,24 @@ class Options:
         output=True,
         added_later=True,
     )
+    dedot: bool = _opt(
+        False,
+        "Remove dot crawl (composite captures: a fine chequer crawling along colour edges) before deinterlacing: "
+        "Dedot, needs the restore extra.",
+        kind="flag",
+        commands=_PLAN,
+        output=True,
+        added_later=True,
+    )
+    derainbow: bool = _opt(
+        False,
+        "Remove rainbows (composite captures: false colour shimmering over fine detail) before deinterlacing: "
+        "Bifrost, needs the restore extra.",
+        kind="flag",
+        commands=_PLAN,
+        output=True,
+        added_later=True,
+    )
     chroma_shift: str | None = _opt(
         None,
         "Move the chroma back onto the luma before SR (tape chroma lags 2-6 px): auto (measured once per file), "

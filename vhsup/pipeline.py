@@ -1,7 +1,8 @@
 """The upscale pipeline, top to bottom: probe -> decode -> filter -> restore -> infer -> stabilise -> stitch -> encode.
 
 Three threads share the work. A decode thread demuxes, decodes,
-deinterlaces, moves the chroma back onto the luma (``--chroma-shift``,
+removes composite artefacts (``--dedot``, ``--derainbow``,
+:mod:`vhsup.restore.composite`), deinterlaces, moves the chroma back onto the luma (``--chroma-shift``,
 :mod:`vhsup.restore.chroma`), removes noise over time (``--denoise``,
 :mod:`vhsup.restore.denoise`) and converts to RGB; ``--restore`` fills
 those in the restorers' order (:mod:`vhsup.restore.preset`). The calling thread runs
@@ -36,6 +37,7 @@ from vhsup.options import Options, model_name
 from vhsup.preview import check_still_name
 from vhsup.restore import preset
 from vhsup.restore.chroma import ChromaShift, plan_shift, shift_frames
+from vhsup.restore.composite import Composite, composite_frames, plan_composite
 from vhsup.restore.denoise import Denoise, denoise_frames, plan_denoise
 from vhsup.stabilise import PERIOD, Stabiliser, resolve_mode
 from vhsup.stages import Background, Worker
@@ -68,12 +70,14 @@ class Plan:
     temporal: str = "off"  # the stabiliser mode that runs (--temporal, with auto resolved)
     chroma: ChromaShift = field(default_factory=ChromaShift)  # before SR (--chroma-shift)
     denoise: Denoise = field(default_factory=Denoise)  # before SR, after the chroma move (--denoise)
+    composite: Composite = field(default_factory=Composite)  # on the decoded frames (--dedot, --derainbow)
     restore: str = "off"  # the --restore preset that filled in the restore options
     detail: float = 1.0  # the model's share against a Lanczos upscale (--detail)
 
     def to_json(self) -> dict:
         g = self.geometry
         return {
+            "composite": self.composite.to_json(),
             "deinterlace": self.filters.describe(),
             "output_rate": str(self.filters.rate),
             "crop": str(g.crop),
@@ -125,6 +129,7 @@ class Result:
     temporal: str = "off"
     chroma_shift: str = "off"
     denoise: str = "off"
+    composite: str = "off"
     detail: float = 1.0
 
     #: The fields that say how a run was set up, the same for every chunk of a chunked run.
@@ -143,6 +148,7 @@ class Result:
         "temporal",
         "chroma_shift",
         "denoise",
+        "composite",
         "detail",
     )
 
@@ -245,6 +251,7 @@ def make_plan(
     info = info or probe(path)
     opts = preset.resolve(opts, info)
     filters = field_plan(info, opts)
+    composite = plan_composite(opts.dedot, opts.derainbow, info, filters)
     crop = opts.crop if isinstance(opts.crop, Crop) else parse_crop(opts.crop)
     crop_source = "none" if not crop else "user"
     if isinstance(crop, str):  # parse_crop's one string: "auto"
@@ -280,6 +287,7 @@ def make_plan(
         temporal=resolve_mode(opts.temporal, classical),
         chroma=shift,
         denoise=denoise,
+        composite=composite,
         restore=opts.restore,
         detail=detail,
     )
@@ -382,16 +390,20 @@ class Run:
 
         With the stabiliser on, a chunk's first frame depends on the
         :data:`~vhsup.stabilise.PERIOD` pictures before it; with ``--denoise``,
-        on the denoiser's radius. Upscaling those too (and not writing them)
+        on the denoiser's radius; with ``--dedot``/``--derainbow``, on the
+        source frames they reach back to. Upscaling those too (and not writing them)
         makes a chunked run give the frames one whole run gives. Only spans
         warm up: a --start preview does not pay for it.
         """
         p = self.plan
         back = max(PERIOD if p.temporal != "off" else 0, p.denoise.radius)
-        if not self.span or not back or p.start is None:
+        if not self.span or not (back or p.composite.on) or p.start is None:
             return None
         first = Fraction(self.info.start_time).limit_denominator(1_000_000)
-        return max(first, p.start - (back + Fraction(1, 2)) / p.filters.rate)
+        span = (back + Fraction(1, 2)) / p.filters.rate if back else Fraction(0)
+        if p.composite.on and self.info.fps:  # in source frames, before any deinterlacer changes the rate
+            span = max(span, (p.composite.back + Fraction(1, 2)) / self.info.fps)
+        return max(first, p.start - span)
 
     # probe -> decode -> filter, in the decode thread
     def source_pictures(self, *, warm_up: bool = False) -> Iterator[Picture]:
@@ -409,7 +421,8 @@ class Run:
             stream = container.streams.video[0]
             first = warm if warm is not None else plan.start
             frames = decode_from(container, first, threads=self.opts.decode_threads, stats=self.stats)
-            progressive = shift_frames(progressive_frames(frames, stream, plan.filters), plan.chroma)
+            cleaned = composite_frames(frames, plan.composite, sar=info.sar, rate=info.fps)
+            progressive = shift_frames(progressive_frames(cleaned, stream, plan.filters), plan.chroma)
             progressive = denoise_frames(progressive, plan.denoise, sar=info.sar, rate=plan.filters.rate)
             colour = source_colour(info.height, info.colorspace, info.color_range)
             if warm is None:
@@ -612,6 +625,7 @@ class Run:
             "temporal": plan.temporal,
             "chroma_shift": plan.chroma.label(),
             "denoise": plan.denoise.label(),
+            "composite": plan.composite.label(),
             "detail": plan.detail,
         }
         return Result.written(

@@ -236,8 +236,9 @@ def _option_notes(
     return notes
 
 
-def _buffer_args(stream: av.video.stream.VideoStream) -> str:
-    """Buffer-source arguments from the stream itself.
+def _buffer_args(stream: av.video.stream.VideoStream, pix_fmt: str | None = None) -> str:
+    """Buffer-source arguments from the stream itself (``pix_fmt``: the frames' own, where a stage
+    before the graph changed it, e.g. 4:1:1 DV out of a VapourSynth stage as 4:2:2).
 
     ``Graph.add_buffer(template=stream)`` passes no frame rate (fieldmatch and
     decimate refuse to configure without one) and hard-codes SAR 1:1, so
@@ -248,7 +249,7 @@ def _buffer_args(stream: av.video.stream.VideoStream) -> str:
     rate = stream.average_rate or stream.guessed_rate or Fraction(30000, 1001)
     sar = stream.sample_aspect_ratio or cc.sample_aspect_ratio or Fraction(1)
     sar = Fraction(sar) if Fraction(sar) > 0 else Fraction(1)
-    fmt = cc.format.name if cc.format else "yuv420p"
+    fmt = pix_fmt or (cc.format.name if cc.format else "yuv420p")
     return (
         f"video_size={cc.width}x{cc.height}:pix_fmt={fmt}:time_base={tb.numerator}/{tb.denominator}"
         f":frame_rate={rate.numerator}/{rate.denominator}:pixel_aspect={sar.numerator}/{sar.denominator}"
@@ -256,9 +257,14 @@ def _buffer_args(stream: av.video.stream.VideoStream) -> str:
 
 
 class FieldFilter:
-    """A libavfilter graph fed frame by frame: ``feed(frame)`` then ``flush()``."""
+    """A libavfilter graph fed frame by frame: ``feed(frame)`` then ``flush()``.
 
-    def __init__(self, stream: av.video.stream.VideoStream, plan: FilterPlan, threads: int = 1):
+    ``pix_fmt``: the frames' pixel format where it is not the stream's.
+    """
+
+    def __init__(
+        self, stream: av.video.stream.VideoStream, plan: FilterPlan, threads: int = 1, pix_fmt: str | None = None
+    ):
         self.plan = plan
         self.graph = av.filter.Graph()
         self.graph.threads = threads
@@ -278,7 +284,7 @@ class FieldFilter:
         self.active = bool(chain)
         if not self.active:
             return
-        node = self.graph.add("buffer", _buffer_args(stream))
+        node = self.graph.add("buffer", _buffer_args(stream, pix_fmt))
         for name, args in chain:
             nxt = self.graph.add(name, args)
             node.link_to(nxt)
@@ -311,7 +317,11 @@ class FieldFilter:
 def progressive_frames(
     frames: Iterable[av.VideoFrame], stream: av.video.stream.VideoStream, plan: FilterPlan, threads: int = 1
 ) -> Iterator[av.VideoFrame]:
-    """Apply the field plan to a frame stream (an identity for progressive input)."""
+    """Apply the field plan to a frame stream (an identity for progressive input).
+
+    The frames may come out of a stage before this one (``--dedot``/``--derainbow``) in another pixel
+    format than the stream's: FFmpeg's graph is set up for the first frame's.
+    """
     if plan.method == "qtgmc" and plan.deinterlace:
         from vhsup.restore import qtgmc
 
@@ -322,10 +332,20 @@ def progressive_frames(
 
         yield from ivtc.inverse_telecine(iter(frames), stream, plan)
         return
-    filt = FieldFilter(stream, plan, threads)
-    for frame in frames:
-        yield from filt.feed(frame)
-    yield from filt.flush()
+    it = iter(frames)
+    try:
+        first = next(it, None)
+        if first is None:
+            return
+        filt = FieldFilter(stream, plan, threads, pix_fmt=first.format.name)
+        yield from filt.feed(first)
+        for frame in it:
+            yield from filt.feed(frame)
+        yield from filt.flush()
+    finally:
+        close = getattr(it, "close", None)  # a VapourSynth stage before this one: its workers finish first
+        if callable(close):
+            close()
 
 
 def frame_time(frame: av.VideoFrame) -> Fraction:

@@ -1,6 +1,7 @@
 """The restorers' stages that run on the source pictures before SR, one module per stage.
 
 ``chroma``: the chroma-to-luma delay of tape sources, measured and undone.
+``composite``: dot crawl and rainbows of composite captures (Dedot, Bifrost), before deinterlacing.
 ``denoise``: temporal denoise (MVTools through the bridge, FFmpeg atadenoise without the extra).
 ``preset``: ``--restore vhs|dvd``, the restorers' order in one flag.
 ``vs``: the VapourSynth bridge (the ``restore`` extra): decoded PyAV frames
