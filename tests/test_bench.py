@@ -66,3 +66,13 @@ def test_a_slow_encoder_preset_is_what_the_encode_stage_measures(mp4_clip):
     fast = bench(*args, "--preset", "ultrafast")["stage_fps"]["encode"]
     slow = bench(*args, "--preset", "veryslow")["stage_fps"]["encode"]
     assert slow < fast
+
+
+def test_the_restore_stages_are_timed_within_decode(mp4_clip):
+    # bench takes the restore options, so a user sees what QTGMC or a denoiser costs.
+    res = bench(
+        str(mp4_clip.path), "--model", "bicubic", "--frames", "3", "--preset", "ultrafast", "--denoise", "light"
+    )
+    assert res["stage_fps"]["decode"] > 0 and res["denoise"] in ("light (atadenoise)", "light (mvtools)")
+    if res["denoise"] == "light (atadenoise)":  # without the restore extra, as in this venv: said so
+        assert any("--denoise light: using FFmpeg's atadenoise" in n for n in res["notices"])

@@ -153,6 +153,9 @@ def run_bench(
         "output_size": f"{g.out_w}x{g.out_h}",
         "codec": codec,
         "temporal": run.plan.temporal,
+        # The restore stages timed within "decode" (stage_fps).
+        "deinterlace": run.plan.filters.describe(),
+        "denoise": run.plan.denoise.label(),
         **extra,
         "model_only_fps": round(timed / model_s, 4),
         "end_to_end_fps": round(result.frames_out / e2e_s, 4),

@@ -56,6 +56,7 @@ _RUN = frozenset({UPSCALE, BATCH})  # options of a whole run
 _PLAN = _RUN | {PROBE}  # options that shape the plan `probe` shows
 _MEDIA = _PLAN | {EXTRACT}  # options that shape the pictures themselves
 _ENGINE = _RUN | {BENCH}  # options of the SR engine and encoder that bench times
+_RESTORE = _PLAN | {BENCH}  # the restore stages, which bench times within its decode stage
 
 
 @dataclass(frozen=True)
@@ -142,14 +143,14 @@ class Options:
         "auto: when the picture is interlaced; on: always. Both take QTGMC where the restore extra is "
         "installed, bwdif elsewhere; qtgmc or bwdif: that one, always.",
         choices=DEINTERLACE_CHOICES,
-        commands=_MEDIA,
+        commands=_MEDIA | {BENCH},
         output=True,
     )
     qtgmc_preset: str = _opt(
         QTGMC_DEFAULT,
         "QTGMC's temporal radii, as its presets of these names (slower is QTGMC's default).",
         choices=tuple(QTGMC_PRESETS),
-        commands=_PLAN,
+        commands=_RESTORE,
         output=True,
         added_later=True,
     )
@@ -197,7 +198,7 @@ class Options:
         "medium; dvd = inverse telecine where the picture is telecined (else deinterlace), --denoise light. "
         "Flags given as well win.",
         choices=RESTORE_PRESETS,
-        commands=_PLAN,
+        commands=_RESTORE,
         output=True,
         added_later=True,
     )
@@ -206,7 +207,7 @@ class Options:
         "Temporal denoise before SR: light, medium or strong (MVTools motion-compensated with the restore extra, "
         "FFmpeg atadenoise without), off; auto: as --restore says, else off.",
         choices=("auto", *DENOISE_LEVELS),
-        commands=_PLAN,
+        commands=_RESTORE,
         output=True,
         added_later=True,
     )
@@ -215,7 +216,7 @@ class Options:
         "Remove dot crawl (composite captures: a fine chequer crawling along colour edges) before deinterlacing: "
         "Dedot, needs the restore extra.",
         kind="flag",
-        commands=_PLAN,
+        commands=_RESTORE,
         output=True,
         added_later=True,
     )
@@ -224,7 +225,7 @@ class Options:
         "Remove rainbows (composite captures: false colour shimmering over fine detail) before deinterlacing: "
         "Bifrost, needs the restore extra.",
         kind="flag",
-        commands=_PLAN,
+        commands=_RESTORE,
         output=True,
         added_later=True,
     )
@@ -232,7 +233,7 @@ class Options:
         None,
         "Move the chroma back onto the luma before SR (tape chroma lags 2-6 px): auto (measured once per file), "
         "off, or X,Y source pixels (right/down positive, e.g. -3.5,0). Default: off (auto with --restore vhs).",
-        commands=_PLAN,
+        commands=_RESTORE,
         output=True,
         added_later=True,
     )
