@@ -229,6 +229,17 @@ class Step:
         if self.cuda:
             torch.cuda.synchronize()
 
+    def per_call(self, fn: Callable[[], object], repeat: int, warm: int = 3) -> float:
+        """Seconds per call of ``fn``, after ``warm`` calls, the device synchronised around the timing."""
+        for _ in range(warm):
+            fn()
+        self.sync()
+        t0 = time.perf_counter()
+        for _ in range(repeat):
+            fn()
+        self.sync()
+        return (time.perf_counter() - t0) / repeat
+
 
 def step_env(s: Step) -> None:
     import torch
@@ -282,23 +293,9 @@ def step_env(s: Step) -> None:
         n = 2**30
         a = torch.rand(n // 4, device="cuda")
         b = torch.empty_like(a)
-        for _ in range(3):
-            b.copy_(a)
-        s.sync()
-        t0 = time.perf_counter()
-        for _ in range(10):
-            b.copy_(a)
-        s.sync()
-        copy_tbs = 2 * n * 10 / (time.perf_counter() - t0) / 1e12
+        copy_tbs = 2 * n / s.per_call(lambda: b.copy_(a), 10) / 1e12
         m = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-        for _ in range(3):
-            m @ m
-        s.sync()
-        t0 = time.perf_counter()
-        for _ in range(10):
-            m @ m
-        s.sync()
-        tflops = 2 * 8192**3 * 10 / (time.perf_counter() - t0) / 1e12
+        tflops = 2 * 8192**3 / s.per_call(lambda: m @ m, 10) / 1e12
         s.emit("ceilings", copy_tb_per_s=round(copy_tbs, 2), bf16_matmul_tflops=round(tflops, 1))
         # Frame-sized copies between host and device, pageable and pinned: what
         # feeding a fast model costs (a 720x480 frame up, a 2880x1920 one down).
@@ -308,14 +305,7 @@ def step_env(s: Step) -> None:
             for pinned in (False, True):
                 host = torch.empty(shape, dtype=torch.uint8, pin_memory=pinned)
                 dst, src = (dev, host) if what.startswith("up") else (host, dev)
-                for _ in range(3):
-                    dst.copy_(src)
-                s.sync()
-                t0 = time.perf_counter()
-                for _ in range(20):
-                    dst.copy_(src)
-                s.sync()
-                ms = (time.perf_counter() - t0) / 20 * 1000
+                ms = s.per_call(lambda dst=dst, src=src: dst.copy_(src), 20) * 1000
                 row[f"{what}_{'pinned' if pinned else 'pageable'}_ms"] = round(ms, 3)
         s.emit("transfers", **row)
 
@@ -475,11 +465,11 @@ def _time_conversion(s: Step) -> None:
     frame = _frames(1, h, w)[0]
     row: dict[str, object] = {"size": f"{w}x{h}"}
     for threads in (1, 4, 8):
-        av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p", threads=threads)
-        t0 = time.perf_counter()
-        for _ in range(10):
-            av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p", threads=threads)
-        row[f"fps_{threads}_threads"] = round(10 / (time.perf_counter() - t0), 1)
+
+        def convert(t: int = threads) -> object:
+            return av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p", threads=t)
+
+        row[f"fps_{threads}_threads"] = round(1 / s.per_call(convert, 10, warm=1), 1)
     s.emit("rgb_to_yuv", **row)
 
 
